@@ -1,0 +1,20 @@
+"""hcibench: a plugin-based benchmark for domain adaptation in High Content Imaging."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("hcibench")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+from .data import META_COLUMNS, UNLABELLED, Dataset, Domain, TensorImages  # noqa: E402
+from .errors import UsageError  # noqa: E402
+from .evaluator import Evaluator  # noqa: E402
+from .hookspecs import hookimpl  # noqa: E402
+from .method import Method, Prediction  # noqa: E402
+from .stages import Context  # noqa: E402
+
+__all__ = [
+    "META_COLUMNS", "UNLABELLED", "Context", "Dataset", "Domain", "Evaluator", "Method",
+    "Prediction", "TensorImages", "UsageError", "hookimpl",
+]

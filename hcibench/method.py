@@ -1,0 +1,53 @@
+"""The method contract: fit on a labelled source, optionally adapt to an unlabelled target, predict.
+
+A method plugin subclasses ``Method``. The runner creates one instance per (method, source, seed),
+calls ``fit`` once, then ``predict`` for every target. ``predict`` may adapt to the target first
+(transductively, without its labels) but must leave the fitted state untouched for the next
+target. Expensive training belongs in ``context.stage(...)`` so that it is saved to the run
+folder, shared with other methods that need the same stage, and never recomputed on resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from .data import Domain
+    from .stages import Context
+
+
+@dataclass
+class Prediction:
+    """What a method returns for one target.
+
+    ``logits`` (N×classes) are scored by every evaluator. ``variants`` are further named logits
+    scored the same way and recorded as ``metric@variant`` (e.g. TTT after k steps).
+    ``info`` holds JSON-serialisable facts worth keeping in the record (fallback counts, ...).
+    """
+
+    logits: torch.Tensor
+    variants: dict[str, torch.Tensor] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class for method plugins (set ``name`` and ``description``)."""
+
+    name: str = ""
+    description: str = ""
+
+    def __init__(self, context: Context):
+        self.context = context
+        self.config = context.config
+
+    def fit(self, train: Domain, val: Domain) -> None:
+        """Learn from the labelled source ``train``; ``val`` (held-out source plates) is for
+        model selection only."""
+        raise NotImplementedError
+
+    def predict(self, target: Domain) -> Prediction:
+        """Class scores for every sample of ``target`` (whose labels must not be used)."""
+        raise NotImplementedError

@@ -1,0 +1,101 @@
+"""Stages: expensive, deterministic pieces of work saved in the run folder and shared.
+
+A stage is identified by its name and a key (the settings it depends on, the dataset, the source
+and the seed). Two methods asking for the same stage (ODA and Dual-model-DINO both need the same
+DINO feature extractor) get one computation; a resumed run loads it from disk. Every request is
+counted, and the counts are kept in ``stages.json`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import storage
+from .progress import Progress
+
+
+def digest(obj: Any) -> str:
+    """A short stable hash of a JSON-serialisable object."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class StageCache:
+    """Stage results on disk (``folder``, or memory only when ``None``) with usage counts."""
+
+    def __init__(self, folder: Path | None = None, keep_in_memory: int = 6):
+        self.folder = Path(folder) if folder else None
+        self.memory: OrderedDict[str, Any] = OrderedDict()
+        self.keep_in_memory = keep_in_memory
+        self.counts: dict[str, dict] = {}
+        if self.folder and (self.folder / "stages.json").exists():
+            self.counts = storage.read_json(self.folder / "stages.json")
+
+    def get(self, name: str, key: dict, compute: Callable[[], Any]) -> Any:
+        stage_id = f"{name}-{digest(key)}"
+        entry = self.counts.setdefault(stage_id, {"name": name, "key": key, "computed": 0, "reused": 0})
+        path = self.folder / "stages" / f"{stage_id}.pt" if self.folder else None
+        if stage_id in self.memory:
+            value = self.memory[stage_id]
+            self.memory.move_to_end(stage_id)
+            entry["reused"] += 1
+        elif path is not None and path.exists():
+            value = storage.load_torch(path)
+            entry["reused"] += 1
+        else:
+            # Seeding from the key makes a stage's result independent of what ran before it.
+            seed_everything(int(digest(key), 16) % 2**31)
+            value = compute()
+            if path is not None:
+                storage.save_torch(path, value)
+            entry["computed"] += 1
+        self._remember(stage_id, value)
+        if self.folder:
+            storage.write_json(self.folder / "stages.json", self.counts)
+        return value
+
+    def _remember(self, stage_id: str, value: Any) -> None:
+        self.memory[stage_id] = value
+        self.memory.move_to_end(stage_id)
+        while len(self.memory) > self.keep_in_memory:
+            self.memory.popitem(last=False)
+
+
+@dataclass
+class Context:
+    """What a method sees of the run: its settings, seed, stage cache and progress reporting."""
+
+    config: dict
+    seed: int = 0
+    source: str = ""
+    dataset: dict = field(default_factory=dict)
+    stages: StageCache = field(default_factory=StageCache)
+    progress: Progress = field(default_factory=Progress)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def stage(self, name: str, settings: Any, compute: Callable[[], Any]) -> Any:
+        """Compute ``name`` once per (settings, dataset, source, seed) and reuse it afterwards."""
+        key = {"settings": settings, "dataset": self.dataset, "source": self.source, "seed": self.seed}
+        return self.stages.get(name, key, compute)
+
+    def track(self, items, total=None, description=""):
+        return self.progress.track(items, total, description)
+
+    def log(self, message: str) -> None:
+        self.progress.log(message)
