@@ -159,3 +159,9 @@ class Dataset:
     def domain(self, source: str) -> Domain:
         """All samples of one source."""
         raise NotImplementedError
+
+    @classmethod
+    def default_settings(cls, preset: str) -> dict:
+        """Keyword options for ``__init__`` under a preset (``config["dataset"]``); users change
+        them with ``--set dataset.<option>=<value>``."""
+        return {}

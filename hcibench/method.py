@@ -51,3 +51,11 @@ class Method:
     def predict(self, target: Domain) -> Prediction:
         """Class scores for every sample of ``target`` (whose labels must not be used)."""
         raise NotImplementedError
+
+    @classmethod
+    def default_settings(cls, preset: str) -> dict:
+        """This method's settings section (``config[cls.name]``) for a preset; override to add one.
+
+        Users change single entries with ``--set <method>.<key>=<value>``.
+        """
+        return {}

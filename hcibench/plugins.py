@@ -47,10 +47,22 @@ class Registry:
         return sorted(self.items)
 
 
+# Plugins whose entry point failed to import: name -> error. A broken third-party plugin must not
+# take the whole tool down; ``hcibench plugins`` shows it with its error instead.
+FAILED: dict[str, str] = {}
+
+
 def _plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
-    pm.load_setuptools_entrypoints(GROUP)
+    FAILED.clear()
+    for ep in entry_points(group=GROUP):
+        if pm.has_plugin(ep.name):
+            continue
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception as error:  # noqa: BLE001 - any import error of a third party's code
+            FAILED[ep.name] = f"{type(error).__name__}: {error}"
     return pm
 
 
@@ -110,6 +122,8 @@ def installed_plugins() -> list[PluginInfo]:
     for name, plugin in pm.list_name_plugin():
         hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
         infos.append(PluginInfo(name, versions.get(name, "unknown"), hooks))
+    for name, error in FAILED.items():
+        infos.append(PluginInfo(name, versions.get(name, "unknown"), [f"FAILED TO LOAD ({error})"]))
     return sorted(infos, key=lambda info: info.name)
 
 

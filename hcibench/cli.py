@@ -1,0 +1,175 @@
+"""The ``hcibench`` command line. Commands stay thin: the work lives in the core modules."""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from . import __version__, plugins
+from .errors import UsageError
+
+console = Console(stderr=True)
+
+
+def parse_list(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def parse_seeds(value: str) -> list[int]:
+    """``0,1,2`` or a range ``0-2``; a single integer is that one seed."""
+    seeds = []
+    for item in parse_list(value):
+        try:
+            if "-" in item.lstrip("-"):
+                low, high = item.split("-", 1)
+                seeds.extend(range(int(low), int(high) + 1))
+            else:
+                seeds.append(int(item))
+        except ValueError:
+            raise UsageError(f"bad --seeds '{value}': expected integers like 0,1,2 or a range 0-2")
+    return seeds
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hcibench")
+def cli():
+    """Benchmark domain adaptation for High Content Imaging across sources, batches and plates."""
+
+
+@cli.command()
+@click.option("--methods", help="Comma-separated method names (see `hcibench list methods`).")
+@click.option("--sources", help="Training sources, comma-separated [default: every source].")
+@click.option("--targets", help="Target sources [default: every source, the training one included].")
+@click.option("--seeds", help="Seeds: 0,1,2 or a range 0-2 [default: 0].")
+@click.option("--dataset", help="Dataset plugin [default: synthetic].")
+@click.option("--data", "data_path", help="Path to the dataset on disk, for datasets that read one.")
+@click.option("--preset", type=click.Choice(["quick", "paper"]), help="Settings bundle [default: quick].")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one setting, e.g. --set supervised.epochs=5 (repeatable).")
+@click.option("--evaluators", help="Comma-separated evaluators [default: accuracy,f1].")
+@click.option("--pretrained", type=click.Path(), help="Local weights file for the backbones.")
+@click.option("--grid", "grid_file", type=click.Path(), help="TOML file with any of the options above.")
+@click.option("--out", type=click.Path(), help="Run folder [default: runs/<dataset>-<preset>].")
+def run(**options):
+    """Run a methods × sources × targets × seeds grid; finished cells are never recomputed."""
+    from .runner import Grid, RunSpec
+    from .runner_display import run_with_progress
+
+    options = merge_grid_file(options)
+    dataset = options["dataset"] or "synthetic"
+    preset = options["preset"] or "quick"
+    overrides = list(options["overrides"])
+    if options["pretrained"]:
+        overrides.append(f"backbone.pretrained={options['pretrained']}")
+    if not options["methods"]:
+        raise UsageError("no methods given: use --methods, e.g. --methods supervised,coda "
+                         "(see `hcibench list methods`)")
+    spec = RunSpec(
+        grid=Grid(parse_list(options["methods"]), parse_list(options["sources"]),
+                  parse_list(options["targets"]),
+                  parse_seeds(options["seeds"] or "0")),
+        out=Path(options["out"] or f"runs/{dataset}-{preset}"),
+        dataset=dataset, data=options["data_path"], preset=preset, overrides=overrides,
+        evaluators=parse_list(options["evaluators"]) or ["accuracy", "f1"],
+    )
+    run_with_progress(spec, console)
+
+
+def merge_grid_file(options: dict) -> dict:
+    """Fill options not given on the command line from a ``--grid`` TOML file."""
+    path = options.get("grid_file")
+    if not path:
+        return options
+    try:
+        grid = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"grid file not found: {path}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"grid file {path} is not valid TOML: {error}") from None
+    merged = dict(options)
+    for key, value in grid.items():
+        name = {"data": "data_path", "set": "overrides"}.get(key, key)
+        if name not in merged:
+            raise UsageError(f"grid file {path}: unknown key '{key}'")
+        if isinstance(value, list) and name != "overrides":
+            value = ",".join(str(v) for v in value)
+        if name == "overrides":
+            merged[name] = [*value, *merged[name]]
+        elif merged[name] in (None, ""):
+            merged[name] = str(value)
+    return merged
+
+
+@cli.command()
+@click.argument("run_dir", required=False, type=click.Path())
+@click.option("--format", "fmt", default="table",
+              type=click.Choice(["table", "markdown", "latex", "csv", "json"]))
+@click.option("--metric", default="accuracy", help="accuracy, f1, or any recorded metric.")
+def report(run_dir, fmt, metric):
+    """Print the source × target table of a run (mean ± std over seeds)."""
+    from .report import render
+
+    click.echo(render(Path(run_dir) if run_dir else latest_run(), fmt=fmt, metric=metric))
+
+
+def latest_run() -> Path:
+    manifests = sorted(Path("runs").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    if not manifests:
+        raise UsageError("no run folder given and none found under runs/: "
+                         "give one, e.g. `hcibench report runs/synthetic-quick`")
+    return manifests[-1].parent
+
+
+@cli.command(name="plugins")
+def plugins_command():
+    """Installed plugins, their versions and the hooks they implement."""
+    for info in plugins.installed_plugins():
+        click.echo(f"{info.name:<20} {info.version:<28} {', '.join(info.hooks)}")
+
+
+@cli.command(name="list")
+@click.argument("kind", type=click.Choice(["methods", "datasets", "evaluators"]))
+def list_command(kind):
+    """Registered names of one kind with a one-line description."""
+    registry = plugins.registry(kind)
+    for name in registry.names():
+        cls = registry.items[name]
+        click.echo(f"{name:<14} {cls.description}  [{registry.owners[name]}]")
+
+
+@cli.group()
+def data():
+    """Dataset utilities."""
+
+
+def build_cli() -> click.Group:
+    """The root group with every plugin's commands added (hook ``register_commands``)."""
+    plugins.manager().hook.register_commands(cli=cli)
+    return cli
+
+
+def main(argv=None) -> None:
+    """Entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        root = build_cli()
+        root.main(args=argv, prog_name="hcibench", standalone_mode=False)
+    except UsageError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted: finished cells are saved; the same command resumes the run",
+                   err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        click.echo(f"error: {error.format_message()}", err=True)
+        sys.exit(2 if isinstance(error, click.UsageError) else error.exit_code)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+
+
+if __name__ == "__main__":
+    main()

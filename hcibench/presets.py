@@ -1,0 +1,71 @@
+"""Named settings bundles. ``quick`` runs the whole synthetic benchmark on a laptop CPU;
+``paper`` carries the CODA paper's hyperparameters (DeiT-S, 224 px) and is meant for GPUs.
+
+A preset is a nested dict; ``--set section.key=value`` overrides single entries. The core owns
+the shared sections (backbone, split, the SSL objectives); a method plugin adds its own section,
+named after the method, through ``Method.default_settings(preset)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from .errors import UsageError
+
+QUICK = {
+    "backbone": {
+        "model": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4,
+        "embed_dim": 128, "depth": 4, "num_heads": 4, "pretrained": None,
+    },
+    "dataset": {"image_size": 32},
+    "input_size": 32,
+    "eval_batch_size": 256,
+    "split": {"val_plates": 1, "test_plates": 1},
+}
+
+PAPER = {
+    "backbone": {
+        "model": "deit_small_patch16_224", "img_size": 224, "pretrained": None,
+    },
+    "dataset": {"image_size": 256},
+    "input_size": 224,
+    "eval_batch_size": 128,
+    "split": {"val_plates": 1, "test_plates": 1},
+}
+
+PRESETS = {"quick": QUICK, "paper": PAPER}
+
+
+def build(name: str, overrides: list[str] = (), sections: dict[str, dict] | None = None) -> dict:
+    """A deep copy of preset ``name``, plus plugin ``sections``, with ``section.key=value``
+    overrides applied."""
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset '{name}'. Available: {', '.join(PRESETS)}.")
+    config = copy.deepcopy(PRESETS[name])
+    config["preset"] = name
+    for section, values in (sections or {}).items():
+        config.setdefault(section, copy.deepcopy(values))
+    for item in overrides:
+        apply_override(config, item)
+    return config
+
+
+def apply_override(config: dict, item: str) -> None:
+    """Set ``a.b.c=value``; the value is parsed as JSON when it can be (numbers, true, null)."""
+    if "=" not in item:
+        raise UsageError(f"bad --set '{item}': expected section.key=value, e.g. supervised.epochs=5")
+    path, raw = item.split("=", 1)
+    keys = path.strip().split(".")
+    node = config
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            raise UsageError(f"bad --set '{item}': '{key}' is not a settings section")
+        node = node[key]
+    if keys[-1] not in node:
+        known = ", ".join(sorted(node)) if isinstance(node, dict) else ""
+        raise UsageError(f"bad --set '{item}': unknown setting '{path}'. Known here: {known}")
+    try:
+        node[keys[-1]] = json.loads(raw)
+    except json.JSONDecodeError:
+        node[keys[-1]] = raw

@@ -1,0 +1,247 @@
+"""The grid runner: methods × sources × targets × seeds, one record per cell.
+
+Each (method, source, seed) is fitted once and reused for every target. A record is written
+atomically as soon as its cell is scored, so a run that is killed and started again with the same
+command skips every finished cell, and a group whose cells are all finished is not even fitted.
+Expensive stages are shared and cached through ``hcibench.stages``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from . import plugins, presets, storage
+from .data import Dataset, Domain
+from .errors import UsageError, unknown_name
+from .progress import Progress
+from .provenance import git_revision, package_versions
+from .splits import split_source
+from .stages import Context, StageCache, digest, seed_everything
+
+DEFAULT_EVALUATORS = ["accuracy", "f1"]
+
+
+@dataclass
+class Grid:
+    methods: list[str]
+    sources: list[str]
+    targets: list[str] = field(default_factory=list)  # empty: every source of the dataset
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class RunSpec:
+    grid: Grid
+    out: Path
+    dataset: str = "synthetic"
+    data: str | None = None
+    preset: str = "quick"
+    overrides: list[str] = field(default_factory=list)
+    evaluators: list[str] = field(default_factory=lambda: list(DEFAULT_EVALUATORS))
+
+
+@dataclass
+class Run:
+    """A validated run: everything resolved, nothing written yet."""
+
+    spec: RunSpec
+    grid: Grid
+    config: dict
+    dataset: Dataset
+    method_classes: dict[str, type]
+    evaluators: dict[str, object]
+    settings_digest: str
+
+    @property
+    def out(self) -> Path:
+        return Path(self.spec.out)
+
+
+def _check_unique(kind: str, names: list) -> None:
+    duplicates = sorted({str(n) for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UsageError(f"{kind} listed more than once: {', '.join(duplicates)}")
+
+
+def prepare(spec: RunSpec) -> Run:
+    """Resolve every name and option; raise UsageError before anything touches the disk."""
+    grid = spec.grid
+    if not grid.methods or not grid.seeds:
+        raise UsageError("empty grid: give at least one method and one seed")
+    for kind, names in (("methods", grid.methods), ("sources", grid.sources),
+                        ("targets", grid.targets), ("seeds", grid.seeds)):
+        _check_unique(kind, list(names))
+    if any(seed < 0 for seed in grid.seeds):
+        raise UsageError(f"seeds must be non-negative integers, got {grid.seeds}")
+    method_classes = {name: plugins.methods().get(name) for name in grid.methods}
+    dataset_class = plugins.datasets().get(spec.dataset)
+    evaluators = {name: plugins.evaluators().get(name)() for name in spec.evaluators}
+    sections = {name: cls.default_settings(spec.preset) for name, cls in method_classes.items()}
+    sections["dataset"] = dataset_class.default_settings(spec.preset)
+    config = presets.build(spec.preset, spec.overrides, sections)
+    weights = config["backbone"].get("pretrained")
+    if weights and not Path(weights).is_file():
+        raise UsageError(f"pretrained weights file not found: {weights}")
+    dataset = dataset_class(data=spec.data, **config["dataset"])
+    known = dataset.sources()
+    for source in [*grid.sources, *grid.targets]:
+        if source not in known:
+            raise unknown_name("source", source, known)
+    grid = Grid(list(grid.methods), list(grid.sources) or list(known), list(grid.targets) or list(known),
+                [int(s) for s in grid.seeds])
+    settings = {"config": config, "dataset": spec.dataset, "data": spec.data,
+                "evaluators": spec.evaluators}
+    return Run(spec, grid, config, dataset, method_classes, evaluators, digest(settings))
+
+
+def record_path(out: Path, method: str, source: str, target: str, seed: int) -> Path:
+    return out / "records" / method / source / target / f"seed{seed}.json"
+
+
+def open_run_folder(run: Run) -> None:
+    """Create the run folder, or check that an existing one was made with the same settings."""
+    out = run.out
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        previous = storage.read_json(manifest_path)
+        if previous.get("settings_digest") != run.settings_digest:
+            raise UsageError(
+                f"{out} holds a run made with other settings (preset, --set, dataset or "
+                f"evaluators); use a new --out folder or the same options as before")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"cannot write to output folder {out}: {error.strerror or error}") from None
+
+
+def write_manifest(run: Run, stages: StageCache, started: str) -> None:
+    manifest_path = run.out / "manifest.json"
+    grid = asdict(run.grid)
+    if manifest_path.exists():  # a later command may extend the grid of the same run
+        old = storage.read_json(manifest_path).get("grid", {})
+        for key, values in old.items():
+            grid[key] = list(dict.fromkeys([*values, *grid[key]]))
+    storage.write_json(manifest_path, {
+        "settings_digest": run.settings_digest,
+        "grid": grid,
+        "dataset": {"name": run.spec.dataset, "data": run.spec.data,
+                    "options": run.config["dataset"]},
+        "preset": run.spec.preset,
+        "overrides": run.spec.overrides,
+        "config": run.config,
+        "evaluators": list(run.evaluators),
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+        "hostname": os.uname().nodename,
+        "torch_threads": torch.get_num_threads(),
+        "started": started,
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "stages": stages.counts,
+    })
+
+
+def score(run: Run, logits: torch.Tensor, domain: Domain, variant: str = "") -> dict[str, float]:
+    labels = domain.labels
+    metrics = {}
+    for evaluator in run.evaluators.values():
+        for name, value in evaluator(logits, labels, domain.meta, len(domain.classes)).items():
+            metrics[f"{name}@{variant}" if variant else name] = value
+    return metrics
+
+
+def pending_cells(run: Run) -> list[tuple[str, str, int, list[str]]]:
+    """(method, source, seed, unfinished targets) for every group with work left."""
+    groups = []
+    for seed in run.grid.seeds:
+        for source in run.grid.sources:
+            for method in run.grid.methods:
+                targets = [t for t in run.grid.targets
+                           if not record_path(run.out, method, source, t, seed).exists()]
+                if targets:
+                    groups.append((method, source, seed, targets))
+    return groups
+
+
+class DomainCache:
+    """Loads each source once per run and splits training sources once."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.domains: dict[str, Domain] = {}
+        self.splits = {}
+
+    def domain(self, source: str) -> Domain:
+        if source not in self.domains:
+            self.domains[source] = self.run.dataset.domain(source)
+        return self.domains[source]
+
+    def split(self, source: str):
+        if source not in self.splits:
+            self.splits[source] = split_source(self.domain(source), **self.run.config["split"])
+        return self.splits[source]
+
+    def target(self, source: str, target: str) -> Domain:
+        """What a target is scored on: held-out plates in-domain, every image otherwise."""
+        return self.split(source).test if source == target else self.domain(target)
+
+
+def execute(run: Run, progress: Progress | None = None, on_cell=None) -> dict:
+    """Run every unfinished cell. ``on_cell(record)`` is called after each record is written."""
+    progress = progress or Progress()
+    open_run_folder(run)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stages = StageCache(run.out)
+    write_manifest(run, stages, started)
+    domains = DomainCache(run)
+    dataset_identity = {"name": run.spec.dataset, "data": run.spec.data,
+                        "options": run.config["dataset"]}
+    done = 0
+    for method_name, source, seed, targets in pending_cells(run):
+        split = domains.split(source)
+        context = Context(run.config, seed=seed, source=source, dataset=dataset_identity,
+                          stages=stages, progress=progress)
+        method = run.method_classes[method_name](context)
+        seed_everything(int(digest([method_name, source, seed, "fit"]), 16) % 2**31)
+        fit_started = time.perf_counter()
+        method.fit(split.train, split.val)
+        fit_seconds = time.perf_counter() - fit_started
+        for target in targets:
+            domain = domains.target(source, target)
+            seed_everything(int(digest([method_name, source, target, seed]), 16) % 2**31)
+            cell_started = time.perf_counter()
+            prediction = method.predict(domain)
+            metrics = score(run, prediction.logits, domain)
+            for variant, logits in prediction.variants.items():
+                metrics.update(score(run, logits, domain, variant))
+            record = {
+                "method": method_name, "source": source, "target": target, "seed": seed,
+                "dataset": run.spec.dataset, "in_domain": source == target,
+                "metrics": metrics, "n_images": len(domain),
+                "fit_seconds": round(fit_seconds, 3),
+                "seconds": round(time.perf_counter() - cell_started, 3),
+                "info": prediction.info, "settings_digest": run.settings_digest,
+            }
+            storage.write_json(record_path(run.out, method_name, source, target, seed), record)
+            fit_seconds = 0.0  # the fit is charged to the first target only
+            done += 1
+            if on_cell:
+                on_cell(record)
+        write_manifest(run, stages, started)
+    write_manifest(run, stages, started)
+    return {"computed_cells": done}
+
+
+def count_cells(run: Run) -> tuple[int, int]:
+    """(total cells, cells already finished)."""
+    total = len(run.grid.methods) * len(run.grid.sources) * len(run.grid.targets) * len(run.grid.seeds)
+    pending = sum(len(targets) for *_, targets in pending_cells(run))
+    return total, total - pending

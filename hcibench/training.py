@@ -1,0 +1,121 @@
+"""Supervised training with model selection on held-out source data, shared by every method
+that trains a classifier (the supervised baseline, the dual model's task model).
+
+The schedule follows the paper: linear warm-up, then the learning rate is divided by 10 each
+time the validation loss stops improving. The checkpoint kept is the one with the best
+validation accuracy, where validation is a held-out *source* plate, never target data.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import augment
+from .data import Domain
+from .stages import Context
+
+
+def prepare_images(x: torch.Tensor, input_size: int, training: bool,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Model input from raw images: random crop and flips when training, centre crop otherwise,
+    then per-image per-channel standardisation (which removes gain and offset differences)."""
+    if x.dim() == 4 and x.shape[-1] > input_size:
+        if training:
+            x = augment.random_crops(x, input_size, generator)
+        else:
+            x = augment.center_crop(x, input_size)
+    if training and x.dim() == 4:
+        x = augment.random_flips(x, generator)
+    return augment.self_normalise(x) if x.dim() == 4 else x
+
+
+def parameter_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and normalisation weights (1-d tensors)."""
+    decay, no_decay = [], []
+    for module in modules:
+        for param in module.parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim <= 1 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], domain: Domain,
+                   batch_size: int, input_size: int) -> torch.Tensor:
+    """Logits for every sample of ``domain``, in order."""
+    outputs = [forward(prepare_images(x, input_size, training=False))
+               for x, _, _ in domain.batches(batch_size)]
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def _evaluate(forward, domain: Domain, batch_size: int, input_size: int) -> tuple[float, float]:
+    logits = predict_logits(forward, domain, batch_size, input_size)
+    labels = domain.labels
+    known = labels >= 0
+    if known.sum() == 0:
+        return float("inf"), 0.0
+    loss = F.cross_entropy(logits[known], labels[known]).item()
+    accuracy = (logits[known].argmax(1) == labels[known]).float().mean().item()
+    return loss, accuracy
+
+
+def train_classifier(
+    trainable: nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    train: Domain,
+    val: Domain,
+    settings: dict,
+    context: Context,
+    input_size: int,
+    description: str = "train",
+) -> dict:
+    """Train ``trainable`` (the parameters behind ``forward``) with cross-entropy on ``train``.
+
+    Returns ``{"state": best state_dict of trainable, "history": [...], "best_epoch": k}``.
+    """
+    generator = torch.Generator().manual_seed(context.seed)
+    optimizer = torch.optim.AdamW(parameter_groups([trainable], settings["weight_decay"]),
+                                  lr=settings["lr"])
+    labels_known = (train.labels >= 0).sum().item()
+    steps_per_epoch = max(1, -(-labels_known // settings["batch_size"]))
+    warmup_steps = settings["warmup_epochs"] * steps_per_epoch
+    lr, step, stale, best_loss = settings["lr"], 0, 0, float("inf")
+    best = {"accuracy": -1.0, "state": None, "epoch": -1}
+    history = []
+    for epoch in context.track(range(settings["epochs"]), description=description):
+        trainable.train()
+        for x, y, _ in train.batches(settings["batch_size"], shuffle=True, generator=generator):
+            known = y >= 0
+            if known.sum() == 0:
+                continue
+            scale = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+            for group in optimizer.param_groups:
+                group["lr"] = lr * scale
+            loss = F.cross_entropy(
+                forward(prepare_images(x[known], input_size, True, generator)), y[known])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+        trainable.eval()
+        val_loss, val_accuracy = _evaluate(forward, val, settings["batch_size"] * 4, input_size)
+        history.append({"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_accuracy,
+                        "lr": lr})
+        if val_accuracy > best["accuracy"]:
+            best = {"accuracy": val_accuracy, "state": copy.deepcopy(trainable.state_dict()),
+                    "epoch": epoch}
+        # Step decay when the validation loss saturates (after warm-up).
+        if val_loss < best_loss - 1e-4:
+            best_loss, stale = val_loss, 0
+        elif epoch >= settings["warmup_epochs"]:
+            stale += 1
+            if stale >= settings["patience"]:
+                lr, stale = max(lr * settings["decay"], settings["min_lr"]), 0
+    return {"state": best["state"], "history": history, "best_epoch": best["epoch"],
+            "val_accuracy": best["accuracy"]}

@@ -1,0 +1,42 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hcibench import plugins
+
+# Settings that make a grid cell take seconds: a one-block ViT, two epochs, few images.
+TINY = [
+    "backbone.depth=1", "backbone.embed_dim=32", "backbone.num_heads=2",
+    "supervised.epochs=2", "dataset.scale=0.34",
+]
+
+
+def tiny_args(*overrides: str) -> list[str]:
+    args = []
+    for item in [*TINY, *overrides]:
+        args += ["--set", item]
+    return args
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins():
+    """Each test discovers plugins anew (some install or register their own)."""
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+def run_cli(*args: str, env=None, cwd=None) -> subprocess.CompletedProcess:
+    """``hcibench ARGS`` in a subprocess, as a user types it."""
+    return subprocess.run([sys.executable, "-m", "hcibench.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=600)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+REPO = Path(__file__).resolve().parents[1]

@@ -1,0 +1,81 @@
+"""The grid runner: records per cell, resume without retraining, determinism, run manifest."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import tiny_args
+
+
+def _records(out):
+    return sorted(p.relative_to(out).as_posix() for p in (out / "records").rglob("*.json"))
+
+
+def _metrics(out):
+    return {p.relative_to(out).as_posix(): json.loads(p.read_text())["metrics"]
+            for p in (out / "records").rglob("*.json")}
+
+
+def test_grid_writes_one_record_per_cell_and_a_manifest(cli, tmp_path):
+    out = tmp_path / "run"
+    result = cli("run", "--methods", "supervised", "--sources", "S3", "--targets", "S3,S5,S8",
+                 "--seeds", "0,1", "--out", str(out), *tiny_args())
+    assert result.returncode == 0, result.stderr
+    assert len(_records(out)) == 6
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["grid"]["seeds"] == [0, 1]
+    assert manifest["config"]["supervised"]["epochs"] == 2
+    assert manifest["versions"]["torch"] and "git_revision" in manifest
+    stages = manifest["stages"].values()
+    assert sorted(s["computed"] for s in stages) == [1, 1]  # one fit per seed, reused per target
+    record = json.loads((out / "records/supervised/S3/S5/seed1.json").read_text())
+    assert record["in_domain"] is False and 0 <= record["metrics"]["accuracy"] <= 1
+
+
+def test_rerun_trains_nothing_and_same_seed_gives_same_numbers(cli, tmp_path):
+    args = ["run", "--methods", "supervised", "--sources", "S3", "--targets", "S3,S5",
+            *tiny_args()]
+    first = cli(*args, "--out", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "a" / "records").rglob("*.json")}
+    started = time.perf_counter()
+    again = cli(*args, "--out", str(tmp_path / "a"))
+    assert again.returncode == 0, again.stderr
+    assert "0 cell(s) computed" in again.stderr
+    assert time.perf_counter() - started < 30
+    assert before == {p: p.stat().st_mtime_ns for p in before}
+    twin = cli(*args, "--out", str(tmp_path / "b"))
+    assert twin.returncode == 0, twin.stderr
+    assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+
+
+def test_a_killed_run_resumes_without_redoing_finished_cells(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "hcibench.cli", "run", "--methods", "supervised",
+               "--sources", "S3,S5", "--targets", "S3,S5", "--out", str(out), *tiny_args()]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((out / "records").rglob("*.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = {p: p.stat().st_mtime_ns for p in (out / "records").rglob("*.json")}
+    assert finished, "no record was written before the kill"
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(_records(out)) == 4
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in finished.items())
+    assert not [p for p in out.rglob(".*.tmp")]
+
+
+def test_changed_settings_in_the_same_folder_are_refused(cli, tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "--methods", "supervised", "--sources", "S3", "--targets", "S3",
+            "--out", str(out)]
+    assert cli(*args, *tiny_args()).returncode == 0
+    changed = cli(*args, *tiny_args("supervised.lr=0.01"))
+    assert changed.returncode == 2
+    assert "other settings" in changed.stderr and len(changed.stderr.strip().splitlines()) == 1
