@@ -30,7 +30,8 @@ def parse_seeds(value: str) -> list[int]:
             else:
                 seeds.append(int(item))
         except ValueError:
-            raise UsageError(f"bad --seeds '{value}': expected integers like 0,1,2 or a range 0-2")
+            raise UsageError(
+                f"bad --seeds '{value}': expected integers like 0,1,2 or a range 0-2") from None
     return seeds
 
 

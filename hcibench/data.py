@@ -96,8 +96,10 @@ class Domain:
         )
 
     def subset(self, mask, name: str | None = None) -> Domain:
-        """The samples where the boolean ``mask`` (array or Series) is true."""
-        indices = np.flatnonzero(np.asarray(mask, dtype=bool))
+        """The samples where the boolean ``mask`` (array or Series) is true, or at the given
+        integer positions."""
+        mask = np.asarray(mask)
+        indices = np.flatnonzero(mask) if mask.dtype == bool else mask.astype(np.int64)
         return Domain(
             name or self.name,
             self.meta.iloc[indices].reset_index(drop=True),
@@ -105,12 +107,15 @@ class Domain:
             self.classes,
         )
 
+    def positions_by(self, column: str) -> dict[str, np.ndarray]:
+        """Positions of the samples for each distinct value of a metadata column."""
+        groups = self.meta.groupby(self.meta[column].astype(str), sort=True).indices
+        return {value: np.asarray(positions) for value, positions in groups.items()}
+
     def split_by(self, column: str) -> dict[str, Domain]:
         """One sub-domain per distinct value of a metadata column (e.g. per batch or plate)."""
-        return {
-            str(value): self.subset(self.meta[column] == value, f"{self.name}/{value}")
-            for value in sorted(self.meta[column].unique(), key=str)
-        }
+        return {value: self.subset(positions, f"{self.name}/{value}")
+                for value, positions in self.positions_by(column).items()}
 
     def stack(self) -> torch.Tensor:
         """All samples as one tensor; for small domains or preprocessing statistics."""

@@ -10,28 +10,52 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import asdict
 
 from .errors import UsageError
+from .ssl.dino import DinoSettings
 
 QUICK = {
     "backbone": {
         "model": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4,
         "embed_dim": 128, "depth": 4, "num_heads": 4, "pretrained": None,
     },
-    "dataset": {"image_size": 32},
     "input_size": 32,
     "eval_batch_size": 256,
     "split": {"val_plates": 1, "test_plates": 1},
+    # Step 1 of the dual model: DINO on 32 px images, scaled down from the paper's 224 px.
+    "dino": {
+        "epochs": 30, "lr": 5e-4, "min_lr": 1e-5, "warmup_epochs": 3, "batch_size": 64,
+        "weight_decay": 0.04, "weight_decay_end": 0.1, "momentum_teacher": 0.99,
+        "n_local": 4, "global_size": 24, "local_size": 12, "head_hidden_dim": 256,
+        "head_bottleneck_dim": 64, "head_out_dim": 1024, "warmup_teacher_temp_epochs": 5,
+        "drop_path": 0.1, "pair_key": "batch",
+    },
+    # Step 2: the task model on the frozen FE.
+    "task": {
+        "model": {"model": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4,
+                  "embed_dim": 128, "depth": 2, "num_heads": 4},
+        "epochs": 15, "batch_size": 64, "lr": 1e-3, "min_lr": 1e-5, "weight_decay": 0.05,
+        "warmup_epochs": 2, "patience": 3, "decay": 0.1,
+    },
+    # Step 3: DINO on the target; the other DINO settings are those of step 1.
+    "adapt": {"epochs": 10, "warmup_epochs": 1, "granularity": "source", "eval_on": "subset"},
 }
 
 PAPER = {
     "backbone": {
         "model": "deit_small_patch16_224", "img_size": 224, "pretrained": None,
     },
-    "dataset": {"image_size": 256},
     "input_size": 224,
     "eval_batch_size": 128,
     "split": {"val_plates": 1, "test_plates": 1},
+    "dino": asdict(DinoSettings()),
+    "task": {
+        "model": {"model": "deit_small_patch16_224", "img_size": 224},
+        "epochs": 50, "batch_size": 128, "lr": 1e-4, "min_lr": 1e-7, "weight_decay": 0.05,
+        "warmup_epochs": 3, "patience": 3, "decay": 0.1,
+    },
+    "adapt": {"epochs": 300, "warmup_epochs": 10, "granularity": "source", "eval_on": "subset"},
 }
 
 PRESETS = {"quick": QUICK, "paper": PAPER}

@@ -37,7 +37,7 @@ class RichProgress(Progress):
             self.display.remove_task(task)
 
     def log(self, message: str) -> None:
-        self.display.console.log(message)
+        self.display.console.print(message)
         if self.log_file is not None:
             with open(self.log_file, "a") as handle:
                 handle.write(message + "\n")

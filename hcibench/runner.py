@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -144,7 +144,7 @@ def write_manifest(run: Run, stages: StageCache, started: str) -> None:
         "hostname": os.uname().nodename,
         "torch_threads": torch.get_num_threads(),
         "started": started,
-        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "updated": datetime.now(UTC).isoformat(timespec="seconds"),
         "stages": stages.counts,
     })
 
@@ -198,7 +198,7 @@ def execute(run: Run, progress: Progress | None = None, on_cell=None) -> dict:
     """Run every unfinished cell. ``on_cell(record)`` is called after each record is written."""
     progress = progress or Progress()
     open_run_folder(run)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     stages = StageCache(run.out)
     write_manifest(run, stages, started)
     domains = DomainCache(run)

@@ -31,7 +31,7 @@ def run_with_progress(spec: RunSpec, console: Console) -> None:
         def on_cell(record):
             display.advance(grid_task)
             metrics = record["metrics"]
-            display.console.log(
+            display.console.print(
                 f"{record['method']:<11} {record['source']:>4} -> {record['target']:<4} "
                 f"seed {record['seed']}: accuracy {metrics.get('accuracy', float('nan')):.3f}"
                 f"  f1 {metrics.get('f1', float('nan')):.3f}")

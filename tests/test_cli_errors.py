@@ -1,7 +1,6 @@
 """Bad input: one clear line on stderr, exit status 2, and nothing written."""
 
 import pytest
-
 from conftest import tiny_args
 
 CASES = [

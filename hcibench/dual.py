@@ -1,0 +1,158 @@
+"""The dual model of the CODA paper: a self-supervised feature extractor (FE) plus a task model.
+
+    image -> FE (ViT, all tokens after its final norm) -> Linear -> task transformer blocks
+          -> class token -> classifier
+
+Step 1 trains the FE without labels on the source (``pretrain_fe``); step 2 freezes it and trains
+projection + task blocks + classifier with source labels (``train_task``); step 3 adapts the FE to
+an unlabelled target with the same objective, starting from step 1's student, teacher and heads
+(``adapt_fe``), and predicts with the adapted *teacher* FE and the untouched task model.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, fields
+
+import torch
+from torch import nn
+
+from .backbones import create_vit
+from .data import Domain
+from .ssl.dino import DinoSettings, train_dino
+from .stages import Context
+from .training import predict_logits, train_classifier
+
+
+class TaskModel(nn.Module):
+    """Projection of FE tokens, transformer blocks without patch embedding, classifier.
+
+    The blocks come from a timm ViT whose patch embedding, class token and position embedding
+    are not used: the FE's tokens (its class token first) already carry position information.
+    """
+
+    def __init__(self, token_dim: int, settings: dict, num_classes: int):
+        super().__init__()
+        vit = create_vit(settings, num_classes=num_classes)
+        self.project = nn.Linear(token_dim, vit.embed_dim)
+        self.blocks = vit.blocks
+        self.norm = vit.norm
+        self.head = vit.head
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.blocks(self.project(tokens)))
+        return self.head(x[:, 0])
+
+
+def dino_settings(section: dict, **changes) -> DinoSettings:
+    """DinoSettings from a config section, ignoring keys that are not DINO settings."""
+    names = {f.name for f in fields(DinoSettings)}
+    values = {k: v for k, v in {**section, **changes}.items() if k in names}
+    return DinoSettings(**values)
+
+
+def build_fe_pair(config: dict, channels: int, settings: DinoSettings):
+    """Student and teacher ViTs (same init) and their DINO heads."""
+    student = create_vit(config["backbone"], in_chans=channels, drop_path=settings.drop_path)
+    teacher = create_vit(config["backbone"], in_chans=channels)
+    teacher.load_state_dict(student.state_dict())
+    student_head = settings.build_head(student.embed_dim)
+    teacher_head = settings.build_head(student.embed_dim)
+    teacher_head.load_state_dict(student_head.state_dict())
+    return student, teacher, student_head, teacher_head
+
+
+def _state(modules) -> dict:
+    return {name: copy.deepcopy(module.state_dict()) for name, module in modules.items()}
+
+
+def _run_dino(config, channels, domain, settings, context, init, description):
+    student, teacher, student_head, teacher_head = build_fe_pair(config, channels, settings)
+    modules = {"student": student, "teacher": teacher, "student_head": student_head,
+               "teacher_head": teacher_head}
+    if init is not None:
+        for name, module in modules.items():
+            module.load_state_dict(init[name])
+    generator = torch.Generator().manual_seed(context.seed)
+    stats = train_dino(student, teacher, student_head, teacher_head, domain, settings,
+                       context.progress, generator, description=description)
+    stats.pop("loss_state", None)
+    return {**_state(modules), "stats": stats}
+
+
+def pretrain_fe(context: Context, train: Domain, cross_batch: bool) -> tuple[dict, dict]:
+    """Step 1: the FE trained with DINO (with cross-batch pairs if asked) on the source.
+
+    Returns the stage result and the stage settings (the key that step 2 and 3 build on)."""
+    config = context.config
+    settings = dino_settings(config["dino"], cross_batch=cross_batch)
+    key = {"backbone": config["backbone"], "dino": asdict(settings)}
+    channels = train.images[0].shape[0]
+    result = context.stage(
+        "fe-dino-cb" if cross_batch else "fe-dino", key,
+        lambda: _run_dino(config, channels, train, settings, context, None,
+                          f"step 1 {'DINO+CB' if cross_batch else 'DINO'} {context.source}"))
+    return result, key
+
+
+def load_fe(config: dict, channels: int, state: dict, which: str = "teacher") -> nn.Module:
+    """A frozen FE in eval mode from a stage result."""
+    fe = create_vit(config["backbone"], in_chans=channels)
+    fe.load_state_dict(state[which])
+    fe.eval().requires_grad_(False)
+    return fe
+
+
+def tokens_forward(fe: nn.Module, task: TaskModel):
+    """Image batch -> logits, with the FE frozen (no graph through it)."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            tokens = fe.forward_features(x)
+        return task(tokens)
+
+    return forward
+
+
+def train_task(context: Context, train: Domain, val: Domain, fe_state: dict, fe_key: dict) -> dict:
+    """Step 2: projection + task model + classifier on the frozen step-1 teacher FE."""
+    config = context.config
+    channels = train.images[0].shape[0]
+
+    def compute():
+        fe = load_fe(config, channels, fe_state)
+        task = TaskModel(fe.embed_dim, config["task"]["model"], len(train.classes))
+        result = train_classifier(task, tokens_forward(fe, task), train, val, config["task"],
+                                  context, config["input_size"],
+                                  description=f"step 2 task model {context.source}")
+        return {"state": result["state"], "val_accuracy": result["val_accuracy"],
+                "best_epoch": result["best_epoch"]}
+
+    return context.stage("task", {"fe": fe_key, "task": config["task"],
+                                  "input_size": config["input_size"]}, compute)
+
+
+def load_task(config: dict, token_dim: int, num_classes: int, state: dict) -> TaskModel:
+    task = TaskModel(token_dim, config["task"]["model"], num_classes)
+    task.load_state_dict(state)
+    task.eval().requires_grad_(False)
+    return task
+
+
+def adapt_fe(context: Context, target: Domain, fe_state: dict, fe_key: dict,
+             cross_batch: bool) -> dict:
+    """Step 3: the FE adapted with DINO (+ CB pairs) on the unlabelled target, from step 1."""
+    config = context.config
+    settings = dino_settings(config["dino"], cross_batch=cross_batch,
+                             **{k: v for k, v in config["adapt"].items()})
+    channels = target.images[0].shape[0]
+    key = {"fe": fe_key, "adapt": asdict(settings), "target": target.name, "n": len(target)}
+    return context.stage(
+        "adapt-cb" if cross_batch else "adapt", key,
+        lambda: _run_dino(config, channels, target, settings, context, fe_state,
+                          f"step 3 adapt to {target.name}"))
+
+
+def predict(config: dict, fe: nn.Module, task: TaskModel, target: Domain) -> torch.Tensor:
+    return predict_logits(tokens_forward(fe, task), target, config["eval_batch_size"],
+                          config["input_size"])

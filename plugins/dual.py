@@ -1,0 +1,91 @@
+"""Dual-model methods of the CODA paper: Dual-model-DINO, Dual-model-CB, ODA and CODA.
+
+They differ in two switches: cross-batch pairs in the DINO objective (CB, CODA) and adaptation of
+the feature extractor to the target (ODA, CODA). Steps 1-2 of ODA are those of Dual-model-DINO
+and steps 1-2 of CODA those of Dual-model-CB: they are the same stages, computed once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import hcibench
+from hcibench import dual
+
+
+class DualModel(hcibench.Method):
+    cross_batch = False
+    adapts = False
+
+    def fit(self, train: hcibench.Domain, val: hcibench.Domain) -> None:
+        self.channels = train.images[0].shape[0]
+        self.fe_stage, self.fe_key = dual.pretrain_fe(self.context, train, self.cross_batch)
+        task_stage = dual.train_task(self.context, train, val, self.fe_stage, self.fe_key)
+        self.fe = dual.load_fe(self.config, self.channels, self.fe_stage)
+        self.task = dual.load_task(self.config, self.fe.embed_dim, len(train.classes),
+                                   task_stage["state"])
+        self.info = {"fe_pairs": self.fe_stage["stats"].get("pairs"),
+                     "task_val_accuracy": task_stage["val_accuracy"]}
+
+    def predict(self, target: hcibench.Domain) -> hcibench.Prediction:
+        if not self.adapts:
+            return hcibench.Prediction(dual.predict(self.config, self.fe, self.task, target),
+                                       info=self.info)
+        return self._adapted_prediction(target)
+
+    def _adapted_prediction(self, target: hcibench.Domain) -> hcibench.Prediction:
+        """Adapt one FE per target part (the whole source, each batch or each plate)."""
+        granularity = self.config["adapt"]["granularity"]
+        eval_on = self.config["adapt"]["eval_on"]
+        groups = ({target.name: np.arange(len(target))} if granularity == "source"
+                  else target.positions_by(granularity))
+        logits = torch.empty(len(target), len(target.classes))
+        variants, adaptations = {}, []
+        for name, positions in groups.items():
+            part = target if granularity == "source" else target.subset(
+                positions, f"{target.name}/{name}")
+            adapted = dual.adapt_fe(self.context, part, self.fe_stage, self.fe_key,
+                                    self.cross_batch)
+            fe = dual.load_fe(self.config, self.channels, adapted)
+            logits[torch.as_tensor(positions)] = dual.predict(self.config, fe, self.task, part)
+            if eval_on == "full" and granularity != "source":
+                # Figure 4 of the paper: a part's FE scored on the whole target.
+                variants[f"{granularity}={name}"] = dual.predict(self.config, fe, self.task,
+                                                                 target)
+            adaptations.append({"part": part.name, "images": len(part),
+                                "pairs": adapted["stats"].get("pairs"),
+                                "loss": adapted["stats"].get("loss")})
+        info = {**self.info, "granularity": granularity, "eval_on": eval_on,
+                "adaptations": adaptations}
+        return hcibench.Prediction(logits, variants=variants, info=info)
+
+
+class DualDino(DualModel):
+    name = "dual-dino"
+    description = "dual model, FE trained with DINO on the source, no adaptation"
+
+
+class DualCB(DualModel):
+    name = "dual-cb"
+    description = "dual model, FE trained with DINO on cross-batch pairs, no adaptation"
+    cross_batch = True
+
+
+class ODA(DualModel):
+    name = "oda"
+    description = "online domain adaptation: the dual-dino FE adapted with DINO on the target"
+    adapts = True
+
+
+class CODA(DualModel):
+    name = "coda"
+    description = "cross-batch ODA: the dual-cb FE adapted with DINO + cross-batch pairs on the target"
+    cross_batch = True
+    adapts = True
+
+
+@hcibench.hookimpl
+def register_methods(register):
+    for method in (DualDino, DualCB, ODA, CODA):
+        register(method)
