@@ -7,10 +7,8 @@ import pytest
 from hcibench import plugins
 
 # Settings that make a grid cell take seconds: a one-block ViT, two epochs, few images.
-TINY = [
-    "backbone.depth=1", "backbone.embed_dim=32", "backbone.num_heads=2",
-    "supervised.epochs=2", "dataset.scale=0.34",
-]
+TINY_BACKBONE = ["backbone.depth=1", "backbone.embed_dim=32", "backbone.num_heads=2"]
+TINY = [*TINY_BACKBONE, "supervised.epochs=2", "dataset.scale=0.34"]
 
 
 def tiny_args(*overrides: str) -> list[str]:

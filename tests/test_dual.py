@@ -1,0 +1,78 @@
+"""The dual model: frozen classifier during adaptation, shared stages, single-batch targets."""
+
+import json
+
+import pandas as pd
+import torch
+from conftest import TINY_BACKBONE, tiny_args
+
+import hcibench
+from hcibench import plugins, presets
+from hcibench.data import TensorImages
+from hcibench.stages import Context, StageCache
+
+TINY_DUAL = [
+    "dino.epochs=1", "dino.n_local=2", "dino.head_hidden_dim=32", "dino.head_bottleneck_dim=16",
+    "dino.head_out_dim=64", "dino.batch_size=32", "task.epochs=1", "task.model.depth=1",
+    "task.model.embed_dim=32", "task.model.num_heads=2", "adapt.epochs=1",
+]
+
+
+def _tiny_config():
+    return presets.build("quick", [*TINY_BACKBONE, *TINY_DUAL])
+
+
+def _domain(name, batches, n=48, classes=4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    meta = pd.DataFrame({
+        "source": name, "batch": [f"B{i % batches}" for i in range(n)],
+        "plate": [f"P{i % (batches * 2)}" for i in range(n)], "well": "A01",
+        "compound": [f"c{i % 8}" for i in range(n)],
+        "label": [f"moa{(i % 8) % classes}" for i in range(n)],
+    })
+    images = torch.rand(n, 3, 32, 32, generator=generator)
+    return hcibench.Domain(name, meta, TensorImages(images), [f"moa{i}" for i in range(classes)])
+
+
+def _coda(config):
+    context = Context(config, seed=0, source="A", stages=StageCache(None, keep_in_memory=100))
+    return plugins.methods().get("coda")(context), context
+
+
+def test_adaptation_changes_the_fe_and_leaves_the_classifier_bit_for_bit():
+    method, context = _coda(_tiny_config())
+    method.fit(_domain("A", 3), _domain("A-val", 2, n=16))
+    before = {k: v.clone() for k, v in method.task.state_dict().items()}
+    method.predict(_domain("B", 2, seed=1))
+    after = method.task.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    adapted = next(v for k, v in context.stages.memory.items() if k.startswith("adapt"))
+    step1 = method.fe_stage["teacher"]
+    assert any(not torch.equal(step1[k], adapted["teacher"][k]) for k in step1)
+    assert all(not p.requires_grad for p in method.task.parameters())
+
+
+def test_single_batch_target_runs_coda_and_records_the_fallback():
+    method, _ = _coda(_tiny_config())
+    method.fit(_domain("A", 3), _domain("A-val", 2, n=16))
+    prediction = method.predict(_domain("C", batches=1, seed=2))
+    assert prediction.logits.shape == (48, 4)
+    pairs = prediction.info["adaptations"][0]["pairs"]
+    assert pairs["fallback_plate"] + pairs["fallback_self"] == 48
+
+
+def test_grid_computes_each_shared_stage_once(cli, tmp_path):
+    out = tmp_path / "run"
+    result = cli("run", "--methods", "dual-dino,oda,dual-cb,coda", "--sources", "S8,S10",
+                 "--targets", "S8,S10", "--seeds", "0,1", "--out", str(out),
+                 *tiny_args(*TINY_DUAL))
+    assert result.returncode == 0, result.stderr
+    stages = json.loads((out / "manifest.json").read_text())["stages"].values()
+    by_name = {}
+    for stage in stages:
+        by_name.setdefault(stage["name"], []).append(stage)
+    for name in ("fe-dino", "fe-dino-cb", "task"):
+        assert all(s["computed"] == 1 for s in by_name[name]), name
+    assert len(by_name["fe-dino"]) == len(by_name["fe-dino-cb"]) == 4  # 2 sources × 2 seeds
+    assert len(by_name["task"]) == 8  # one per FE
+    assert all(s["reused"] >= 1 for s in by_name["fe-dino"] + by_name["fe-dino-cb"])
