@@ -1,0 +1,200 @@
+"""Throughput and efficiency of one DINO step on a quick configuration.
+
+Run: ``pytest benchmarks/bench_dino.py --benchmark-only`` (add ``-s`` to see nothing more: the
+summary lines are printed either way). For each case it reports, and stores in
+``benchmark.extra_info``:
+
+* ``images_per_s``: batch size / median time of a whole step (augmentation of the batch into
+  2 global + 4 local views, teacher forward, student forward and backward, gradient clipping,
+  AdamW, teacher EMA);
+* ``step_gflop`` (counted with ``torch.utils.flop_counter.FlopCounterMode`` over one step: the
+  matmuls, convolutions and attention of the forward and backward passes) and the achieved
+  ``gflop_per_s``, as a ``fraction_of_peak`` of a ViT-shaped matmul (2080×192 @ 192×768) timed
+  with ``torch.mm`` in the same dtype and thread setting, in the same run;
+* ``augment_share``: the median time of building the views / the median step time;
+* ``peak_step_mib``: the peak tensor memory one step allocates above what it started with
+  (activations, gradients, temporaries; not the parameters and optimiser state held before it),
+  from ``torch.profiler``'s allocation events, with ``process_max_rss_mib`` beside it
+  (``memory_method`` says how the peak was measured).
+
+The machine's load average is recorded too: other processes on the same cores make every figure
+noisy, the peak-matmul rate included.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+import resource
+import statistics
+import sys
+import time
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from hcibench import augment
+from hcibench.compat import ensure_torchvision_importable
+from hcibench.ssl import DinoSettings, DinoTrainer
+
+QUICK = dict(img=32, patch=4, embed=128, depth=4, heads=4, batch=64, source=64, n_local=4,
+             global_size=32, local_size=16, hidden=512, bottleneck=256, out=1024)
+MATMUL = (2080, 192, 768)  # tokens×dim @ dim×4·dim of a small ViT's MLP
+
+
+def build(precision: str):
+    ensure_torchvision_importable()
+    import timm
+
+    c = QUICK
+    settings = DinoSettings(
+        epochs=10, batch_size=c["batch"], warmup_epochs=1, n_local=c["n_local"],
+        global_size=c["global_size"], local_size=c["local_size"], head_hidden_dim=c["hidden"],
+        head_bottleneck_dim=c["bottleneck"], head_out_dim=c["out"], precision=precision,
+    )
+    torch.manual_seed(0)
+    student = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=c["img"], patch_size=c["patch"],
+        embed_dim=c["embed"], depth=c["depth"], num_heads=c["heads"], num_classes=0,
+        dynamic_img_size=True, drop_path_rate=settings.drop_path)
+    teacher = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=c["img"], patch_size=c["patch"],
+        embed_dim=c["embed"], depth=c["depth"], num_heads=c["heads"], num_classes=0,
+        dynamic_img_size=True)
+    teacher.load_state_dict(student.state_dict())
+    head = settings.build_head(c["embed"])
+    trainer = DinoTrainer(student, teacher, head, copy.deepcopy(head), settings,
+                          steps_per_epoch=1000)
+    images = torch.rand(c["batch"], 3, c["source"], c["source"],
+                        generator=torch.Generator().manual_seed(0))
+    return settings, trainer, images
+
+
+def matmul_peak(dtype: torch.dtype, rounds: int = 7, reps: int = 20) -> float:
+    """Best GFLOP/s of a ViT-shaped ``torch.mm`` in ``dtype`` over a few timed rounds."""
+    m, k, n = MATMUL
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    out = torch.empty(m, n, dtype=dtype)
+    for _ in range(5):
+        torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b, out=out)
+        best = min(best, (time.perf_counter() - start) / reps)
+    return 2 * m * k * n / best / 1e9
+
+
+def peak_memory(fn) -> tuple[float, str]:
+    """(MiB, method): the peak of the tensor memory ``fn()`` allocates above what it started with.
+
+    Read from the allocation and free events of ``torch.profiler`` (``profile_memory=True``): the
+    running sum of their sizes, in time order, peaks at the step's working memory (activations
+    kept for the backward pass, gradients, temporaries). RSS-based figures do not work here:
+    the C allocator keeps freed pages after the first steps, so the resident size of a warm
+    process hardly moves. Falls back to the ``getrusage`` maxrss delta (a lower bound).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        events.sort(key=lambda e: e.start_ns())
+        live = peak = 0
+        for event in events:
+            live += event.nbytes()
+            peak = max(peak, live)
+        return peak / 2**20, "torch.profiler allocation events (tensor memory)"
+    except (AttributeError, RuntimeError):
+        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fn()
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return (after - before) * scale / 2**20, "getrusage maxrss delta (lower bound)"
+
+
+def max_rss_mib() -> float:
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+CASES = [("fp32", None), ("fp32", 1), ("bf16", None)]
+
+
+@pytest.mark.parametrize(("precision", "threads"), CASES,
+                         ids=[f"{p}-{t or 'all'}threads" for p, t in CASES])
+def test_dino_step(benchmark, capsys, precision, threads):
+    saved_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        settings, trainer, images = build(precision)
+        generator = torch.Generator().manual_seed(0)
+        counter = itertools.count()
+
+        def make_views():
+            return augment.multi_crop(images, settings.global_size, settings.local_size,
+                                      settings.n_local, generator)
+
+        def step():
+            return trainer.step(make_views(), epoch=1, step=next(counter))
+
+        for _ in range(2):
+            step()
+        benchmark.pedantic(step, rounds=8, iterations=1, warmup_rounds=1)
+        step_s = benchmark.stats.stats.median
+
+        augment_times = []
+        for _ in range(15):
+            start = time.perf_counter()
+            make_views()
+            augment_times.append(time.perf_counter() - start)
+        augment_s = statistics.median(augment_times)
+
+        with FlopCounterMode(display=False) as counter_mode:
+            step()
+        flops = counter_mode.get_total_flops()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        peak = matmul_peak(dtype)
+        trainer.optimizer.zero_grad(set_to_none=True)  # so that no earlier block is freed inside
+        memory_mib, memory_method = peak_memory(step)
+
+        info = {
+            "precision": precision,
+            "threads": torch.get_num_threads(),
+            "batch": QUICK["batch"],
+            "views": f"2x{settings.global_size}px + {settings.n_local}x{settings.local_size}px",
+            "step_s": step_s,
+            "images_per_s": QUICK["batch"] / step_s,
+            "step_gflop": flops / 1e9,
+            "gflop_per_s": flops / step_s / 1e9,
+            "matmul_peak_gflop_per_s": peak,
+            "matmul_peak_dtype": str(dtype).replace("torch.", ""),
+            "fraction_of_peak": flops / step_s / 1e9 / peak,
+            "augment_s": augment_s,
+            "augment_share": augment_s / step_s,
+            "peak_step_mib": memory_mib,
+            "memory_method": memory_method,
+            "process_max_rss_mib": max_rss_mib(),
+            "load_average_1min": os.getloadavg()[0],
+        }
+        benchmark.extra_info.update(info)
+        with capsys.disabled():
+            print(
+                f"\nDINO step [{precision}, {info['threads']} threads]: "
+                f"{info['images_per_s']:.1f} img/s ({step_s * 1e3:.0f} ms/step, batch "
+                f"{QUICK['batch']}, {info['views']}); {info['step_gflop']:.1f} GFLOP/step -> "
+                f"{info['gflop_per_s']:.1f} GFLOP/s = {info['fraction_of_peak']:.0%} of the "
+                f"{peak:.0f} GFLOP/s {info['matmul_peak_dtype']} matmul peak; augmentation "
+                f"{augment_s * 1e3:.1f} ms = {info['augment_share']:.1%} of a step; peak memory "
+                f"{memory_mib:.0f} MiB ({memory_method}; process max RSS "
+                f"{info['process_max_rss_mib']:.0f} MiB); load average "
+                f"{info['load_average_1min']:.1f}"
+            )
+        assert info["augment_share"] < 0.1
+    finally:
+        torch.set_num_threads(saved_threads)

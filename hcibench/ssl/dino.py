@@ -1,0 +1,534 @@
+"""DINO (self-distillation with no labels) as a reusable objective.
+
+Used twice by CODA: to train the feature extractor on the source (step 1) and to adapt it to the
+target (step 3), with cross-batch pairs for Dual-model-CB and CODA. The behaviour follows the
+reference implementation described in ``shared/notes/reference-implementation.md``:
+
+* loss: cross-entropy between the teacher's ``softmax((t - center) / tau_t(epoch))`` over the 2
+  global views and the student's ``log_softmax(s / tau_s)`` over all views, skipping the pairs of
+  a view with itself, averaged over the remaining terms; the center is an EMA (0.9) of the
+  teacher's batch mean;
+* head: MLP (GELU, no batch-norm) -> L2-normalise -> weight-normalised linear layer without bias
+  whose norm is fixed to 1;
+* optimisation: AdamW (no weight decay on biases and norm weights), lr warm-up then cosine,
+  weight decay cosine 1e-5 -> 1e-4, per-parameter gradient clipping, the last layer's gradient
+  cancelled during the first epoch(s); the teacher is an EMA of the student (backbone and head)
+  with a momentum on a cosine from 0.996 to 1, never receiving gradients.
+
+Every ``train_dino`` call starts the center from zero and the schedules from their beginning, as
+the reference does when it adapts to a target.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import augment
+from ..data import Domain, take
+from ..pairs import cross_batch_partners
+from ..progress import Progress
+
+__all__ = [
+    "DINOHead", "DINOLoss", "DinoSettings", "DinoTrainer", "MultiCropWrapper", "cancel_last_layer",
+    "class_token", "clip_gradients", "cosine_schedule", "dino_loss", "params_groups", "train_dino",
+]
+
+FeatureFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+ViewFn = Callable[[torch.Tensor, "torch.Tensor | None", torch.Generator], list]
+
+
+# ----------------------------------------------------------------------------------- settings
+
+
+@dataclass
+class DinoSettings:
+    """DINO hyper-parameters; the defaults are the reference (paper) configuration."""
+
+    epochs: int = 300
+    lr: float = 1e-4  # not scaled by the batch size
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    batch_size: int = 128
+    weight_decay: float = 1e-5
+    weight_decay_end: float = 1e-4
+    momentum_teacher: float = 0.996
+    clip_grad: float = 1.0  # per-parameter gradient-norm clip; 0 disables
+    freeze_last_layer_epochs: int = 1
+    n_local: int = 6
+    global_size: int = 224
+    local_size: int = 96
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    head_out_dim: int = 4096
+    head_layers: int = 3
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.07
+    warmup_teacher_temp_epochs: int = 30
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    drop_path: float = 0.1  # applied by whoever builds the student
+    cross_batch: bool = False
+    pair_key: str = "batch"  # "batch" (the paper's text) or "plate" (the authors' code)
+    jitter: bool = True  # intensity jitter on the global views
+    shift_std: float = 0.005
+    gamma_std: float = 0.005
+    precision: str = "fp32"  # "fp32" (reference) or "bf16" (autocast)
+
+    @property
+    def n_crops(self) -> int:
+        return 2 + self.n_local
+
+    def build_head(self, in_dim: int) -> DINOHead:
+        return DINOHead(in_dim, self.head_hidden_dim, self.head_bottleneck_dim, self.head_out_dim,
+                        self.head_layers)
+
+
+# ----------------------------------------------------------------------------------- schedules
+
+
+def cosine_schedule(
+    base: float, final: float, epochs: int, steps_per_epoch: int, warmup_epochs: int = 0,
+    start_warmup: float = 0.0,
+) -> np.ndarray:
+    """A per-step value: linear warm-up from ``start_warmup`` to ``base`` over ``warmup_epochs``,
+    then a half cosine from ``base`` to ``final`` over the remaining steps.
+
+    Returns an array of ``epochs * steps_per_epoch`` values (as in DINO's ``cosine_scheduler``;
+    a warm-up longer than the run is cut at the run's end).
+    """
+    total = epochs * steps_per_epoch
+    warmup_steps = min(warmup_epochs * steps_per_epoch, total)
+    warmup = np.linspace(start_warmup, base, warmup_steps) if warmup_steps > 0 else np.array([])
+    steps = np.arange(total - warmup_steps)
+    cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * steps / max(len(steps), 1)))
+    schedule = np.concatenate((warmup, cosine))
+    assert len(schedule) == total
+    return schedule
+
+
+# ----------------------------------------------------------------------------------- head
+
+
+class DINOHead(nn.Module):
+    """MLP (GELU, no batch-norm) -> L2-normalise -> weight-normalised linear layer, norm fixed to 1.
+
+    The last layer is ``weight_norm(Linear(bottleneck_dim, out_dim, bias=False))`` whose norm
+    parameter (``last_layer.parametrizations.weight.original0``, the old ``weight_g``) is filled
+    with 1 and frozen, so only the direction (``original1``, the old ``weight_v``) trains.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 out_dim: int = 4096, n_layers: int = 3):
+        super().__init__()
+        n_layers = max(n_layers, 1)
+        if n_layers == 1:
+            self.mlp = nn.Linear(in_dim, bottleneck_dim)
+        else:
+            layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim), nn.GELU()]
+            for _ in range(n_layers - 2):
+                layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
+            layers.append(nn.Linear(hidden_dim, bottleneck_dim))
+            self.mlp = nn.Sequential(*layers)
+        self.apply(self._init_weights)
+        self.last_layer = nn.utils.parametrizations.weight_norm(
+            nn.Linear(bottleneck_dim, out_dim, bias=False))
+        norm = self.last_layer.parametrizations.weight.original0
+        with torch.no_grad():
+            norm.fill_(1.0)
+        norm.requires_grad_(False)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    @property
+    def weight_norm(self) -> torch.Tensor:
+        """The frozen norm of the last layer's rows (all ones)."""
+        return self.last_layer.parametrizations.weight.original0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.mlp(x)
+        x = F.normalize(x, dim=-1, p=2)
+        return self.last_layer(x)
+
+
+# ----------------------------------------------------------------------------------- backbone
+
+
+def class_token(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The class token after the final norm (timm ViT); B×D features pass through unchanged."""
+    out = backbone.forward_features(x)
+    return out[:, 0] if out.dim() == 3 else out
+
+
+def _join(views: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate same-shape views along the batch; a view, not a copy, when they already lie
+    back to back in one buffer (as the views of :func:`hcibench.augment.multi_crop` do)."""
+    first = views[0]
+    if len(views) == 1:
+        return first
+    step = first.numel()
+    adjacent = all(
+        v.is_contiguous() and v.shape == first.shape and v.dtype == first.dtype
+        and v.device == first.device and v.untyped_storage().data_ptr()
+        == first.untyped_storage().data_ptr() and v.storage_offset()
+        == first.storage_offset() + i * step and not v.requires_grad
+        for i, v in enumerate(views)
+    )
+    if adjacent:
+        shape = (len(views) * first.shape[0],) + tuple(first.shape[1:])
+        strides, size = [], 1
+        for extent in reversed(shape):
+            strides.insert(0, size)
+            size *= extent
+        return first.as_strided(shape, strides, first.storage_offset())
+    return torch.cat(list(views))
+
+
+class MultiCropWrapper(nn.Module):
+    """Backbone + head over a list of views, one backbone call per run of same-size views.
+
+    ``features(backbone, x) -> B×D`` (default: the class token of a timm ViT, which must be built
+    with ``dynamic_img_size=True`` to take both crop sizes). Returns the head outputs of all views
+    concatenated in view order: (n_views·B)×out_dim.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, features: FeatureFn | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.features = features or class_token
+
+    def forward(self, views: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        if isinstance(views, torch.Tensor):
+            views = [views]
+        outputs, start = [], 0
+        while start < len(views):
+            end = start + 1
+            while end < len(views) and views[end].shape[1:] == views[start].shape[1:]:
+                end += 1
+            outputs.append(self.features(self.backbone, _join(views[start:end])))
+            start = end
+        return self.head(outputs[0] if len(outputs) == 1 else torch.cat(outputs))
+
+
+# ----------------------------------------------------------------------------------- loss
+
+
+def dino_loss(student_output: torch.Tensor, teacher_output: torch.Tensor, center: torch.Tensor,
+              student_temp: float, teacher_temp: float, n_crops: int,
+              n_global: int = 2) -> torch.Tensor:
+    """The DINO loss, without any state.
+
+    With ``B`` images per view, ``s_v`` = rows ``v·B … (v+1)·B`` of ``student_output`` (views in
+    order, globals first) and ``t_g`` likewise of ``teacher_output`` (the ``n_global`` globals)::
+
+        q_g = softmax((t_g - center) / teacher_temp)          # teacher targets, no gradient
+        p_v = log_softmax(s_v / student_temp)
+        L   = mean over pairs (g, v), v != g, of  mean_b  sum_k  -q_g[b, k] · p_v[b, k]
+
+    i.e. ``n_global · n_crops - n_global`` terms (14 for 2 globals and 6 locals).
+    """
+    batch = student_output.shape[0] // n_crops
+    dim = student_output.shape[-1]
+    log_p = F.log_softmax(student_output.float() / student_temp, dim=-1).view(n_crops, batch * dim)
+    q = F.softmax((teacher_output.detach().float() - center) / teacher_temp, dim=-1)
+    q = q.view(n_global, batch * dim)
+    cross = -(q @ log_p.t()) / batch  # cross[g, v] = mean_b sum_k -q_g · p_v
+    keep = torch.ones_like(cross, dtype=torch.bool)
+    same = torch.arange(min(n_global, n_crops), device=cross.device)
+    keep[same, same] = False
+    return cross[keep].mean()
+
+
+class DINOLoss(nn.Module):
+    """DINO's loss with its state: the center (a buffer) and the teacher-temperature schedule.
+
+    ``forward(student_output, teacher_output, epoch)`` returns :func:`dino_loss` with the current
+    center and ``teacher_temperature(epoch)``, then updates the center:
+    ``center <- m · center + (1 - m) · mean(teacher_output over rows)`` with ``m =
+    center_momentum``. The teacher temperature rises linearly from ``warmup_teacher_temp`` to
+    ``teacher_temp`` over ``warmup_teacher_temp_epochs`` epochs, then stays.
+    """
+
+    def __init__(self, out_dim: int, n_crops: int, warmup_teacher_temp: float = 0.04,
+                 teacher_temp: float = 0.07, warmup_teacher_temp_epochs: int = 30,
+                 n_epochs: int = 300, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 n_global: int = 2):
+        super().__init__()
+        self.out_dim = out_dim
+        self.n_crops = n_crops
+        self.n_global = n_global
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        warmup = max(int(warmup_teacher_temp_epochs), 0)
+        self.teacher_temp_schedule = np.concatenate((
+            np.linspace(warmup_teacher_temp, teacher_temp, warmup),
+            np.ones(max(int(n_epochs) - warmup, 0)) * teacher_temp,
+        ))
+        if len(self.teacher_temp_schedule) == 0:
+            self.teacher_temp_schedule = np.array([teacher_temp])
+
+    def teacher_temperature(self, epoch: int) -> float:
+        schedule = self.teacher_temp_schedule
+        return float(schedule[min(max(int(epoch), 0), len(schedule) - 1)])
+
+    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor,
+                epoch: int) -> torch.Tensor:
+        loss = dino_loss(student_output, teacher_output, self.center, self.student_temp,
+                         self.teacher_temperature(epoch), self.n_crops, self.n_global)
+        self.update_center(teacher_output)
+        return loss
+
+    @torch.no_grad()
+    def update_center(self, teacher_output: torch.Tensor) -> None:
+        batch_center = teacher_output.detach().float().sum(dim=0, keepdim=True)
+        count = torch.tensor(float(len(teacher_output)), device=batch_center.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(batch_center)
+            torch.distributed.all_reduce(count)
+        batch_center = batch_center / count
+        self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+
+
+# ----------------------------------------------------------------------------------- optimisation
+
+
+def params_groups(*modules: nn.Module) -> list[dict]:
+    """AdamW groups: weight decay on weights; none on biases and 1-d parameters (norms)."""
+    regularized, not_regularized = [], []
+    for module in modules:
+        for name, param in module.named_parameters():
+            if not param.requires_grad:
+                continue
+            if name.endswith(".bias") or param.ndim <= 1:
+                not_regularized.append(param)
+            else:
+                regularized.append(param)
+    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+
+
+def clip_gradients(parameters: Sequence[torch.Tensor], clip: float) -> None:
+    """Scale each parameter's gradient to a norm of at most ``clip`` (DINO clips per parameter)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads or clip <= 0:
+        return
+    norms = torch._foreach_norm(grads)
+    scales = [torch.clamp(clip / (norm + 1e-6), max=1.0) for norm in norms]
+    torch._foreach_mul_(grads, scales)
+
+
+def cancel_last_layer(head: nn.Module) -> None:
+    """Drop the gradients of the head's last layer (it stays fixed in the first epoch(s))."""
+    for name, param in head.named_parameters():
+        if name.startswith("last_layer"):
+            param.grad = None
+
+
+def _matched_parameters(student: nn.Module, teacher: nn.Module) -> tuple[list, list]:
+    s_named, t_named = list(student.named_parameters()), list(teacher.named_parameters())
+    if [n for n, _ in s_named] != [n for n, _ in t_named]:
+        raise ValueError("student and teacher must have the same architecture (parameter names)")
+    for (name, s), (_, t) in zip(s_named, t_named):
+        if s.shape != t.shape:
+            raise ValueError(f"parameter '{name}': student {tuple(s.shape)}, teacher {tuple(t.shape)}")
+    return [p for _, p in s_named], [p for _, p in t_named]
+
+
+class DinoTrainer:
+    """One DINO optimisation step at a time, with its optimiser, schedules and loss state.
+
+    Builds the AdamW optimiser (fresh), the per-step lr / weight-decay / teacher-momentum
+    schedules (from their start) and a :class:`DINOLoss` with a zero center (or the center in
+    ``loss_state``). :func:`train_dino` drives it over a domain; benchmarks drive it directly.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, student_head: nn.Module,
+                 teacher_head: nn.Module, settings: DinoSettings, steps_per_epoch: int,
+                 features: FeatureFn | None = None, loss_state: dict | None = None):
+        self.settings = settings
+        self.student = MultiCropWrapper(student, student_head, features)
+        self.teacher = MultiCropWrapper(teacher, teacher_head, features)
+        self.student_head = student_head
+        self.student_params, self.teacher_params = _matched_parameters(self.student, self.teacher)
+        for param in self.teacher_params:
+            param.requires_grad_(False)
+        self.trainable = [p for p in self.student_params if p.requires_grad]
+        device = self.student_params[0].device
+        self.device = device
+        self.loss = DINOLoss(
+            settings.head_out_dim, settings.n_crops, settings.warmup_teacher_temp,
+            settings.teacher_temp, settings.warmup_teacher_temp_epochs, settings.epochs,
+            settings.student_temp, settings.center_momentum,
+        ).to(device)
+        if loss_state and loss_state.get("center") is not None:
+            self.loss.center.copy_(loss_state["center"].to(device).view_as(self.loss.center))
+        self.optimizer = torch.optim.AdamW(params_groups(self.student), lr=settings.lr)
+        epochs, steps = settings.epochs, max(steps_per_epoch, 1)
+        self.lr_schedule = cosine_schedule(settings.lr, settings.min_lr, epochs, steps,
+                                           settings.warmup_epochs)
+        self.wd_schedule = cosine_schedule(settings.weight_decay, settings.weight_decay_end,
+                                           epochs, steps)
+        self.momentum_schedule = cosine_schedule(settings.momentum_teacher, 1.0, epochs, steps)
+        if settings.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', not {settings.precision!r}")
+        self.autocast = settings.precision == "bf16"
+
+    def _schedule_value(self, schedule: np.ndarray, step: int) -> float:
+        return float(schedule[min(step, len(schedule) - 1)])
+
+    def step(self, views: Sequence[torch.Tensor], epoch: int, step: int) -> float:
+        """One update on ``views`` (globals first); ``step`` is the global step index."""
+        settings = self.settings
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = self._schedule_value(self.lr_schedule, step)
+            if i == 0:
+                group["weight_decay"] = self._schedule_value(self.wd_schedule, step)
+        self.student.train()
+        self.teacher.eval()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            with torch.no_grad():
+                teacher_output = self.teacher(views[:2])
+            student_output = self.student(views)
+        loss = self.loss(student_output, teacher_output, epoch)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"DINO loss is {value} at epoch {epoch}, step {step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.clip_grad:
+            clip_gradients(self.trainable, settings.clip_grad)
+        if epoch < settings.freeze_last_layer_epochs:
+            cancel_last_layer(self.student_head)
+        self.optimizer.step()
+        self.update_teacher(self._schedule_value(self.momentum_schedule, step))
+        return value
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """teacher <- momentum · teacher + (1 - momentum) · student, backbone and head."""
+        torch._foreach_mul_(self.teacher_params, momentum)
+        torch._foreach_add_(self.teacher_params, self.student_params, alpha=1 - momentum)
+
+
+# ----------------------------------------------------------------------------------- training
+
+
+def _as_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if images.dtype == torch.uint8:
+        return images.to(device).float().div_(255)
+    return images.to(device=device, dtype=torch.float32)
+
+
+def default_views(settings: DinoSettings) -> ViewFn:
+    """The reference augmentation: multi-crop, or cross-batch views when a partner is given."""
+
+    def views(anchor: torch.Tensor, partner: torch.Tensor | None, generator: torch.Generator):
+        options = dict(jitter=settings.jitter, shift_std=settings.shift_std,
+                       gamma_std=settings.gamma_std)
+        if partner is None:
+            return augment.multi_crop(anchor, settings.global_size, settings.local_size,
+                                      settings.n_local, generator, **options)
+        return augment.cross_batch_views(anchor, partner, settings.global_size,
+                                         settings.local_size, settings.n_local, generator,
+                                         **options)
+
+    return views
+
+
+def train_dino(
+    student: nn.Module, teacher: nn.Module, student_head: nn.Module, teacher_head: nn.Module,
+    domain: Domain, settings: DinoSettings, progress: Progress | None = None,
+    generator: torch.Generator | None = None, loss_state: dict | None = None, *,
+    features: FeatureFn | None = None, views: ViewFn | None = None, description: str = "DINO",
+) -> dict:
+    """Train ``student`` (+ head) with DINO on ``domain``'s images; ``teacher`` follows by EMA.
+
+    Modules are updated in place (on the device of the student's parameters). The optimiser is
+    built here; schedules start from their beginning and the center from zero (or from
+    ``loss_state["center"]`` to continue an interrupted run). With ``settings.cross_batch``, each
+    epoch draws for every image a partner of the same compound in another ``settings.pair_key``
+    (see :func:`hcibench.pairs.cross_batch_partners`). ``views(anchor, partner_or_None,
+    generator)`` replaces the image augmentation (e.g. for profiles); ``features`` replaces the
+    class-token feature function.
+
+    Returns ``{"loss", "last_loss", "epoch_losses", "epochs", "steps", "images", "seconds",
+    "images_per_second", "batch_size", "cross_batch", "pair_key", "pairs", "teacher_temp",
+    "loss_state"}``; ``pairs`` holds the partner statistics of the first epoch (fallback counts)
+    or None.
+    """
+    progress = progress or Progress()
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    n = len(domain)
+    if n == 0:
+        raise ValueError(f"domain '{domain.name}' has no images to train DINO on")
+    batch_size = min(settings.batch_size, n)  # a domain smaller than a batch is one batch
+    steps_per_epoch = n // batch_size  # drop_last, as the reference
+    trainer = DinoTrainer(student, teacher, student_head, teacher_head, settings, steps_per_epoch,
+                          features, loss_state)
+    make_views = views or default_views(settings)
+    was_training = student.training, student_head.training, teacher.training, teacher_head.training
+
+    pair_stats = None
+    epoch_losses: list[float] = []
+    last_loss = float("nan")
+    step = 0
+    start = time.perf_counter()
+    try:
+        for epoch in progress.track(range(settings.epochs), description=description):
+            partners = None
+            if settings.cross_batch:
+                partners, stats = cross_batch_partners(domain.meta, settings.pair_key, generator)
+                if pair_stats is None:
+                    pair_stats = stats
+                    if stats["fallback_plate"] or stats["fallback_self"]:
+                        progress.log(
+                            f"cross-batch pairs on '{domain.name}' by {stats['key']}: "
+                            f"{stats['fallback_plate']} of {stats['pairs']} images paired on "
+                            f"another plate, {stats['fallback_self']} with themselves "
+                            f"({stats['fallback_compounds']} compounds without a partner in "
+                            f"another {stats['key']})")
+            total = 0.0
+            for images, _, positions in domain.batches(batch_size, shuffle=True,
+                                                       generator=generator, drop_last=True):
+                anchor = _as_float(images, trainer.device)
+                partner = None
+                if partners is not None:
+                    partner = _as_float(take(domain.images, partners[positions]), trainer.device)
+                last_loss = trainer.step(make_views(anchor, partner, generator), epoch, step)
+                total += last_loss
+                step += 1
+            epoch_losses.append(total / max(steps_per_epoch, 1))
+    finally:
+        for module, mode in zip((student, student_head, teacher, teacher_head), was_training):
+            module.train(mode)
+    seconds = time.perf_counter() - start
+    images = step * batch_size
+    return {
+        "loss": epoch_losses[-1] if epoch_losses else float("nan"),
+        "last_loss": last_loss,
+        "epoch_losses": epoch_losses,
+        "epochs": settings.epochs,
+        "steps": step,
+        "images": images,
+        "seconds": seconds,
+        "images_per_second": images / seconds if seconds > 0 else float("nan"),
+        "batch_size": batch_size,
+        "cross_batch": settings.cross_batch,
+        "pair_key": settings.pair_key if settings.cross_batch else None,
+        "pairs": pair_stats,
+        "teacher_temp": trainer.loss.teacher_temperature(max(settings.epochs - 1, 0)),
+        "loss_state": {"center": trainer.loss.center.detach().cpu().clone()},
+    }
