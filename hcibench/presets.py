@@ -36,7 +36,7 @@ QUICK = {
         "model": {"model": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4,
                   "embed_dim": 128, "depth": 2, "num_heads": 4},
         "epochs": 15, "batch_size": 64, "lr": 1e-3, "min_lr": 1e-5, "weight_decay": 0.05,
-        "warmup_epochs": 2, "patience": 3, "decay": 0.1,
+        "warmup_epochs": 2, "patience": 3, "decay": 0.1, "cache_tokens": True,
     },
     # Step 3: DINO on the target; the other DINO settings are those of step 1.
     "adapt": {"epochs": 10, "warmup_epochs": 1, "granularity": "source", "eval_on": "subset"},
@@ -53,7 +53,7 @@ PAPER = {
     "task": {
         "model": {"model": "deit_small_patch16_224", "img_size": 224},
         "epochs": 50, "batch_size": 128, "lr": 1e-4, "min_lr": 1e-7, "weight_decay": 0.05,
-        "warmup_epochs": 3, "patience": 3, "decay": 0.1,
+        "warmup_epochs": 3, "patience": 3, "decay": 0.1, "cache_tokens": False,
     },
     "adapt": {"epochs": 300, "warmup_epochs": 10, "granularity": "source", "eval_on": "subset"},
 }

@@ -1,0 +1,37 @@
+"""Presets: the paper preset builds the paper's models and takes a training step here."""
+
+import torch
+import torch.nn.functional as F
+
+from hcibench import augment, presets
+from hcibench.backbones import create_vit
+from hcibench.dual import build_fe_pair, dino_settings
+from hcibench.ssl.dino import DinoTrainer
+from hcibench.training import parameter_groups, prepare_images
+
+
+def test_paper_preset_takes_one_supervised_step_with_deit_small():
+    config = presets.build("paper")
+    model = create_vit(config["backbone"], num_classes=4)
+    assert model.embed_dim == 384 and len(model.blocks) == 12  # DeiT-S/16
+    optimizer = torch.optim.AdamW(parameter_groups([model], 0.05), lr=1e-4)
+    images = torch.rand(2, 3, 256, 256)
+    x = prepare_images(images, config["input_size"], training=True)
+    assert x.shape == (2, 3, 224, 224)
+    before = model.head.weight.clone()
+    loss = F.cross_entropy(model(x), torch.tensor([0, 3]))
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and not torch.equal(before, model.head.weight)
+
+
+def test_paper_preset_takes_one_dino_step_with_multi_crop():
+    config = presets.build("paper")
+    settings = dino_settings(config["dino"])
+    assert (settings.global_size, settings.local_size, settings.n_local) == (224, 96, 6)
+    student, teacher, student_head, teacher_head = build_fe_pair(config, 3, settings)
+    trainer = DinoTrainer(student, teacher, student_head, teacher_head, settings, steps_per_epoch=1)
+    views = augment.multi_crop(torch.rand(2, 3, 256, 256), settings.global_size,
+                               settings.local_size, settings.n_local, torch.Generator())
+    loss = trainer.step(views, epoch=0, step=0)
+    assert loss > 0
