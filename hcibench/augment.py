@@ -111,8 +111,9 @@ def intensity_jitter(
     """Per-image, per-channel gamma ~ N(1, gamma_std) and additive shift ~ N(0, shift_std).
 
     ``y = clip(clip(x) ** gamma + shift)`` with clipping to ``value_range`` (images are expected
-    in [0, 1]). With ``value_range=None`` nothing is clipped and the gamma is applied to the
-    magnitude (``sign(x) * |x| ** gamma``) so that negative values stay finite.
+    in [0, 1]; for another range the gamma acts on the intensity rescaled to [0, 1]). With
+    ``value_range=None`` nothing is clipped and the gamma is applied to the magnitude
+    (``sign(x) * |x| ** gamma``) so that negative values stay finite.
     """
     batch, channels = x.shape[:2]
     shape = (batch, channels) + (1,) * (x.dim() - 2)
@@ -122,7 +123,14 @@ def intensity_jitter(
     if value_range is None:
         return torch.sign(x) * x.abs().pow(gamma) + shift
     low, high = value_range
-    return (x.clamp(low, high).pow(gamma) + shift).clamp_(low, high)
+    y = x.clamp(low, high)
+    if (low, high) != (0.0, 1.0):  # the gamma acts on the intensity scaled to [0, 1]
+        y = y.sub_(low).div_(high - low)
+    # in place, and exp(gamma·log y) is faster than pow with a tensor exponent (log 0 -> 0)
+    y = y.log_().mul_(gamma).exp_()
+    if (low, high) != (0.0, 1.0):
+        y = y.mul_(high - low).add_(low)
+    return y.add_(shift).clamp_(low, high)
 
 
 def self_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

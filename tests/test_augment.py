@@ -129,3 +129,17 @@ def test_odd_local_count_gives_the_anchor_the_extra_view():
     views = augment.cross_batch_views(anchor, partner, 8, 4, 3, _gen(), jitter=False)
     row_striped = [bool((v[..., 0, :] == v[..., 0, :1]).all()) for v in views[2:]]
     assert row_striped == [True, True, False]
+
+
+def test_intensity_jitter_matches_its_formula():
+    x = torch.rand(4, 3, 5, 5)
+    x[0, 0, 0, 0] = 0.0
+    x[1, 1, 1, 1] = 1.0
+    y = augment.intensity_jitter(x, _gen(9), shift_std=0.05, gamma_std=0.2)
+    g = _gen(9)
+    gamma = (1 + 0.2 * torch.randn(4, 3, generator=g)).clamp_min(1e-3)[..., None, None]
+    shift = 0.05 * torch.randn(4, 3, generator=g)[..., None, None]
+    assert torch.allclose(y, (x.pow(gamma) + shift).clamp(0, 1), atol=1e-6)
+    signed = augment.intensity_jitter(x * 4 - 2, _gen(9), 0.05, 0.2, value_range=(-2.0, 2.0))
+    expected = (x.pow(gamma) * 4 - 2 + shift).clamp(-2, 2)
+    assert torch.allclose(signed, expected, atol=1e-5)
