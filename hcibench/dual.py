@@ -95,10 +95,11 @@ def pretrain_fe(context: Context, train: Domain, cross_batch: bool) -> tuple[dic
     return result, key
 
 
-def load_fe(config: dict, channels: int, state: dict, which: str = "teacher") -> nn.Module:
-    """A frozen FE in eval mode from a stage result."""
+def load_fe(config: dict, channels: int, state: dict) -> nn.Module:
+    """A frozen FE in eval mode from a stage result: its ``predictor`` entry names the weights
+    that predict (the DINO teacher by default, the MAE encoder)."""
     fe = create_vit(config["backbone"], in_chans=channels)
-    fe.load_state_dict(state[which])
+    fe.load_state_dict(state[state.get("predictor", "teacher")])
     fe.eval().requires_grad_(False)
     return fe
 

@@ -14,6 +14,7 @@ from dataclasses import asdict
 
 from .errors import UsageError
 from .ssl.dino import DinoSettings
+from .ssl.mae import MaeSettings
 
 QUICK = {
     "backbone": {
@@ -38,7 +39,13 @@ QUICK = {
         "epochs": 15, "batch_size": 64, "lr": 1e-3, "min_lr": 1e-5, "weight_decay": 0.05,
         "warmup_epochs": 2, "patience": 3, "decay": 0.1, "cache_tokens": True,
     },
-    # Step 3: DINO on the target; the other DINO settings are those of step 1.
+    # Step 1 with a masked autoencoder (Dual-model-MAE, ODA-MAE, TTT).
+    "mae": {
+        "epochs": 30, "lr": 1e-3, "min_lr": 1e-5, "warmup_epochs": 3, "batch_size": 64,
+        "weight_decay": 0.05, "mask_ratio": 0.75, "norm_pix_loss": True,
+        "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 4,
+    },
+    # Step 3: the step-1 objective on the target; its other settings are those of step 1.
     "adapt": {"epochs": 10, "warmup_epochs": 1, "granularity": "source", "eval_on": "subset"},
 }
 
@@ -55,6 +62,7 @@ PAPER = {
         "epochs": 50, "batch_size": 128, "lr": 1e-4, "min_lr": 1e-7, "weight_decay": 0.05,
         "warmup_epochs": 3, "patience": 3, "decay": 0.1, "cache_tokens": False,
     },
+    "mae": {**asdict(MaeSettings()), "epochs": 300},
     "adapt": {"epochs": 300, "warmup_epochs": 10, "granularity": "source", "eval_on": "subset"},
 }
 

@@ -15,12 +15,21 @@ from hcibench import dual
 
 
 class DualModel(hcibench.Method):
+    """Steps 1-2 in ``fit``; step 3 (when ``adapts``) per target in ``predict``. Subclasses with
+    another self-supervised objective override ``pretrain`` and ``adapt``."""
+
     cross_batch = False
     adapts = False
 
+    def pretrain(self, train: hcibench.Domain) -> tuple[dict, dict]:
+        return dual.pretrain_fe(self.context, train, self.cross_batch)
+
+    def adapt(self, part: hcibench.Domain) -> dict:
+        return dual.adapt_fe(self.context, part, self.fe_stage, self.fe_key, self.cross_batch)
+
     def fit(self, train: hcibench.Domain, val: hcibench.Domain) -> None:
         self.channels = train.images[0].shape[0]
-        self.fe_stage, self.fe_key = dual.pretrain_fe(self.context, train, self.cross_batch)
+        self.fe_stage, self.fe_key = self.pretrain(train)
         task_stage = dual.train_task(self.context, train, val, self.fe_stage, self.fe_key)
         self.fe = dual.load_fe(self.config, self.channels, self.fe_stage)
         self.task = dual.load_task(self.config, self.fe.embed_dim, len(train.classes),
@@ -45,8 +54,7 @@ class DualModel(hcibench.Method):
         for name, positions in groups.items():
             part = target if granularity == "source" else target.subset(
                 positions, f"{target.name}/{name}")
-            adapted = dual.adapt_fe(self.context, part, self.fe_stage, self.fe_key,
-                                    self.cross_batch)
+            adapted = self.adapt(part)
             fe = dual.load_fe(self.config, self.channels, adapted)
             logits[torch.as_tensor(positions)] = dual.predict(self.config, fe, self.task, part)
             if eval_on == "full" and granularity != "source":

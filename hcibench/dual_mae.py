@@ -1,0 +1,62 @@
+"""The dual model's stages with a masked-autoencoder feature extractor (Dual-model-MAE, ODA-MAE,
+TTT): step 1 pretrains the FE as an MAE on the source; step 3 adapts it with MAE on the target.
+Step 2 is ``hcibench.dual.train_task``, shared with the DINO variants."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, fields
+
+import torch
+
+from .backbones import create_vit
+from .data import Domain
+from .ssl.mae import MaeSettings, MaskedAutoencoder, build_decoder, train_mae
+from .stages import Context
+
+
+def mae_settings(section: dict, **changes) -> MaeSettings:
+    names = {f.name for f in fields(MaeSettings)}
+    return MaeSettings(**{k: v for k, v in {**section, **changes}.items() if k in names})
+
+
+def build_mae(config: dict, channels: int, settings: MaeSettings,
+              init: dict | None = None) -> MaskedAutoencoder:
+    encoder = create_vit(config["backbone"], in_chans=channels)
+    model = MaskedAutoencoder(encoder, build_decoder(encoder, settings, channels), settings)
+    if init is not None:
+        model.encoder.load_state_dict(init["encoder"])
+        model.decoder.load_state_dict(init["decoder"])
+    return model
+
+
+def _run_mae(config, channels, domain, settings, context, init, description) -> dict:
+    model = build_mae(config, channels, settings, init)
+    generator = torch.Generator().manual_seed(context.seed)
+    stats = train_mae(model, domain, settings, config["input_size"], context.progress, generator,
+                      description)
+    return {"encoder": copy.deepcopy(model.encoder.state_dict()),
+            "decoder": copy.deepcopy(model.decoder.state_dict()),
+            "predictor": "encoder", "stats": stats}
+
+
+def pretrain_mae(context: Context, train: Domain) -> tuple[dict, dict]:
+    """Step 1: the FE trained as a masked autoencoder on the source images."""
+    config = context.config
+    settings = mae_settings(config["mae"])
+    key = {"backbone": config["backbone"], "mae": asdict(settings),
+           "input_size": config["input_size"]}
+    channels = train.images[0].shape[0]
+    result = context.stage("fe-mae", key, lambda: _run_mae(
+        config, channels, train, settings, context, None, f"step 1 MAE {context.source}"))
+    return result, key
+
+
+def adapt_mae(context: Context, target: Domain, fe_state: dict, fe_key: dict) -> dict:
+    """Step 3 of ODA-MAE: MAE on the whole unlabelled target, from the step-1 encoder+decoder."""
+    config = context.config
+    settings = mae_settings(config["mae"], **config["adapt"])
+    channels = target.images[0].shape[0]
+    key = {"fe": fe_key, "adapt": asdict(settings), "target": target.name, "n": len(target)}
+    return context.stage("adapt-mae", key, lambda: _run_mae(
+        config, channels, target, settings, context, fe_state, f"step 3 MAE on {target.name}"))

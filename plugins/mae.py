@@ -1,0 +1,58 @@
+"""Masked-autoencoder methods: Dual-model-MAE, ODA-MAE and test-time training (TTT-MAE)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+
+import hcibench
+from hcibench import dual_mae
+from hcibench.ttt import TTTSettings, ttt_predict
+from hcibench_plugins.dual import DualModel
+
+
+class DualMAE(DualModel):
+    name = "dual-mae"
+    description = "dual model, FE pretrained as a masked autoencoder on the source, no adaptation"
+
+    def pretrain(self, train):
+        return dual_mae.pretrain_mae(self.context, train)
+
+    def adapt(self, part):
+        return dual_mae.adapt_mae(self.context, part, self.fe_stage, self.fe_key)
+
+
+class ODAMAE(DualMAE):
+    name = "oda-mae"
+    description = "the dual-mae FE adapted with MAE on the whole unlabelled target"
+    adapts = True
+
+
+class TTT(DualMAE):
+    name = "ttt"
+    description = ("test-time training: the dual-mae FE adapted with MAE on each test image "
+                   "alone, then reset")
+
+    @classmethod
+    def default_settings(cls, preset: str) -> dict:
+        settings = asdict(TTTSettings())
+        return settings if preset == "paper" else {**settings, "steps": 5, "copies": 16}
+
+    def predict(self, target: hcibench.Domain) -> hcibench.Prediction:
+        names = {f.name for f in fields(TTTSettings)}
+        settings = TTTSettings(**{k: v for k, v in self.config[self.name].items() if k in names})
+        model = dual_mae.build_mae(self.config, self.channels,
+                                   dual_mae.mae_settings(self.config["mae"]), self.fe_stage)
+        model.decoder.requires_grad_(False)  # only the encoder adapts at test time
+        images = (x for x, _, _ in target.batches(settings.chunk))
+        per_step = ttt_predict(model, self.task, images, settings, self.config["input_size"],
+                               seed=self.context.seed, progress=self.context.progress,
+                               total=-(-len(target) // settings.chunk))
+        variants = {f"steps={k}": logits for k, logits in enumerate(per_step)}
+        return hcibench.Prediction(per_step[-1], variants=variants,
+                                   info={**self.info, "ttt": asdict(settings)})
+
+
+@hcibench.hookimpl
+def register_methods(register):
+    for method in (DualMAE, ODAMAE, TTT):
+        register(method)
