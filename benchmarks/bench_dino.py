@@ -26,13 +26,12 @@ from __future__ import annotations
 import copy
 import itertools
 import os
-import resource
 import statistics
-import sys
 import time
 
 import pytest
 import torch
+from measure import max_rss_mib, peak_memory
 from torch.utils.flop_counter import FlopCounterMode
 
 from hcibench import augment
@@ -86,40 +85,6 @@ def matmul_peak(dtype: torch.dtype, rounds: int = 7, reps: int = 20) -> float:
             torch.mm(a, b, out=out)
         best = min(best, (time.perf_counter() - start) / reps)
     return 2 * m * k * n / best / 1e9
-
-
-def peak_memory(fn) -> tuple[float, str]:
-    """(MiB, method): the peak of the tensor memory ``fn()`` allocates above what it started with.
-
-    Read from the allocation and free events of ``torch.profiler`` (``profile_memory=True``): the
-    running sum of their sizes, in time order, peaks at the step's working memory (activations
-    kept for the backward pass, gradients, temporaries). RSS-based figures do not work here:
-    the C allocator keeps freed pages after the first steps, so the resident size of a warm
-    process hardly moves. Falls back to the ``getrusage`` maxrss delta (a lower bound).
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            fn()
-        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-        events.sort(key=lambda e: e.start_ns())
-        live = peak = 0
-        for event in events:
-            live += event.nbytes()
-            peak = max(peak, live)
-        return peak / 2**20, "torch.profiler allocation events (tensor memory)"
-    except (AttributeError, RuntimeError):
-        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        fn()
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return (after - before) * scale / 2**20, "getrusage maxrss delta (lower bound)"
-
-
-def max_rss_mib() -> float:
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 # All threads (the machine's default) and one thread: on a busy machine a single thread is much
