@@ -108,13 +108,52 @@ def merge_grid_file(options: dict) -> dict:
 @cli.command()
 @click.argument("run_dir", required=False, type=click.Path())
 @click.option("--format", "fmt", default="table",
-              type=click.Choice(["table", "markdown", "latex", "csv", "json"]))
+              type=click.Choice(["table", "markdown", "latex", "csv", "json", "html"]),
+              help="html: one self-contained file with tables, statistics and figures.")
 @click.option("--metric", default="accuracy", help="accuracy, f1, or any recorded metric.")
-def report(run_dir, fmt, metric):
+@click.option("--stats", is_flag=True,
+              help="Paired tests (Holm-corrected) and relative improvement against --baseline.")
+@click.option("--baseline", default="supervised", show_default=True,
+              help="Method the others are compared with (--stats, html).")
+@click.option("--compare", type=click.Choice(["paper"]),
+              help="Our numbers beside the CODA paper's (accuracy: Table 2, f1: Table 4).")
+@click.option("--plots", "plots_dir", type=click.Path(),
+              help="Also write the figures (PNG and SVG) into this folder.")
+@click.option("--output", "-o", type=click.Path(), help="Write the report to a file, not stdout.")
+def report(run_dir, fmt, metric, stats, baseline, compare, plots_dir, output):
     """Print the source × target table of a run (mean ± std over seeds)."""
-    from .report import render
+    run_dir = Path(run_dir) if run_dir else latest_run()
+    if stats and compare:
+        raise UsageError("--stats and --compare print different tables: give one of them")
+    if fmt == "html":
+        from .html_report import render_html
 
-    click.echo(render(Path(run_dir) if run_dir else latest_run(), fmt=fmt, metric=metric))
+        text = render_html(run_dir, metric=metric, baseline=baseline)
+    elif stats:
+        from .statistics import render_stats
+
+        text = render_stats(run_dir, fmt=fmt, metric=metric, baseline=baseline)
+    elif compare:
+        from .paper import render_comparison
+
+        text = render_comparison(run_dir, fmt=fmt, metric=metric)
+    else:
+        from .report import render
+
+        text = render(run_dir, fmt=fmt, metric=metric)
+    if plots_dir:
+        from .plots import write_plots
+
+        paths = write_plots(run_dir, plots_dir, metric=metric)
+        click.echo(f"wrote {len(paths)} figure files to {plots_dir}", err=True)
+    if output:
+        try:
+            Path(output).write_text(text if text.endswith("\n") else text + "\n")
+        except OSError as error:
+            raise UsageError(f"cannot write {output}: {error.strerror or error}") from None
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text)
 
 
 def latest_run() -> Path:
