@@ -389,6 +389,9 @@ def render_stats(run_dir, fmt: str = "table", metric: str = "accuracy",
         raise UsageError(f"--stats supports --format {', '.join(STATS_FORMATS)}, not '{fmt}'")
     long_df = load_records(run_dir)
     comparisons = compare(long_df, metric, baseline)
+    if comparisons.empty:
+        raise UsageError(f"nothing to compare: no method besides '{baseline}' shares a cell "
+                         f"with it (use --baseline to pick another method)")
     from .report import summarise
 
     summary = summarise(_metric_rows(long_df, metric))

@@ -186,3 +186,9 @@ def test_unknown_baseline_and_format_are_usage_errors(run):
         render_stats(run, "latex")
     with pytest.raises(UsageError, match="unknown metric"):
         render_stats(run, metric="auc")
+
+
+def test_a_run_with_only_the_baseline_has_nothing_to_compare(tmp_path):
+    write_record(tmp_path, "supervised", "S3", "S5", 0, {"accuracy": 0.2})
+    with pytest.raises(UsageError, match="nothing to compare"):
+        render_stats(tmp_path)
