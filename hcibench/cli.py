@@ -52,8 +52,7 @@ def cli():
 @click.option("--preset", type=click.Choice(["quick", "paper"]), help="Settings bundle [default: quick].")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override one setting, e.g. --set supervised.epochs=5 (repeatable).")
-@click.option("--evaluators",
-              help="Comma-separated evaluators [default: the dataset's, else accuracy,f1].")
+@click.option("--evaluators", help="Comma-separated evaluators [default: accuracy,f1].")
 @click.option("--pretrained", type=click.Path(), help="Local weights file for the backbones.")
 @click.option("--grid", "grid_file", type=click.Path(), help="TOML file with any of the options above.")
 @click.option("--out", type=click.Path(), help="Run folder [default: runs/<dataset>-<preset>].")
@@ -77,7 +76,7 @@ def run(**options):
                   parse_seeds(options["seeds"] or "0")),
         out=Path(options["out"] or f"runs/{dataset}-{preset}"),
         dataset=dataset, data=options["data_path"], preset=preset, overrides=overrides,
-        evaluators=parse_list(options["evaluators"]),
+        evaluators=parse_list(options["evaluators"]) or ["accuracy", "f1"],
     )
     run_with_progress(spec, console)
 
