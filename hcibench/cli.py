@@ -52,8 +52,13 @@ def cli():
 @click.option("--preset", type=click.Choice(["quick", "paper"]), help="Settings bundle [default: quick].")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override one setting, e.g. --set supervised.epochs=5 (repeatable).")
-@click.option("--evaluators", help="Comma-separated evaluators [default: accuracy,f1].")
+@click.option("--evaluators",
+              help="Comma-separated evaluators [default: the dataset's, else accuracy,f1].")
 @click.option("--pretrained", type=click.Path(), help="Local weights file for the backbones.")
+@click.option("--granularity", type=click.Choice(["source", "batch", "plate"]),
+              help="Adapt one feature extractor per target source, batch or plate [source].")
+@click.option("--eval-on", "eval_on", type=click.Choice(["subset", "full"]),
+              help="Score each adapted FE on its own part of the target or on all of it [subset].")
 @click.option("--grid", "grid_file", type=click.Path(), help="TOML file with any of the options above.")
 @click.option("--out", type=click.Path(), help="Run folder [default: runs/<dataset>-<preset>].")
 def run(**options):
@@ -67,6 +72,10 @@ def run(**options):
     overrides = list(options["overrides"])
     if options["pretrained"]:
         overrides.append(f"backbone.pretrained={options['pretrained']}")
+    if options["granularity"]:
+        overrides.append(f"adapt.granularity={options['granularity']}")
+    if options["eval_on"]:
+        overrides.append(f"adapt.eval_on={options['eval_on']}")
     if not options["methods"]:
         raise UsageError("no methods given: use --methods, e.g. --methods supervised,coda "
                          "(see `hcibench list methods`)")
@@ -76,7 +85,7 @@ def run(**options):
                   parse_seeds(options["seeds"] or "0")),
         out=Path(options["out"] or f"runs/{dataset}-{preset}"),
         dataset=dataset, data=options["data_path"], preset=preset, overrides=overrides,
-        evaluators=parse_list(options["evaluators"]) or ["accuracy", "f1"],
+        evaluators=parse_list(options["evaluators"]),
     )
     run_with_progress(spec, console)
 
