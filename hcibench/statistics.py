@@ -15,7 +15,8 @@ sample std and n over seeds).
 * Holm's step-down correction over every comparison of a report.
 
 Edge cases are decided here rather than left to scipy: identical samples (all differences
-zero) give p = 1 (scipy returns NaN), fewer than two pairs give p = NaN with a note.
+zero) give p = 1 (scipy returns NaN), fewer than two pairs or equal non-zero differences
+give p = NaN with a note.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def _describe(diff: np.ndarray) -> tuple[float, float, float]:
 def paired_t(a, b) -> PairedResult:
     """Two-sided paired t-test of a against b (scipy.stats.ttest_rel), with d_z.
 
-    All differences zero: p = 1. Constant non-zero differences: t infinite, p = 0.
+    All differences zero: p = 1. Equal non-zero differences (sd 0; common with accuracies
+    of small test sets): p = NaN with a note, where scipy would claim p = 0 for t = inf.
     Fewer than 2 pairs: p = NaN.
     """
     diff = _differences(a, b)
@@ -100,8 +102,9 @@ def paired_t(a, b) -> PairedResult:
         return PairedResult("paired t", n, 0.0, 0.0, 0.0, 0.0, 1.0,
                           "identical: all differences are zero")
     if sd <= _ZERO:
-        return PairedResult("paired t", n, mean, sd, d_z, math.copysign(math.inf, mean), 0.0,
-                          "constant non-zero difference: t is infinite")
+        # scipy says t = inf, p = 0; from a handful of seeds that is no evidence worth a star.
+        return PairedResult("paired t", n, mean, sd, d_z, math.copysign(math.inf, mean),
+                            math.nan, "all differences equal (sd 0): t-test undefined")
     result = stats.ttest_rel(np.asarray(a, float), np.asarray(b, float))
     return PairedResult("paired t", n, mean, sd, d_z, float(result.statistic), float(result.pvalue))
 

@@ -76,9 +76,10 @@ def test_small_samples_give_nan_with_a_note():
         assert result.n == 1 and result.mean_diff == pytest.approx(0.1)
 
 
-def test_constant_difference_is_infinitely_significant_for_t():
+def test_equal_non_zero_differences_leave_t_undefined():
     result = paired_t([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
-    assert result.p == 0.0 and math.isinf(result.d_z) and "constant" in result.note
+    assert math.isnan(result.p) and math.isinf(result.d_z) and "sd 0" in result.note
+    assert result.mean_diff == 1.0
 
 
 def test_wilcoxon_matches_scipy_and_states_its_floor():
