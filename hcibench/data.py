@@ -148,6 +148,8 @@ class Dataset:
     name: str = ""
     description: str = ""
     modality: str = "image"  # "image" (C×H×W) or "profile" (a feature vector)
+    # Evaluators used when the command line names none (None: the runner's accuracy, f1).
+    default_evaluators: list[str] | None = None
 
     def __init__(self, data: str | None = None, **options):
         self.data = data
@@ -169,4 +171,11 @@ class Dataset:
     def default_settings(cls, preset: str) -> dict:
         """Keyword options for ``__init__`` under a preset (``config["dataset"]``); users change
         them with ``--set dataset.<option>=<value>``."""
+        return {}
+
+    @classmethod
+    def preset_settings(cls, preset: str) -> dict[str, dict]:
+        """Changes to other settings sections that suit this dataset under a preset (e.g. the
+        epochs and batch sizes for its size): ``{section: {key: value}}``, nested dicts merged.
+        Applied before ``--set``; sections that the run does not have are ignored."""
         return {}

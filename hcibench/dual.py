@@ -7,6 +7,9 @@ Step 1 trains the FE without labels on the source (``pretrain_fe``); step 2 free
 projection + task blocks + classifier with source labels (``train_task``); step 3 adapts the FE to
 an unlabelled target with the same objective, starting from step 1's student, teacher and heads
 (``adapt_fe``), and predicts with the adapted *teacher* FE and the untouched task model.
+
+On profile data (``config["modality"] == "profile"``) the FE is the profile MLP, the task model
+an MLP on its output and the DINO views are feature noise and dropout (``hcibench.profiles``).
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from dataclasses import asdict, fields
 import torch
 from torch import nn
 
-from .backbones import create_vit
+from .backbones import backbone_settings, create_backbone, create_vit
 from .data import Domain, TensorImages
+from .profiles import TaskMLP, dino_views, is_profile
 from .ssl.dino import DinoSettings, train_dino
 from .stages import Context
-from .training import predict_logits, train_classifier
+from .training import predict_logits, predict_outputs, train_classifier
 
 
 class TaskModel(nn.Module):
@@ -44,6 +48,14 @@ class TaskModel(nn.Module):
         return self.head(x[:, 0])
 
 
+def create_task(config: dict, token_dim: int, num_classes: int) -> nn.Module:
+    """The task model for this run's modality: :class:`TaskModel` on ViT tokens, or an MLP
+    (``profile.task_model``) on profile embeddings."""
+    if is_profile(config):
+        return TaskMLP(token_dim, config["profile"]["task_model"], num_classes)
+    return TaskModel(token_dim, config["task"]["model"], num_classes)
+
+
 def dino_settings(section: dict, **changes) -> DinoSettings:
     """DinoSettings from a config section, ignoring keys that are not DINO settings."""
     names = {f.name for f in fields(DinoSettings)}
@@ -52,9 +64,9 @@ def dino_settings(section: dict, **changes) -> DinoSettings:
 
 
 def build_fe_pair(config: dict, channels: int, settings: DinoSettings):
-    """Student and teacher ViTs (same init) and their DINO heads."""
-    student = create_vit(config["backbone"], in_chans=channels, drop_path=settings.drop_path)
-    teacher = create_vit(config["backbone"], in_chans=channels)
+    """Student and teacher FEs (same init) and their DINO heads."""
+    student = create_backbone(config, channels, drop_path=settings.drop_path)
+    teacher = create_backbone(config, channels)
     teacher.load_state_dict(student.state_dict())
     student_head = settings.build_head(student.embed_dim)
     teacher_head = settings.build_head(student.embed_dim)
@@ -75,7 +87,8 @@ def _run_dino(config, channels, domain, settings, context, init, description):
             module.load_state_dict(init[name])
     generator = torch.Generator().manual_seed(context.seed)
     stats = train_dino(student, teacher, student_head, teacher_head, domain, settings,
-                       context.progress, generator, description=description)
+                       context.progress, generator, views=dino_views(config, settings.n_local),
+                       description=description)
     stats.pop("loss_state", None)
     return {**_state(modules), "stats": stats}
 
@@ -86,7 +99,7 @@ def pretrain_fe(context: Context, train: Domain, cross_batch: bool) -> tuple[dic
     Returns the stage result and the stage settings (the key that step 2 and 3 build on)."""
     config = context.config
     settings = dino_settings(config["dino"], cross_batch=cross_batch)
-    key = {"backbone": config["backbone"], "dino": asdict(settings)}
+    key = {"backbone": backbone_settings(config), "dino": asdict(settings)}
     channels = train.images[0].shape[0]
     result = context.stage(
         "fe-dino-cb" if cross_batch else "fe-dino", key,
@@ -98,7 +111,7 @@ def pretrain_fe(context: Context, train: Domain, cross_batch: bool) -> tuple[dic
 def load_fe(config: dict, channels: int, state: dict) -> nn.Module:
     """A frozen FE in eval mode from a stage result: its ``predictor`` entry names the weights
     that predict (the DINO teacher by default, the MAE encoder)."""
-    fe = create_vit(config["backbone"], in_chans=channels)
+    fe = create_backbone(config, channels)
     fe.load_state_dict(state[state.get("predictor", "teacher")])
     fe.eval().requires_grad_(False)
     return fe
@@ -122,7 +135,7 @@ def train_task(context: Context, train: Domain, val: Domain, fe_state: dict, fe_
 
     def compute():
         fe = load_fe(config, channels, fe_state)
-        task = TaskModel(fe.embed_dim, config["task"]["model"], len(train.classes))
+        task = create_task(config, fe.embed_dim, len(train.classes))
         description = f"step 2 task model {context.source}"
         if config["task"].get("cache_tokens"):
             # The FE is frozen: computing its tokens once instead of every epoch is exact
@@ -147,8 +160,8 @@ def token_domain(fe: nn.Module, domain: Domain, config: dict) -> Domain:
     return Domain(domain.name, domain.meta, TensorImages(tokens), domain.classes)
 
 
-def load_task(config: dict, token_dim: int, num_classes: int, state: dict) -> TaskModel:
-    task = TaskModel(token_dim, config["task"]["model"], num_classes)
+def load_task(config: dict, token_dim: int, num_classes: int, state: dict) -> nn.Module:
+    task = create_task(config, token_dim, num_classes)
     task.load_state_dict(state)
     task.eval().requires_grad_(False)
     return task
@@ -171,3 +184,20 @@ def adapt_fe(context: Context, target: Domain, fe_state: dict, fe_key: dict,
 def predict(config: dict, fe: nn.Module, task: TaskModel, target: Domain) -> torch.Tensor:
     return predict_logits(tokens_forward(fe, task), target, config["eval_batch_size"],
                           config["input_size"])
+
+
+def embedding(features: torch.Tensor) -> torch.Tensor:
+    """One vector per sample from FE output: the class token of ViT tokens, a profile
+    embedding as it is."""
+    return features[:, 0] if features.dim() == 3 else features
+
+
+def predict_with_embeddings(config: dict, fe: nn.Module, task: nn.Module,
+                            target: Domain) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and FE embeddings (:func:`embedding`) of every target sample, in one pass."""
+
+    def forward(x: torch.Tensor):
+        features = fe.forward_features(x)
+        return task(features), embedding(features)
+
+    return predict_outputs(forward, target, config["eval_batch_size"], config["input_size"])

@@ -1,6 +1,7 @@
 """The dual model's stages with a masked-autoencoder feature extractor (Dual-model-MAE, ODA-MAE,
 TTT): step 1 pretrains the FE as an MAE on the source; step 3 adapts it with MAE on the target.
-Step 2 is ``hcibench.dual.train_task``, shared with the DINO variants."""
+Step 2 is ``hcibench.dual.train_task``, shared with the DINO variants. On profile data the MAE
+is masked-feature reconstruction (``hcibench.profiles.ProfileMAE``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from dataclasses import asdict, fields
 
 import torch
 
-from .backbones import create_vit
+from .backbones import backbone_settings, create_backbone
 from .data import Domain
+from .profiles import ProfileDecoder, ProfileMAE, is_profile
 from .ssl.mae import MaeSettings, MaskedAutoencoder, build_decoder, train_mae
 from .stages import Context
 
@@ -21,9 +23,16 @@ def mae_settings(section: dict, **changes) -> MaeSettings:
 
 
 def build_mae(config: dict, channels: int, settings: MaeSettings,
-              init: dict | None = None) -> MaskedAutoencoder:
-    encoder = create_vit(config["backbone"], in_chans=channels)
-    model = MaskedAutoencoder(encoder, build_decoder(encoder, settings, channels), settings)
+              init: dict | None = None) -> MaskedAutoencoder | ProfileMAE:
+    """Encoder (the run's FE) + decoder; for profiles ``decoder_dim`` and ``decoder_depth`` size
+    the MLP decoder."""
+    encoder = create_backbone(config, channels)
+    if is_profile(config):
+        decoder = ProfileDecoder(encoder.embed_dim, channels, settings.decoder_dim,
+                                 settings.decoder_depth)
+        model = ProfileMAE(encoder, decoder, settings.mask_ratio)
+    else:
+        model = MaskedAutoencoder(encoder, build_decoder(encoder, settings, channels), settings)
     if init is not None:
         model.encoder.load_state_dict(init["encoder"])
         model.decoder.load_state_dict(init["decoder"])
@@ -44,7 +53,7 @@ def pretrain_mae(context: Context, train: Domain) -> tuple[dict, dict]:
     """Step 1: the FE trained as a masked autoencoder on the source images."""
     config = context.config
     settings = mae_settings(config["mae"])
-    key = {"backbone": config["backbone"], "mae": asdict(settings),
+    key = {"backbone": backbone_settings(config), "mae": asdict(settings),
            "input_size": config["input_size"]}
     channels = train.images[0].shape[0]
     result = context.stage("fe-mae", key, lambda: _run_mae(

@@ -26,11 +26,14 @@ class Prediction:
     ``logits`` (N×classes) are scored by every evaluator. ``variants`` are further named logits
     scored the same way and recorded as ``metric@variant`` (e.g. TTT after k steps).
     ``info`` holds JSON-serialisable facts worth keeping in the record (fallback counts, ...).
+    ``embeddings`` (optional, N×D) are the feature extractor's outputs for the same samples, for
+    evaluators that score representations (e.g. ``nsc``); they are not saved.
     """
 
     logits: torch.Tensor
     variants: dict[str, torch.Tensor] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    embeddings: torch.Tensor | None = None
 
 
 class Method:

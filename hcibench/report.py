@@ -334,6 +334,18 @@ def _caption(metric: str, ns: pd.Series, datasets: list[str]) -> str:
     )
 
 
+def _scoring_note(records: list[dict]) -> str:
+    """Says so when targets had labelled samples of classes that the source never trained on,
+    which the runner leaves out of per-sample metrics (records' ``info.scoring``)."""
+    scorings = [(r.get("info") or {}).get("scoring") or {} for r in records]
+    labelled = sum(int(s.get("labelled", 0)) for s in scorings)
+    scored = sum(int(s.get("scored", s.get("labelled", 0))) for s in scorings)
+    if not any(s.get("unscored_classes") for s in scorings):
+        return ""
+    return (f" Accuracy and F1 score only target samples of classes present in the source's "
+            f"training labels ({scored} of {labelled} labelled samples over all cells).")
+
+
 SUMMARY_TITLE = "Per method: mean over cells of the cell means (%)"
 SUMMARY_HEADER = ("Method", "Off-diagonal (source ≠ target)", "In-domain (source = target)")
 
@@ -505,6 +517,7 @@ def render(run_dir, fmt: str = "table", metric: str = "accuracy", console=None) 
     if fmt == "json":
         return _render_json(summary, metric, long_df)
     layout = _Layout(summary, metric, _dataset_names(manifest, records))
+    layout.caption += _scoring_note(records)
     if fmt == "markdown":
         return _render_markdown(layout)
     if fmt == "latex":

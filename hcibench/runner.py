@@ -8,6 +8,7 @@ Expensive stages are shared and cached through ``hcibench.stages``.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import plugins, presets, storage
+from . import plugins, presets, profiles, storage
 from .data import Dataset, Domain
 from .errors import UsageError, unknown_name
 from .progress import Progress
@@ -43,7 +44,8 @@ class RunSpec:
     data: str | None = None
     preset: str = "quick"
     overrides: list[str] = field(default_factory=list)
-    evaluators: list[str] = field(default_factory=lambda: list(DEFAULT_EVALUATORS))
+    # Empty: the dataset's ``default_evaluators``, else DEFAULT_EVALUATORS.
+    evaluators: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -81,10 +83,19 @@ def prepare(spec: RunSpec) -> Run:
         raise UsageError(f"seeds must be non-negative integers, got {grid.seeds}")
     method_classes = {name: plugins.methods().get(name) for name in grid.methods}
     dataset_class = plugins.datasets().get(spec.dataset)
-    evaluators = {name: plugins.evaluators().get(name)() for name in spec.evaluators}
+    evaluator_names = (list(spec.evaluators) or list(dataset_class.default_evaluators or [])
+                       or list(DEFAULT_EVALUATORS))
+    _check_unique("evaluators", evaluator_names)
+    evaluators = {name: plugins.evaluators().get(name)() for name in evaluator_names}
     sections = {name: cls.default_settings(spec.preset) for name, cls in method_classes.items()}
     sections["dataset"] = dataset_class.default_settings(spec.preset)
-    config = presets.build(spec.preset, spec.overrides, sections)
+    if dataset_class.modality == "profile":
+        sections["profile"] = profiles.default_settings(spec.preset)
+    config = presets.build(spec.preset, [], sections)
+    config["modality"] = dataset_class.modality
+    _merge_existing(config, dataset_class.preset_settings(spec.preset))
+    for item in spec.overrides:
+        presets.apply_override(config, item)
     weights = config["backbone"].get("pretrained")
     if weights and not Path(weights).is_file():
         raise UsageError(f"pretrained weights file not found: {weights}")
@@ -96,8 +107,26 @@ def prepare(spec: RunSpec) -> Run:
     grid = Grid(list(grid.methods), list(grid.sources) or list(known), list(grid.targets) or list(known),
                 [int(s) for s in grid.seeds])
     settings = {"config": config, "dataset": spec.dataset, "data": spec.data,
-                "evaluators": spec.evaluators}
+                "evaluators": evaluator_names}
     return Run(spec, grid, config, dataset, method_classes, evaluators, digest(settings))
+
+
+def _merge_existing(config: dict, changes: dict) -> None:
+    """Merge a dataset's ``preset_settings`` into ``config``: top-level settings and sections
+    that the config has (a section of a method not in the run is skipped), nested dicts merged."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            _merge_into(config[key], value)
+        elif key in config and not isinstance(value, dict):
+            config[key] = value
+
+
+def _merge_into(section: dict, changes: dict) -> None:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(section.get(key), dict):
+            _merge_into(section[key], value)
+        else:
+            section[key] = copy.deepcopy(value)
 
 
 def record_path(out: Path, method: str, source: str, target: str, seed: int) -> Path:
@@ -149,13 +178,36 @@ def write_manifest(run: Run, stages: StageCache, started: str) -> None:
     })
 
 
-def score(run: Run, logits: torch.Tensor, domain: Domain, variant: str = "") -> dict[str, float]:
-    labels = domain.labels
+def score(run: Run, logits: torch.Tensor, domain: Domain, variant: str = "",
+          labels: torch.Tensor | None = None,
+          embeddings: torch.Tensor | None = None) -> dict[str, float]:
+    """Every evaluator on one prediction; ``labels`` default to the domain's. Evaluators that
+    list ``embeddings`` or ``domain`` in their ``uses`` get them, for the main prediction only."""
+    labels = domain.labels if labels is None else labels
     metrics = {}
     for evaluator in run.evaluators.values():
-        for name, value in evaluator(logits, labels, domain.meta, len(domain.classes)).items():
+        uses = () if variant else getattr(evaluator, "uses", ())
+        extras = {key: value for key, value in (("embeddings", embeddings), ("domain", domain))
+                  if key in uses}
+        for name, value in evaluator(logits, labels, domain.meta, len(domain.classes),
+                                     **extras).items():
             metrics[f"{name}@{variant}" if variant else name] = value
     return metrics
+
+
+def scored_labels(domain: Domain, seen: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The target's labels with the classes never seen in the source's training labels set to
+    unlabelled (a classifier cannot predict a class it was never shown), and what was left out.
+
+    Where sources and targets share every class (the synthetic data) this changes nothing."""
+    labels = domain.labels
+    known = labels >= 0
+    keep = known & torch.isin(labels, seen)
+    unseen = sorted({domain.classes[i] for i in labels[known & ~keep].tolist()})
+    scoring = {"rule": "target samples whose class is absent from the source training labels "
+                       "are not scored", "labelled": int(known.sum()), "scored": int(keep.sum()),
+               "unscored_classes": unseen}
+    return torch.where(keep, labels, torch.full_like(labels, -1)), scoring
 
 
 def pending_cells(run: Run) -> list[tuple[str, str, int, list[str]]]:
@@ -214,21 +266,26 @@ def execute(run: Run, progress: Progress | None = None, on_cell=None) -> dict:
         fit_started = time.perf_counter()
         method.fit(split.train, split.val)
         fit_seconds = time.perf_counter() - fit_started
+        train_labels = split.train.labels
+        seen = torch.unique(train_labels[train_labels >= 0])
         for target in targets:
             domain = domains.target(source, target)
             seed_everything(int(digest([method_name, source, target, seed]), 16) % 2**31)
             cell_started = time.perf_counter()
             prediction = method.predict(domain)
-            metrics = score(run, prediction.logits, domain)
+            labels, scoring = scored_labels(domain, seen)
+            metrics = score(run, prediction.logits, domain, labels=labels,
+                            embeddings=prediction.embeddings)
             for variant, logits in prediction.variants.items():
-                metrics.update(score(run, logits, domain, variant))
+                metrics.update(score(run, logits, domain, variant, labels=labels))
             record = {
                 "method": method_name, "source": source, "target": target, "seed": seed,
                 "dataset": run.spec.dataset, "in_domain": source == target,
                 "metrics": metrics, "n_images": len(domain),
                 "fit_seconds": round(fit_seconds, 3),
                 "seconds": round(time.perf_counter() - cell_started, 3),
-                "info": prediction.info, "settings_digest": run.settings_digest,
+                "info": {**prediction.info, "scoring": scoring},
+                "settings_digest": run.settings_digest,
             }
             storage.write_json(record_path(run.out, method_name, source, target, seed), record)
             fit_seconds = 0.0  # the fit is charged to the first target only

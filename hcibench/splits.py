@@ -16,11 +16,20 @@ class SourceSplit:
     test: Domain
 
 
-def split_source(domain: Domain, val_plates: int = 1, test_plates: int = 1) -> SourceSplit:
-    """The last ``test_plates`` plates (sorted by name) are held out for in-domain testing, the
-    ones before them for validation, the rest for training. The choice does not depend on the
-    seed so that every seed and method sees the same split."""
-    plates = sorted(domain.meta["plate"].astype(str).unique())
+def split_source(domain: Domain, val_plates: int = 1, test_plates: int = 1,
+                 order: str = "name") -> SourceSplit:
+    """The last ``test_plates`` plates are held out for in-domain testing, the ones before them
+    for validation, the rest for training. Plates are ordered by name (``order="name"``), or
+    by their number of labelled samples, then name (``order="labelled"``: for plate layouts
+    where some plates hold only unlabelled controls, which cannot validate or test anything).
+    The choice does not depend on the seed so that every seed and method sees the same split."""
+    plate_names = domain.meta["plate"].astype(str)
+    plates = sorted(plate_names.unique())
+    if order == "labelled":
+        labelled = plate_names[(domain.labels >= 0).numpy()].value_counts()
+        plates = sorted(plates, key=lambda p: (int(labelled.get(p, 0)), p))
+    elif order != "name":
+        raise UsageError(f"unknown split order '{order}': use 'name' or 'labelled'")
     needed = val_plates + test_plates + 1
     if len(plates) < needed:
         raise UsageError(

@@ -54,6 +54,16 @@ def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], domain: Doma
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
+@torch.no_grad()
+def predict_outputs(forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], domain: Domain,
+                    batch_size: int, input_size: int) -> tuple[torch.Tensor, ...]:
+    """Like :func:`predict_logits` for a ``forward`` that returns several tensors per batch
+    (e.g. logits and embeddings): each concatenated over the domain, in order."""
+    outputs = [forward(prepare_images(x, input_size, training=False))
+               for x, _, _ in domain.batches(batch_size)]
+    return tuple(torch.cat(parts) for parts in zip(*outputs))
+
+
 def _evaluate(forward, domain: Domain, batch_size: int, input_size: int) -> tuple[float, float]:
     logits = predict_logits(forward, domain, batch_size, input_size)
     labels = domain.labels

@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from .progress import Progress
-from .ssl.mae import MaskedAutoencoder, patch_count
+from .ssl.mae import MaskedAutoencoder
 from .training import prepare_images
 
 
@@ -65,7 +65,7 @@ def ttt_sequential(mae: MaskedAutoencoder, task: nn.Module, images: torch.Tensor
     """The reference loop. Returns K+1 logits tensors (after 0..K steps), each B×classes."""
     trained = {k: v.clone() for k, v in mae.encoder.state_dict().items()}
     classifier = FeClassifier(mae.encoder, task).eval()
-    n_patches = patch_count(mae.encoder, input_size)
+    n_patches = mae.noise_size(input_size)
     per_step = [[] for _ in range(settings.steps + 1)]
     for i, image in enumerate(images):
         mae.encoder.load_state_dict(trained)
@@ -91,7 +91,7 @@ def ttt_batched(mae: MaskedAutoencoder, task: nn.Module, images: torch.Tensor,
                 first_index: int = 0) -> list[torch.Tensor]:
     """Same result as ``ttt_sequential``, adapting ``len(images)`` weight copies in parallel."""
     classifier = FeClassifier(mae.encoder, task).eval()
-    n_patches = patch_count(mae.encoder, input_size)
+    n_patches = mae.noise_size(input_size)
     names = [name for name, p in mae.encoder.named_parameters() if p.requires_grad]
     trained = {name: p.detach() for name, p in mae.encoder.named_parameters() if name in names}
     b = len(images)

@@ -39,8 +39,9 @@ class DualModel(hcibench.Method):
 
     def predict(self, target: hcibench.Domain) -> hcibench.Prediction:
         if not self.adapts:
-            return hcibench.Prediction(dual.predict(self.config, self.fe, self.task, target),
-                                       info=self.info)
+            logits, embeddings = dual.predict_with_embeddings(self.config, self.fe, self.task,
+                                                              target)
+            return hcibench.Prediction(logits, info=self.info, embeddings=embeddings)
         return self._adapted_prediction(target)
 
     def _adapted_prediction(self, target: hcibench.Domain) -> hcibench.Prediction:
@@ -50,13 +51,19 @@ class DualModel(hcibench.Method):
         groups = ({target.name: np.arange(len(target))} if granularity == "source"
                   else target.positions_by(granularity))
         logits = torch.empty(len(target), len(target.classes))
+        embeddings = None
         variants, adaptations = {}, []
         for name, positions in groups.items():
             part = target if granularity == "source" else target.subset(
                 positions, f"{target.name}/{name}")
             adapted = self.adapt(part)
             fe = dual.load_fe(self.config, self.channels, adapted)
-            logits[torch.as_tensor(positions)] = dual.predict(self.config, fe, self.task, part)
+            part_logits, part_embeddings = dual.predict_with_embeddings(self.config, fe,
+                                                                        self.task, part)
+            if embeddings is None:
+                embeddings = torch.empty(len(target), part_embeddings.shape[1])
+            logits[torch.as_tensor(positions)] = part_logits
+            embeddings[torch.as_tensor(positions)] = part_embeddings
             if eval_on == "full" and granularity != "source":
                 # Figure 4 of the paper: a part's FE scored on the whole target.
                 variants[f"{granularity}={name}"] = dual.predict(self.config, fe, self.task,
@@ -66,7 +73,7 @@ class DualModel(hcibench.Method):
                                 "loss": adapted["stats"].get("loss")})
         info = {**self.info, "granularity": granularity, "eval_on": eval_on,
                 "adaptations": adaptations}
-        return hcibench.Prediction(logits, variants=variants, info=info)
+        return hcibench.Prediction(logits, variants=variants, info=info, embeddings=embeddings)
 
 
 class DualDino(DualModel):

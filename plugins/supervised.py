@@ -1,10 +1,11 @@
-"""The supervised baseline: a ViT with a linear head fine-tuned end to end with cross-entropy."""
+"""The supervised baseline: a ViT with a linear head fine-tuned end to end with cross-entropy
+(on profile datasets, the profile MLP feature extractor with a linear head)."""
 
 from __future__ import annotations
 
 import hcibench
-from hcibench.backbones import create_vit
-from hcibench.training import predict_logits, train_classifier
+from hcibench.backbones import backbone_settings, create_backbone
+from hcibench.training import predict_outputs, train_classifier
 
 SETTINGS = {
     "quick": {
@@ -30,8 +31,8 @@ class Supervised(hcibench.Method):
     def fit(self, train: hcibench.Domain, val: hcibench.Domain) -> None:
         settings = self.config[self.name]
         channels = train.images[0].shape[0]
-        self.model = create_vit(self.config["backbone"], in_chans=channels,
-                                num_classes=len(train.classes), drop_path=settings["drop_path"])
+        self.model = create_backbone(self.config, channels, num_classes=len(train.classes),
+                                     drop_path=settings["drop_path"])
 
         def compute():
             result = train_classifier(
@@ -41,16 +42,22 @@ class Supervised(hcibench.Method):
                     "best_epoch": result["best_epoch"]}
 
         trained = self.context.stage(
-            "supervised", {"backbone": self.config["backbone"], "train": settings,
+            "supervised", {"backbone": backbone_settings(self.config), "train": settings,
                            "input_size": self.config["input_size"]}, compute)
         self.model.load_state_dict(trained["state"])
         self.model.eval()
         self.fit_info = {"val_accuracy": trained["val_accuracy"], "best_epoch": trained["best_epoch"]}
 
     def predict(self, target: hcibench.Domain) -> hcibench.Prediction:
-        logits = predict_logits(self.model, target, self.config["eval_batch_size"],
-                                self.config["input_size"])
-        return hcibench.Prediction(logits, info=self.fit_info)
+        model = self.model
+
+        def forward(x):
+            features = model.forward_features(x)
+            return model.forward_head(features), model.forward_head(features, pre_logits=True)
+
+        logits, embeddings = predict_outputs(forward, target, self.config["eval_batch_size"],
+                                             self.config["input_size"])
+        return hcibench.Prediction(logits, info=self.fit_info, embeddings=embeddings)
 
 
 @hcibench.hookimpl

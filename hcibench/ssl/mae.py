@@ -120,6 +120,10 @@ class MaskedAutoencoder(nn.Module):
         self.encoder, self.decoder = encoder, decoder
         self.mask_ratio, self.norm_pix = settings.mask_ratio, settings.norm_pix_loss
 
+    def noise_size(self, input_size: int) -> int:
+        """Masking noise values per sample: one per patch of an ``input_size`` image."""
+        return patch_count(self.encoder, input_size)
+
     def forward(self, images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         latent, restore, mask, grid = encode_visible(self.encoder, images, noise, self.mask_ratio)
         prediction = self.decoder(latent, restore, grid)
@@ -137,10 +141,12 @@ def build_decoder(encoder: nn.Module, settings: MaeSettings, in_chans: int) -> M
                       encoder.num_prefix_tokens)
 
 
-def train_mae(model: MaskedAutoencoder, domain: Domain, settings: MaeSettings, input_size: int,
+def train_mae(model: nn.Module, domain: Domain, settings: MaeSettings, input_size: int,
               progress: Progress | None = None, generator: torch.Generator | None = None,
               description: str = "MAE") -> dict:
-    """Train encoder and decoder with the MAE loss on ``domain`` (no labels used)."""
+    """Train encoder and decoder with the MAE loss on ``domain`` (no labels used). ``model`` is
+    a :class:`MaskedAutoencoder` or any module with the same ``forward(x, noise) -> loss`` and
+    ``noise_size(input_size)`` (e.g. ``hcibench.profiles.ProfileMAE``)."""
     progress = progress or Progress()
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     batch_size = min(settings.batch_size, len(domain))
@@ -150,7 +156,7 @@ def train_mae(model: MaskedAutoencoder, domain: Domain, settings: MaeSettings, i
     optimizer = torch.optim.AdamW(parameter_groups([model], settings.weight_decay), betas=(0.9, 0.95))
     model.train()
     step, losses, started = 0, [], time.perf_counter()
-    n_patches = patch_count(model.encoder, input_size)
+    n_patches = model.noise_size(input_size)
     for _ in progress.track(range(settings.epochs), description=description):
         total = 0.0
         for images, _, _ in domain.batches(batch_size, shuffle=True, generator=generator,
