@@ -60,6 +60,15 @@ def test_granularity_plot_when_settings_differ(tmp_path):
     assert len(paths) == 2 * len(names)
 
 
+def test_one_granularity_only_is_skipped(tmp_path):
+    run = tmp_path / "run"
+    for method in ("oda", "coda"):
+        for seed in (0, 1):
+            write_record(run, method, "S3", "S5", seed, {"accuracy": 0.3},
+                         info={"granularity": "source", "eval_on": "subset"})
+    assert "granularity" not in [plot.name for plot in build_plots(run)]
+
+
 def test_bad_plot_requests(run, tmp_path):
     with pytest.raises(UsageError, match="unknown metric"):
         write_plots(run, tmp_path / "x", metric="auc")
