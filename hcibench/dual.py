@@ -59,6 +59,7 @@ def create_task(config: dict, token_dim: int, num_classes: int) -> nn.Module:
 def dino_settings(section: dict, **changes) -> DinoSettings:
     """DinoSettings from a config section, ignoring keys that are not DINO settings."""
     names = {f.name for f in fields(DinoSettings)}
+    changes = {k: v for k, v in changes.items() if v is not None}  # None: keep the section's
     values = {k: v for k, v in {**section, **changes}.items() if k in names}
     return DinoSettings(**values)
 

@@ -19,6 +19,7 @@ from .stages import Context
 
 def mae_settings(section: dict, **changes) -> MaeSettings:
     names = {f.name for f in fields(MaeSettings)}
+    changes = {k: v for k, v in changes.items() if v is not None}  # None: keep the section's
     return MaeSettings(**{k: v for k, v in {**section, **changes}.items() if k in names})
 
 

@@ -45,8 +45,9 @@ QUICK = {
         "weight_decay": 0.05, "mask_ratio": 0.75, "norm_pix_loss": True,
         "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 4,
     },
-    # Step 3: the step-1 objective on the target; its other settings are those of step 1.
-    "adapt": {"epochs": 10, "warmup_epochs": 1, "granularity": "source", "eval_on": "subset"},
+    # Step 3: the step-1 objective on the target. Settings left at None are those of step 1.
+    "adapt": {"epochs": 10, "warmup_epochs": 1, "lr": None, "momentum_teacher": None,
+              "pair_key": None, "granularity": "source", "eval_on": "subset"},
 }
 
 PAPER = {
@@ -63,7 +64,8 @@ PAPER = {
         "warmup_epochs": 3, "patience": 3, "decay": 0.1, "cache_tokens": False,
     },
     "mae": {**asdict(MaeSettings()), "epochs": 300},
-    "adapt": {"epochs": 300, "warmup_epochs": 10, "granularity": "source", "eval_on": "subset"},
+    "adapt": {"epochs": 300, "warmup_epochs": 10, "lr": None, "momentum_teacher": None,
+              "pair_key": None, "granularity": "source", "eval_on": "subset"},
 }
 
 PRESETS = {"quick": QUICK, "paper": PAPER}
