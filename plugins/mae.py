@@ -35,7 +35,7 @@ class TTT(DualMAE):
     @classmethod
     def default_settings(cls, preset: str) -> dict:
         settings = asdict(TTTSettings())
-        return settings if preset == "paper" else {**settings, "steps": 5, "copies": 16}
+        return settings if preset == "paper" else {**settings, "steps": 3, "copies": 8}
 
     def predict(self, target: hcibench.Domain) -> hcibench.Prediction:
         names = {f.name for f in fields(TTTSettings)}
