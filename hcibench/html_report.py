@@ -158,6 +158,19 @@ def _figures(run_dir, metric: str) -> str:
     return "<h2>Figures</h2>\n" + "\n".join(parts) if parts else ""
 
 
+def _caption_notes(manifest: dict, records: list[dict]) -> str:
+    """The notes ``report.render`` appends to the Table-2 caption (left-out images, classes
+    not scored), so the HTML caption says what the text formats say."""
+    from . import report
+
+    notes = ""
+    if hasattr(report, "_data_note"):
+        notes += report._data_note(manifest)
+    if hasattr(report, "_scoring_note"):
+        notes += report._scoring_note(records)
+    return notes
+
+
 def render_html(run_dir, metric: str = "accuracy", baseline: str = "supervised",
                 figures: bool = True) -> str:
     """The whole report as one HTML document (a string)."""
@@ -169,6 +182,7 @@ def render_html(run_dir, metric: str = "accuracy", baseline: str = "supervised",
     _check_metric(summary, metric)
     datasets = _dataset_names(manifest, records)
     layout = _Layout(summary, metric, datasets)
+    layout.caption += _caption_notes(manifest, records)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     seeds = sorted({str(s) for s in long_df["seed"].unique()})
     meta = (f"Run folder <code>{_e(run_dir)}</code>; dataset {_e(', '.join(datasets) or 'unknown')}; "

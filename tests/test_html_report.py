@@ -65,6 +65,12 @@ def test_html_is_self_contained_with_embedded_figures(run):
     assert "Beside the CODA paper" in page and "33.3 ± 0.3" in page
 
 
+def test_html_caption_matches_markdown(run):
+    markdown = render(run, "markdown")
+    caption = markdown.splitlines()[0].removeprefix("**Table.** ")
+    assert f"<caption>{html.escape(caption, quote=True)}</caption>" in render_html(run, figures=False)
+
+
 def test_html_without_figures_or_baseline(run):
     page = render_html(run, baseline="dual-dino", figures=False)
     assert "<img" not in page and "baseline method 'dual-dino' is not in this run" in page
