@@ -167,6 +167,13 @@ class Dataset:
         """All samples of one source."""
         raise NotImplementedError
 
+    def problems(self) -> list[dict]:
+        """Problems met reading the data: dicts with ``severity`` ("error" or "warning"),
+        ``kind``, ``message`` (naming the file, row and column) and, where they apply, ``source``
+        and ``skipped`` (images left out, e.g. with ``--set dataset.on_error=skip``). The runner
+        writes them into the run's manifest; ``hcibench data check`` lists them."""
+        return []
+
     @classmethod
     def default_settings(cls, preset: str) -> dict:
         """Keyword options for ``__init__`` under a preset (``config["dataset"]``); users change

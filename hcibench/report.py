@@ -346,6 +346,15 @@ def _scoring_note(records: list[dict]) -> str:
             f"training labels ({scored} of {labelled} labelled samples over all cells).")
 
 
+def _data_note(manifest: dict) -> str:
+    """Says how many images the dataset left out as unreadable (``on_error=skip``)."""
+    skipped = int((manifest.get("data_problems") or {}).get("skipped_images", 0))
+    if not skipped:
+        return ""
+    return (f" {skipped} image(s) were left out as unreadable or incomplete (dataset.on_error="
+            f"skip; manifest.json 'data_problems' lists them).")
+
+
 SUMMARY_TITLE = "Per method: mean over cells of the cell means (%)"
 SUMMARY_HEADER = ("Method", "Off-diagonal (source ≠ target)", "In-domain (source = target)")
 
@@ -517,6 +526,7 @@ def render(run_dir, fmt: str = "table", metric: str = "accuracy", console=None) 
     if fmt == "json":
         return _render_json(summary, metric, long_df)
     layout = _Layout(summary, metric, _dataset_names(manifest, records))
+    layout.caption += _data_note(manifest)
     layout.caption += _scoring_note(records)
     if fmt == "markdown":
         return _render_markdown(layout)

@@ -175,7 +175,18 @@ def write_manifest(run: Run, stages: StageCache, started: str) -> None:
         "started": started,
         "updated": datetime.now(UTC).isoformat(timespec="seconds"),
         "stages": stages.counts,
+        "data_problems": data_problems(run.dataset),
     })
+
+
+def data_problems(dataset: Dataset, limit: int = 50) -> dict:
+    """What went wrong reading the data so far: counts, images left out (``on_error=skip``) and
+    the first ``limit`` problems (``hcibench data check`` lists them all)."""
+    problems = dataset.problems() if hasattr(dataset, "problems") else []
+    return {"skipped_images": int(sum(p.get("skipped", 0) for p in problems)),
+            "errors": sum(p.get("severity") == "error" for p in problems),
+            "warnings": sum(p.get("severity") == "warning" for p in problems),
+            "problems": problems[:limit]}
 
 
 def score(run: Run, logits: torch.Tensor, domain: Domain, variant: str = "",

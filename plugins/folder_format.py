@@ -1,9 +1,13 @@
-"""The generic folder format: ``index.csv`` plus one multi-channel TIFF per image.
+"""The generic folder format: an index CSV, one row per image, plus the image files.
 
-``index.csv`` has the columns ``INDEX_COLUMNS``; ``path`` is relative to the CSV's folder, e.g.
-``images/S3/S3-P01/A01_s1.tiff``. Each TIFF holds a C×H×W array: uint16 (read as value/65535),
-uint8 (value/255) or float (taken as is). Any dataset can be written this way, and any tool can
-produce the format, so it is also the way to bring one's own images to hcibench.
+``write_folder`` writes ``index.csv`` with the columns ``INDEX_COLUMNS`` (``path`` relative to
+the CSV's folder, e.g. ``images/S3/S3-P01/A01_s1.tiff``), one C×H×W uint16 TIFF per image and
+``classes.txt`` (the class list, in order). ``read_index`` reads that, and what other tools
+write: the metadata columns under other names (``FIELDS`` lists the names looked for;
+``columns`` renames), channels as separate files (``path_<CHANNEL>`` columns), as the pages of
+one TIFF, or side by side in a strip (``strip_channels``); 8- or 16-bit PNG or TIFF. Pixel
+values are read as value/65535 (uint16), value/255 (uint8), float as is. It is the one reader of
+the format: the ``folder`` dataset and ``read_folder`` both use it.
 """
 
 from __future__ import annotations
@@ -20,8 +24,27 @@ import torch
 
 from hcibench.errors import UsageError, unknown_name
 
+from .filedataset import ImageIndex, Problem, empty_values, file_problems, read_table, resolve_columns
+from .imagefiles import to_unit
+from .imagestore import FileImages, ReadPlan
+
 INDEX_COLUMNS = ["path", "source", "batch", "plate", "well", "compound", "label", "site"]
 TEXT_COLUMNS = ["path", "source", "batch", "plate", "well", "compound", "label"]
+INDEX_FILE = "index.csv"
+CLASSES_FILE = "classes.txt"
+# Metadata field -> the column names looked for, in order (``dataset.columns`` renames).
+FIELDS = {
+    "path": ["path", "Image_Path", "file", "filename", "FileName"],
+    "source": ["source", "Metadata_Source"],
+    "batch": ["batch", "Metadata_Batch"],
+    "plate": ["plate", "Metadata_Plate"],
+    "well": ["well", "Metadata_Well"],
+    "compound": ["compound", "Metadata_Compound", "Metadata_JCP2022", "JCP2022_id"],
+    "label": ["label", "moa", "Metadata_moa", "Metadata_MoA"],
+    "site": ["site", "Metadata_Site"],
+    "inchikey": ["inchikey", "InChIKey", "Metadata_InChIKey"],
+}
+CHANNEL_PREFIX = "path_"
 
 
 def write_folder(dataset, out_dir, sources=None) -> pd.DataFrame:
@@ -43,6 +66,7 @@ def write_folder(dataset, out_dir, sources=None) -> pd.DataFrame:
         index = pd.concat([_write_domain(dataset.domain(name), staging) for name in names],
                           ignore_index=True)
         index.to_csv(staging / "index.csv", index=False)
+        (staging / CLASSES_FILE).write_text("".join(f"{c}\n" for c in dataset.classes()))
         if out.exists():
             out.rmdir()  # empty (checked above); rename cannot replace a folder
         os.replace(staging, out)
@@ -83,41 +107,155 @@ def from_array(array: np.ndarray) -> torch.Tensor:
     """A TIFF array as a float32 C×H×W tensor in [0, 1]."""
     if array.ndim == 2:
         array = array[None]
-    if array.dtype == np.uint16:
-        return torch.from_numpy(array.astype(np.float32)) / 65535
-    if array.dtype == np.uint8:
-        return torch.from_numpy(array.astype(np.float32)) / 255
-    return torch.from_numpy(array.astype(np.float32))
+    return torch.from_numpy(to_unit(array))
 
 
-class FolderImages:
-    """A lazy image store: each ``[i]`` reads one TIFF, so a dataset never sits in memory."""
-
-    def __init__(self, root, paths):
-        self.root = Path(root)
-        self.paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return from_array(tifffile.imread(self.root / self.paths[int(index)]))
-
-
-def read_folder(out_dir) -> tuple[pd.DataFrame, FolderImages]:
-    """The metadata and a lazy image store of a folder written by ``write_folder``."""
-    root = Path(out_dir)
-    csv = root / "index.csv"
+def index_path(data, name: str = INDEX_FILE) -> Path:
+    """The index CSV: ``data`` itself when it is a file, else ``data/name``."""
+    path = Path(data).expanduser()
+    if path.is_file():
+        return path
+    csv = path / name
     if not csv.is_file():
-        raise UsageError(f"'{root}' has no index.csv; expected a folder written by write_folder")
-    meta = pd.read_csv(csv, dtype={column: str for column in TEXT_COLUMNS})
-    missing = [c for c in INDEX_COLUMNS if c not in meta.columns]
-    if missing:
-        raise UsageError(f"{csv} lacks the column(s) {', '.join(missing)}")
-    absent = [(row, path) for row, path in enumerate(meta["path"]) if not (root / path).is_file()]
-    if absent:
-        row, path = absent[0]
-        raise UsageError(f"{csv}, row {row + 2}: image file '{path}' does not exist "
-                         f"({len(absent)} missing in all)")
-    images = FolderImages(root, meta["path"])
-    return meta.drop(columns=["path"]), images
+        raise UsageError(f"'{path}' has no {name}; expected a folder with an index CSV (e.g. "
+                         f"written by `hcibench data synth`), or give the CSV itself with --data")
+    return csv
+
+
+def read_index(data, renames: dict | None = None, channels=None, strip_channels=None,
+               name: str = INDEX_FILE, map_path=None) -> ImageIndex:
+    """The generic index CSV at ``data`` (a folder holding ``name``, or the CSV) as an
+    :class:`ImageIndex`: metadata (``META_COLUMNS``, then the CSV's other columns), the file
+    paths of every row (relative paths are relative to the CSV's folder) and the problems of
+    rows (an empty path, source or plate) and columns (no batch, compound or label column)."""
+    renames = dict(renames or {})
+    csv = index_path(data, name)
+    text = [c for field, names in FIELDS.items() if field != "site" for c in names]
+    text += [c for field, c in renames.items() if field != "site"]
+    table = read_table(csv, text)
+    columns = [str(c) for c in table.columns]
+    found = resolve_columns(columns, FIELDS, renames, str(csv), required=["source", "plate"])
+    channel_columns = [c for c in columns if c.startswith(CHANNEL_PREFIX)]
+    plan, path_columns = _plan(csv, found, channel_columns, channels, strip_channels, "path" in renames)
+    base = csv.parent
+    problems = []
+    n = len(table)
+    origins = [f"{csv}, row {i + 2}" for i in range(n)]
+    meta = pd.DataFrame(index=range(n))
+    for field in ["source", "batch", "plate", "well", "compound", "label"]:
+        column = found.get(field)
+        meta[field] = table[column] if column else np.nan
+    for field, column in (("source", found["source"]), ("plate", found["plate"])):
+        for row in np.flatnonzero(empty_values(table, column)):
+            problems.append(Problem("error", "missing-value",
+                                    f"{origins[row]}, column {column}: empty {field}", None, row))
+    if found["batch"] is None:
+        meta["batch"] = meta["plate"]
+        problems.append(Problem("warning", "missing-column",
+                                f"{csv}: no batch column (looked for {', '.join(FIELDS['batch'])}): "
+                                f"each plate is taken as its own batch"))
+    else:
+        empty = empty_values(table, found["batch"]) & ~empty_values(table, found["plate"])
+        if empty.any():
+            meta.loc[empty, "batch"] = meta.loc[empty, "plate"]
+            problems.append(Problem("warning", "missing-value",
+                                    f"{csv}, column {found['batch']}: {int(empty.sum())} empty "
+                                    f"batch value(s) (first at row {np.flatnonzero(empty)[0] + 2}): "
+                                    f"their plate is taken as the batch"))
+    for field, consequence in (("compound", "cross-batch pairs fall back to the image itself"),
+                               ("label", "every image is unlabelled")):
+        if found[field] is None:
+            problems.append(Problem("warning", "missing-column",
+                                    f"{csv}: no {field} column (looked for "
+                                    f"{', '.join(FIELDS[field])}): {consequence}"))
+    if found["well"] is None:
+        meta["well"] = ""
+    for field in ("site", "inchikey"):
+        if found[field]:
+            meta[field] = table[found[field]]
+    used = {c for c in found.values() if c} | set(path_columns) | set(channel_columns)
+    for column in columns:
+        if column not in used and column not in meta.columns:
+            meta[column] = table[column]
+    meta.loc[meta["source"].notna() & empty_values(meta, "source"), "source"] = np.nan
+    map_path = map_path or (lambda p: p)
+    values = [table[c].to_numpy() for c in path_columns]
+    files = []
+    for row in range(n):
+        paths = []
+        for position, column_values in enumerate(values):
+            value = column_values[row]
+            if not isinstance(value, str) or not value.strip():
+                problems.append(Problem("error", "missing-value", f"{origins[row]}, column "
+                                        f"{path_columns[position]}: no image path", None, row))
+                paths.append("")
+                continue
+            value = map_path(value.strip())
+            paths.append(value if "://" in value or os.path.isabs(value)
+                         else os.path.join(base, value))
+        files.append(tuple(paths))
+    return ImageIndex(meta, files, plan, origins, None, problems)
+
+
+def _plan(csv, found, channel_columns, channels, strip_channels, path_renamed):
+    """The read plan and the path columns of the index."""
+    if strip_channels not in (None, "", 0):
+        try:
+            strip_channels = int(strip_channels)
+        except (TypeError, ValueError):
+            raise UsageError(f"dataset option 'strip_channels' must be an integer, got "
+                             f"{strip_channels!r}") from None
+    else:
+        strip_channels = None
+    if channels is not None and not isinstance(channels, list | tuple):
+        channels = [channels]
+    if channel_columns and not path_renamed:
+        if strip_channels:
+            raise UsageError(f"{csv}: 'strip_channels' reads one file per image, but the index "
+                             f"has one column per channel ({', '.join(channel_columns)})")
+        names = [c[len(CHANNEL_PREFIX):] for c in channel_columns]
+        chosen = channel_columns
+        if channels:
+            chosen = []
+            for item in channels:
+                if isinstance(item, int) and not isinstance(item, bool):
+                    if not 0 <= item < len(channel_columns):
+                        raise UsageError(f"dataset option 'channels': position {item} is out of "
+                                         f"range for {len(channel_columns)} channel columns")
+                    chosen.append(channel_columns[item])
+                elif str(item) in names:
+                    chosen.append(CHANNEL_PREFIX + str(item))
+                elif str(item) in channel_columns:
+                    chosen.append(str(item))
+                else:
+                    raise UsageError(f"dataset option 'channels': no channel '{item}' in {csv}; "
+                                     f"its channels are {', '.join(names)}")
+        return ReadPlan("channels", None, None, tuple(chosen)), list(chosen)
+    if found["path"] is None:
+        raise UsageError(f"{csv} has no image path column: name it 'path' (one file per image) "
+                         f"or 'path_<CHANNEL>' (one file per channel), or rename yours with "
+                         f"--set dataset.columns='{{\"path\": \"COLUMN\"}}'")
+    select = None
+    if channels:
+        try:
+            select = tuple(int(c) for c in channels)
+        except (TypeError, ValueError):
+            raise UsageError(f"dataset option 'channels': {channels!r}: with one file per image, "
+                             f"channels are chosen by position (0, 1, ...)") from None
+        if min(select) < 0:
+            raise UsageError("dataset option 'channels': positions count from 0")
+    layout = "strip" if strip_channels else "file"
+    return ReadPlan(layout, strip_channels, select, (found["path"],)), [found["path"]]
+
+
+def read_folder(out_dir) -> tuple[pd.DataFrame, FileImages]:
+    """The metadata and a lazy image store of a folder in the generic format (as written by
+    ``write_folder``). Raises UsageError for a missing file or a bad row."""
+    index = read_index(out_dir)
+    errors = [p for p in index.problems if p.severity == "error"]
+    if errors:
+        raise UsageError(errors[0].message)
+    bad, _ = file_problems(index.files, index.plan, index.origins, "exists")
+    if bad:
+        raise UsageError(f"{bad[0][2]} ({len(bad)} missing in all)")
+    return index.meta, FileImages(index.files, index.plan, origins=index.origins)
