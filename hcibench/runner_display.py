@@ -13,11 +13,12 @@ from rich.progress import (
 )
 
 from .progress import RichProgress
-from .runner import RunSpec, count_cells, execute, prepare
+from .runner import RunSpec, count_cells, execute, open_run_folder, prepare
 
 
 def run_with_progress(spec: RunSpec, console: Console) -> None:
     run = prepare(spec)
+    open_run_folder(run)  # an unwritable folder is reported before anything is printed
     total, finished = count_cells(run)
     console.print(
         f"[bold]hcibench[/] {len(run.grid.methods)} method(s) × {len(run.grid.sources)} source(s)"
