@@ -281,7 +281,8 @@ class JumpDataset(FileDataset):
             for field, column in (("source", "Metadata_Source"), ("batch", "Metadata_Batch"),
                                   ("plate_type", "Metadata_PlateType")):
                 if column in plates.columns:
-                    meta[field] = meta[field].fillna(meta["plate"].map(plates[column]))
+                    mapped = meta["plate"].map(plates[column]).astype(object)
+                    meta[field] = meta[field].astype(object).fillna(mapped)
             self._filter_plate_types(meta, plates, plate_path, problems)
         for field in ("source", "batch"):
             empty = meta[field].isna() & meta["_keep"]
