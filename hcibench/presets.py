@@ -26,10 +26,10 @@ QUICK = {
     "split": {"val_plates": 1, "test_plates": 1},
     # Step 1 of the dual model: DINO on 32 px images, scaled down from the paper's 224 px.
     "dino": {
-        "epochs": 30, "lr": 5e-4, "min_lr": 1e-5, "warmup_epochs": 3, "batch_size": 64,
+        "epochs": 15, "lr": 5e-4, "min_lr": 1e-5, "warmup_epochs": 2, "batch_size": 64,
         "weight_decay": 0.04, "weight_decay_end": 0.1, "momentum_teacher": 0.99,
-        "n_local": 4, "global_size": 24, "local_size": 12, "head_hidden_dim": 256,
-        "head_bottleneck_dim": 64, "head_out_dim": 1024, "warmup_teacher_temp_epochs": 5,
+        "n_local": 2, "global_size": 24, "local_size": 12, "head_hidden_dim": 256,
+        "head_bottleneck_dim": 64, "head_out_dim": 256, "warmup_teacher_temp_epochs": 3,
         "drop_path": 0.1, "pair_key": "batch",
     },
     # Step 2: the task model on the frozen FE.
@@ -46,7 +46,7 @@ QUICK = {
         "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 4,
     },
     # Step 3: the step-1 objective on the target. Settings left at None are those of step 1.
-    "adapt": {"epochs": 10, "warmup_epochs": 1, "lr": None, "momentum_teacher": None,
+    "adapt": {"epochs": 5, "warmup_epochs": 1, "lr": None, "momentum_teacher": None,
               "pair_key": None, "granularity": "source", "eval_on": "subset"},
 }
 
