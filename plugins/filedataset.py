@@ -52,7 +52,7 @@ COMMON_OPTIONS = {
     "verify": "auto",
     "crop": None, "tile": None, "resize": None, "clip": None,
     "normalise": "none", "control": "DMSO", "norm_sample": 64,
-    "workers": 0,  # threads decoding a batch (0: up to 4)
+    "workers": 0,  # threads reading a batch (0: up to 4, for images of 256×256 or more)
     "path_map": {},  # path prefix -> replacement, e.g. {"s3://cellpainting-gallery/": "/data/cpg/"}
     "moa_drugs": None, "moa_samples": None, "moa_multi": "drop",
 }

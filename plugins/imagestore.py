@@ -38,6 +38,9 @@ from .imagefiles import ImageError, read_array, split_strip, to_unit
 NORMALISATIONS = ("none", "plate", "dmso")
 LAYOUTS = ("file", "channels", "strip")
 PARALLEL_MIN = 8  # batches smaller than this are read in the calling thread
+# With workers=0 (auto) the pool is used for images of at least this many pixels per channel:
+# below it, thread overhead outweighs the decoding it spreads (bench_io.py).
+LARGE_PIXELS = 256 * 256
 
 
 def _pair(name: str, value) -> tuple[int, int] | None:
@@ -172,6 +175,8 @@ class FileImages:
         self.grid = grid if preprocess.tile else None
         self.per_row = self.grid[0] * self.grid[1] if self.grid else 1
         self.workers = int(workers) if workers else default_workers()
+        self.auto_workers = not workers
+        self._large: bool | None = None  # whether images are LARGE_PIXELS or more (once read)
         self.illum_cache = illum_cache or IllumCache()
         self._stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._stats_lock = threading.Lock()
@@ -188,16 +193,31 @@ class FileImages:
         return self._finish(self._prepared(self.site(row), tile), row)
 
     def take(self, indices) -> torch.Tensor:
-        """The samples at ``indices`` as one N×C×H×W batch; each file is read once per call."""
+        """The samples at ``indices`` as one N×C×H×W batch; each file is read once per call, and
+        the files of different rows are read and pre-processed on the thread pool."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         rows, tiles = np.divmod(indices % max(len(self), 1), self.per_row)
-        unique_rows = list(dict.fromkeys(rows.tolist()))
-        if len(unique_rows) >= PARALLEL_MIN and self.workers > 1:
-            sites = dict(zip(unique_rows, _pool(self.workers).map(self.site, unique_rows)))
+        wanted: dict[int, list[tuple[int, int]]] = {}
+        for position, (row, tile) in enumerate(zip(rows.tolist(), tiles.tolist())):
+            wanted.setdefault(row, []).append((position, tile))
+        if self.preprocess.normalise != "none":  # statistics first, not raced for by threads
+            for group in dict.fromkeys(self.groups[list(wanted)]):
+                self.plate_stats(group)
+
+        def read(row: int) -> list[tuple[int, torch.Tensor]]:
+            site = self.site(row)
+            return [(position, self._finish(self._prepared(site, tile), row))
+                    for position, tile in wanted[row]]
+
+        if (len(wanted) >= PARALLEL_MIN and self.workers > 1
+                and (not self.auto_workers or self._large)):
+            parts = list(_pool(self.workers).map(read, wanted))
         else:
-            sites = {row: self.site(row) for row in unique_rows}
-        samples = [self._finish(self._prepared(sites[row], tile), row)
-                   for row, tile in zip(rows.tolist(), tiles.tolist())]
+            parts = [read(row) for row in wanted]
+        samples = [None] * len(indices)
+        for part in parts:
+            for position, sample in part:
+                samples[position] = sample
         if not samples:
             return torch.empty(0)
         try:
@@ -237,6 +257,7 @@ class FileImages:
                 unit = self._correct(array, function, row, position)
             parts.append(unit)
         image = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        self._large = image.shape[-2] * image.shape[-1] >= LARGE_PIXELS
         if self.plan.select is not None:
             if max(self.plan.select) >= image.shape[0]:
                 raise UsageError(
@@ -343,8 +364,9 @@ def _tile(x: torch.Tensor, size: tuple[int, int], grid, index: int) -> torch.Ten
 
 
 def _clip(x: torch.Tensor, percentiles: tuple[float, float]) -> torch.Tensor:
-    flat = x.reshape(x.shape[0], -1).double()
-    q = torch.tensor(percentiles, dtype=flat.dtype) / 100
-    bounds = torch.quantile(flat, q, dim=1).float()  # 2×C
-    low, high = bounds[0][:, None, None], bounds[1][:, None, None]
-    return ((x.clamp(min=low, max=high) - low) / (high - low).clamp_min(1e-12)).float()
+    array = x.numpy()
+    low, high = np.percentile(array.reshape(array.shape[0], -1), percentiles, axis=1)
+    low = low.astype(np.float32)[:, None, None]
+    high = high.astype(np.float32)[:, None, None]
+    span = np.maximum(high - low, np.float32(1e-12))
+    return torch.from_numpy(((np.clip(array, low, high) - low) / span).astype(np.float32))
