@@ -388,15 +388,13 @@ class FileDataset(hcibench.Dataset):
             raise UsageError(f"dataset '{self.name}': MoA labels are linked by InChIKey, but the "
                              f"metadata has no InChIKey column (name it with --set "
                              f"dataset.columns='{{\"inchikey\": \"COLUMN\"}}')")
-        known = meta.dropna(subset=["compound"])
+        known = meta[meta["compound"].notna().to_numpy() & ~self._controls(meta)]
         keys = known.groupby("compound", sort=True)["inchikey"].first()
         labels, counts = link_moa(keys, self._path(drugs), self._path(samples),
                                   str(self.settings["moa_multi"]))
         self.label_counts = counts
         meta = meta.copy()
-        meta["label"] = meta["compound"].map(labels)
-        if "control" in meta.columns:
-            meta.loc[meta["control"].astype(bool), "label"] = np.nan
+        meta["label"] = meta["compound"].map(labels)  # controls are not in ``labels``
         index.meta = meta
         return index
 
@@ -499,10 +497,6 @@ class FileDataset(hcibench.Dataset):
                                        ("normalise", pre.normalise != "none")) if on]
         lines.append(f"pre-processing: {', '.join(steps) or 'none'}; files checked: {self.verify}"
                      f"; on_error: {self.on_error}")
-        if self.label_counts is not None:
-            from .moa import describe
-
-            lines.append("MoA labels: " + describe(self.label_counts))
         return lines
 
 

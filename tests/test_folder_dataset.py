@@ -189,6 +189,11 @@ def test_bad_data_stops_with_file_row_and_column(tmp_path):
     message = str(error.value)
     assert "index.csv, row 7, column plate: empty plate" in message
     assert "on_error=skip" in message
+    index = make_folder(tmp_path / "corrupt")[0]
+    (tmp_path / "corrupt" / index["path"][2]).write_bytes(b"not an image")
+    domain = FolderDataset(str(tmp_path / "corrupt"), **options()).domain("A")  # exists: fine
+    with pytest.raises(hcibench.UsageError, match=r"index.csv, row 4, column path: cannot read"):
+        hcibench.data.take(domain.images, np.arange(8))
     (tmp_path / "index.csv").write_text("path,source,plate\ns3://bucket/x.tif,A,P\n")
     with pytest.raises(hcibench.UsageError, match="remote path.*sync"):
         FolderDataset(str(tmp_path), **options())

@@ -220,3 +220,21 @@ def test_runs_supervised_on_jump_images(jump, tmp_path):
     runner.execute(runner.prepare(spec))
     record = json.loads((tmp_path / "run/records/supervised/S3/S5/seed0.json").read_text())
     assert record["n_images"] == 18 * 4 and 0 <= record["metrics"]["accuracy"] <= 1
+
+
+def test_hub_labels_for_a_folder_dataset(jump, tmp_path):
+    from hcibench_plugins.folder import FolderDataset
+
+    _, _, _, hub = jump
+    tifffile.imwrite(tmp_path / "x.tif", np.zeros((3, 8, 8), dtype=np.uint16), photometric="minisblack")
+    pd.DataFrame({"path": "x.tif", "source": "A", "plate": "P",
+                  "compound": ["DMSO", "c1", "c2", "c3"],
+                  "InChIKey": ["IAZDPXIOMUYVGZ-UHFFFAOYSA-N", "AAAAAAAAAAAAAA-BBBBBBBBBB-N",
+                               "CCCCCCCCCCCCCC-ZZZZZZZZZZ-N", "DDDDDDDDDDDDDD-EEEEEEEEEE-N"],
+                  }).to_csv(tmp_path / "index.csv", index=False)
+    dataset = FolderDataset(str(tmp_path), **{**FolderDataset.default_settings("quick"), **hub,
+                                              "moa_multi": "first"})
+    labels = dataset.domain("A").meta["label"].tolist()
+    assert pd.isna(labels[0]) and labels[1:] == ["HDAC inhibitor", "CDK inhibitor",
+                                                 "EGFR inhibitor"]
+    assert dataset.label_counts["compounds"] == 3  # the DMSO control is not looked up
