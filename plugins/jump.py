@@ -71,6 +71,10 @@ class JumpDataset(FileDataset):
     FIELDS = ["source", "batch", "plate", "well", "compound", "label", "inchikey"]
 
     def build_index(self) -> ImageIndex:
+        if self.renames:
+            raise UsageError("dataset 'jump' reads the cpg0016 column names as they are: "
+                             "dataset.columns does not apply (use the folder dataset for other "
+                             "layouts)")
         label = str(self.settings["label"]).lower()
         if label not in LABELS:
             raise UsageError(f"dataset option 'label' of jump must be one of {', '.join(LABELS)}, "
