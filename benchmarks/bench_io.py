@@ -141,10 +141,13 @@ def test_memory_while_iterating_20k_images(benchmark, tmp_path):
     as_tensors = MEMORY_IMAGES * CHANNELS * SIZE * SIZE * 4
     peaks = []
 
+    absolute = []
+
     def measured():
         with PeakRss() as rss:
             seen = iterate(domain)
         peaks.append(rss.peak - rss.start)
+        absolute.append(rss.peak)
         return seen
 
     started = time.perf_counter()
@@ -155,8 +158,11 @@ def test_memory_while_iterating_20k_images(benchmark, tmp_path):
     ratio = peak / as_tensors
     benchmark.extra_info.update({"images": seen, "dataset_mib": as_tensors / 2**20,
                                  "on_disk_mib": on_disk / 2**20, "peak_rss_mib": peak / 2**20,
+                                 "process_peak_rss_mib": max(absolute) / 2**20,
                                  "peak_over_dataset": ratio, "images_per_s": seen / seconds})
     print(f"\niterating {seen} TIFFs ({as_tensors / 2**20:.0f} MiB as float32 tensors, "
           f"{on_disk / 2**20:.0f} MiB on disk) in batches of {BATCH}: peak RSS +"
-          f"{peak / 2**20:.1f} MiB = {ratio:.4f} of the dataset; {seen / seconds:.0f} images/s")
+          f"{peak / 2**20:.1f} MiB above the start = {ratio:.4f} of the dataset (the whole "
+          f"process, Python and torch included: {max(absolute) / 2**20:.0f} MiB); "
+          f"{seen / seconds:.0f} images/s")
     assert ratio < 0.1
