@@ -93,6 +93,7 @@ def prepare(spec: RunSpec) -> Run:
         sections["profile"] = profiles.default_settings(spec.preset)
     config = presets.build(spec.preset, [], sections)
     config["modality"] = dataset_class.modality
+    config.setdefault("threads", None)  # torch threads for the run; None: torch's default
     _merge_existing(config, dataset_class.preset_settings(spec.preset))
     for item in spec.overrides:
         presets.apply_override(config, item)
@@ -258,7 +259,20 @@ class DomainCache:
 
 
 def execute(run: Run, progress: Progress | None = None, on_cell=None) -> dict:
-    """Run every unfinished cell. ``on_cell(record)`` is called after each record is written."""
+    """Run every unfinished cell. ``on_cell(record)`` is called after each record is written.
+
+    The setting ``threads`` (when set, e.g. ``--set threads=1``) is torch's thread count for the
+    run; tiny models (profile MLPs) run fastest on one thread. It is restored afterwards."""
+    previous = torch.get_num_threads()
+    if run.config.get("threads"):
+        torch.set_num_threads(int(run.config["threads"]))
+    try:
+        return _execute(run, progress, on_cell)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _execute(run: Run, progress: Progress | None, on_cell) -> dict:
     progress = progress or Progress()
     open_run_folder(run)
     started = datetime.now(UTC).isoformat(timespec="seconds")

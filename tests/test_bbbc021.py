@@ -173,10 +173,26 @@ def test_tiny_cli_run_records_every_metric(cli, tmp_path):
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["evaluators"] == ["accuracy", "f1", "nsc", "nscb"]
-    assert manifest["config"]["modality"] == "profile"
+    assert manifest["config"]["modality"] == "profile" and manifest["torch_threads"] == 1
     for method in ("supervised", "coda"):
         record = json.loads((out / "records" / method / "W1-2" / "W3-6" / "seed0.json").read_text())
         assert {"accuracy", "f1", "nsc", "nscb", "nsc_raw", "nscb_raw"} <= set(record["metrics"])
         scoring = record["info"]["scoring"]
         assert scoring["labelled"] == 135 and scoring["scored"] == 54
         assert "DNA damage" in scoring["unscored_classes"]
+
+
+def test_presets_tune_only_the_sections_a_run_has():
+    from hcibench.runner import Grid, RunSpec, prepare
+
+    for preset in ("quick", "paper"):
+        run = prepare(RunSpec(Grid(["coda"], ["W1-2"]), out=Path("unused"), dataset="bbbc021",
+                              preset=preset, overrides=["adapt.epochs=7"]))
+        config = run.config
+        assert "supervised" not in config and config["split"]["order"] == "labelled"
+        assert config["adapt"]["epochs"] == 7  # --set wins over the dataset's settings
+        assert config["profile"]["fe"]["embed_dim"] == 128 and config["threads"] == 1
+        assert list(run.evaluators) == ["accuracy", "f1", "nsc", "nscb"]
+    run = prepare(RunSpec(Grid(["supervised"], ["S3"]), out=Path("unused")))
+    assert "profile" not in run.config and run.config["modality"] == "image"
+    assert run.config["threads"] is None and list(run.evaluators) == ["accuracy", "f1"]
