@@ -8,14 +8,14 @@ from hcibench import plugins
 
 # Settings that make a grid cell take seconds: a one-block ViT, two epochs, few images.
 TINY_BACKBONE = ["backbone.depth=1", "backbone.embed_dim=32", "backbone.num_heads=2"]
-TINY = [*TINY_BACKBONE, "supervised.epochs=2", "dataset.scale=0.34"]
+TINY = [*TINY_BACKBONE, "dataset.scale=0.34"]
 
 
-def tiny_args(*overrides: str) -> list[str]:
-    args = []
-    for item in [*TINY, *overrides]:
-        args += ["--set", item]
-    return args
+def tiny_args(*overrides: str, supervised: bool = True) -> list[str]:
+    """``--set`` options for a tiny run; ``supervised`` adds the supervised method's section,
+    which only exists when that method is in the grid."""
+    items = [*TINY, *(["supervised.epochs=2"] if supervised else []), *overrides]
+    return [part for item in items for part in ("--set", item)]
 
 
 @pytest.fixture(autouse=True)

@@ -65,7 +65,7 @@ def test_grid_computes_each_shared_stage_once(cli, tmp_path):
     out = tmp_path / "run"
     result = cli("run", "--methods", "dual-dino,oda,dual-cb,coda", "--sources", "S8,S10",
                  "--targets", "S8,S10", "--seeds", "0,1", "--out", str(out),
-                 *tiny_args(*TINY_DUAL))
+                 *tiny_args(*TINY_DUAL, supervised=False))
     assert result.returncode == 0, result.stderr
     stages = json.loads((out / "manifest.json").read_text())["stages"].values()
     by_name = {}
