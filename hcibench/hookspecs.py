@@ -43,4 +43,7 @@ def register_evaluators(register):
 
 @hookspec
 def register_commands(cli):
-    """Add click commands or groups to the ``hcibench`` command line: ``cli.add_command(cmd)``."""
+    """Add click commands or groups to the ``hcibench`` command line: ``cli.add_command(cmd)``.
+
+    Dataset utilities go into the core's ``data`` group: ``cli.commands["data"].add_command(cmd)``.
+    """

@@ -224,8 +224,4 @@ def _json_default(value):
 
 @hcibench.hookimpl
 def register_commands(cli):
-    group = cli.commands.get("data")
-    if group is None:
-        group = click.Group("data", help="Dataset utilities.")
-        cli.add_command(group)
-    group.add_command(check_command)
+    cli.commands["data"].add_command(check_command)

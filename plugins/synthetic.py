@@ -202,11 +202,7 @@ def register_datasets(register):
 
 @hcibench.hookimpl
 def register_commands(cli):
-    group = cli.commands.get("data")
-    if group is None:
-        group = click.Group("data", help="Dataset utilities.")
-        cli.add_command(group)
-    group.add_command(synth_command)
+    cli.commands["data"].add_command(synth_command)
 
 
 __all__ = ["SyntheticDataset", "generator"]
