@@ -65,7 +65,10 @@ def pretrain_mae(context: Context, train: Domain) -> tuple[dict, dict]:
 def adapt_mae(context: Context, target: Domain, fe_state: dict, fe_key: dict) -> dict:
     """Step 3 of ODA-MAE: MAE on the whole unlabelled target, from the step-1 encoder+decoder."""
     config = context.config
-    settings = mae_settings(config["mae"], **config["adapt"])
+    # Re-using step 1's learning rate from a trained encoder wrecks it (every prediction
+    # collapses to one class in the quick preset), so MAE adaptation has its own default.
+    lr = config["adapt"].get("lr") or config["mae"].get("adapt_lr")
+    settings = mae_settings(config["mae"], **{**config["adapt"], "lr": lr})
     channels = target.images[0].shape[0]
     key = {"fe": fe_key, "adapt": asdict(settings), "target": target.name, "n": len(target)}
     return context.stage("adapt-mae", key, lambda: _run_mae(

@@ -44,6 +44,7 @@ QUICK = {
         "epochs": 30, "lr": 1e-3, "min_lr": 1e-5, "warmup_epochs": 3, "batch_size": 64,
         "weight_decay": 0.05, "mask_ratio": 0.75, "norm_pix_loss": True,
         "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 4,
+        "adapt_lr": 1e-4,  # step 3 (ODA-MAE) unless adapt.lr is set
     },
     # Step 3: the step-1 objective on the target. Settings left at None are those of step 1.
     "adapt": {"epochs": 5, "warmup_epochs": 1, "lr": None, "momentum_teacher": None,
@@ -63,7 +64,7 @@ PAPER = {
         "epochs": 50, "batch_size": 128, "lr": 1e-4, "min_lr": 1e-7, "weight_decay": 0.05,
         "warmup_epochs": 3, "patience": 3, "decay": 0.1, "cache_tokens": False,
     },
-    "mae": {**asdict(MaeSettings()), "epochs": 300},
+    "mae": {**asdict(MaeSettings()), "epochs": 300, "adapt_lr": None},
     "adapt": {"epochs": 300, "warmup_epochs": 10, "lr": None, "momentum_teacher": None,
               "pair_key": None, "granularity": "source", "eval_on": "subset"},
 }
