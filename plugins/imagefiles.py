@@ -49,8 +49,7 @@ def read_array(path) -> np.ndarray:
         elif suffix in NPY_SUFFIXES:
             array = np.load(path, allow_pickle=False)
         else:
-            raise ImageError(f"unsupported image type '{suffix or 'no suffix'}' "
-                             "(use .tif/.tiff, .png or .npy)")
+            raise unsupported_type(suffix)
     except ImageError:
         raise
     except FileNotFoundError:
@@ -164,11 +163,16 @@ def probe(path) -> tuple[int, int, int]:
         if suffix in NPY_SUFFIXES:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
             return as_chw(array).shape
-        raise ImageError(f"unsupported image type '{suffix or 'no suffix'}' "
-                         "(use .tif/.tiff, .png or .npy)")
+        raise unsupported_type(suffix)
     except ImageError:
         raise
     except FileNotFoundError:
         raise ImageError("the file does not exist") from None
     except (OSError, ValueError, SyntaxError, IndexError, tifffile.TiffFileError, EOFError) as error:
         raise ImageError(f"cannot read it ({type(error).__name__}: {error})") from None
+
+
+def unsupported_type(suffix: str) -> ImageError:
+    """The error for a file type no reader handles, naming the ones that are."""
+    return ImageError(f"unsupported image type '{suffix or 'no suffix'}' "
+                      "(use .tif/.tiff, .png or .npy)")
