@@ -15,8 +15,9 @@ from measure import peak_memory
 
 from hcibench.backbones import create_vit
 from hcibench.dual import TaskModel
+from hcibench.dual_mae import mae_settings
 from hcibench.presets import QUICK
-from hcibench.ssl.mae import MaeSettings, MaskedAutoencoder, build_decoder
+from hcibench.ssl.mae import MaskedAutoencoder, build_decoder
 from hcibench.ttt import TTTSettings, ttt_batched, ttt_sequential
 
 SEQUENTIAL_IMAGES = 8  # the reference is slow; its rate is per image, so fewer images suffice
@@ -25,8 +26,8 @@ SEQUENTIAL_IMAGES = 8  # the reference is slow; its rate is per image, so fewer 
 def build():
     torch.manual_seed(0)
     encoder = create_vit(QUICK["backbone"])
-    mae_settings = MaeSettings(**{k: v for k, v in QUICK["mae"].items()})
-    mae = MaskedAutoencoder(encoder, build_decoder(encoder, mae_settings, 3), mae_settings)
+    settings = mae_settings(QUICK["mae"])
+    mae = MaskedAutoencoder(encoder, build_decoder(encoder, settings, 3), settings)
     mae.decoder.requires_grad_(False)
     task = TaskModel(encoder.embed_dim, QUICK["task"]["model"], 10).eval().requires_grad_(False)
     return mae, task
