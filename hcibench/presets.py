@@ -26,6 +26,7 @@ QUICK = {
     "split": {"val_plates": 1, "test_plates": 1},
     # Step 1 of the dual model: DINO on 32 px images, scaled down from the paper's 224 px.
     "dino": {
+        **asdict(DinoSettings()),
         "epochs": 15, "lr": 5e-4, "min_lr": 1e-5, "warmup_epochs": 2, "batch_size": 64,
         "weight_decay": 0.04, "weight_decay_end": 0.1, "momentum_teacher": 0.99,
         "n_local": 2, "global_size": 24, "local_size": 12, "head_hidden_dim": 256,

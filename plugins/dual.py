@@ -35,6 +35,7 @@ class DualModel(hcibench.Method):
         self.task = dual.load_task(self.config, self.fe.embed_dim, len(train.classes),
                                    task_stage["state"])
         self.info = {"fe_pairs": self.fe_stage["stats"].get("pairs"),
+                     "fe_collapsed_from_epoch": self.fe_stage["stats"].get("collapsed_from_epoch"),
                      "task_val_accuracy": task_stage["val_accuracy"]}
 
     def predict(self, target: hcibench.Domain) -> hcibench.Prediction:
@@ -70,7 +71,8 @@ class DualModel(hcibench.Method):
                                                                  target)
             adaptations.append({"part": part.name, "images": len(part),
                                 "pairs": adapted["stats"].get("pairs"),
-                                "loss": adapted["stats"].get("loss")})
+                                "loss": adapted["stats"].get("loss"),
+                                "collapsed_from_epoch": adapted["stats"].get("collapsed_from_epoch")})
         info = {**self.info, "granularity": granularity, "eval_on": eval_on,
                 "adaptations": adaptations}
         return hcibench.Prediction(logits, variants=variants, info=info, embeddings=embeddings)

@@ -21,7 +21,7 @@ from hcibench.ssl import (
     params_groups,
     train_dino,
 )
-from hcibench.ssl.dino import clip_gradients
+from hcibench.ssl.dino import clip_gradients, collapse_epoch, target_spread
 
 
 def tiny_vit(**kwargs):
@@ -316,3 +316,40 @@ def test_views_lying_back_to_back_are_joined_without_a_copy():
     assert torch.equal(_join(shuffled), torch.cat(shuffled))
     separate = [torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)]
     assert torch.equal(_join(separate), torch.cat(separate))
+
+
+def test_target_spread_tells_uniform_from_informative_and_single_prototype_targets():
+    center = torch.zeros(1, 8)
+    uniform = target_spread(torch.full((4, 8), 0.3), center, teacher_temp=0.04)
+    assert uniform["entropy"] == pytest.approx(1.0) and uniform["usage"] == pytest.approx(1.0)
+    distinct = target_spread(10 * torch.eye(8)[:4], center, teacher_temp=0.04)
+    assert distinct["entropy"] < 0.01 and distinct["usage"] == pytest.approx(2 / 3, abs=0.01)  # 4 of 8
+    same = target_spread(10 * torch.eye(8)[[2, 2, 2, 2]], center, teacher_temp=0.04)
+    assert same["entropy"] < 0.01 and same["usage"] < 0.01
+
+
+def test_collapse_epoch_is_where_uniform_targets_start_for_good():
+    assert collapse_epoch([0.5, 0.97, 0.99]) == 2
+    assert collapse_epoch([0.97, 0.5, 0.6]) is None
+    assert collapse_epoch([0.99, 0.5, 0.96, 0.98]) == 3
+    assert collapse_epoch([]) is None
+
+
+def test_train_dino_reports_and_logs_a_collapse():
+    logged = []
+
+    class Recorder(Progress):
+        def log(self, message):
+            logged.append(message)
+
+    # A teacher temperature this high makes every target uniform: the collapsed state.
+    collapsing = tiny_settings(epochs=2, teacher_temp=100.0, warmup_teacher_temp=100.0)
+    stats = train_dino(*models(collapsing), domain(n=16), collapsing, Recorder(),
+                       torch.Generator().manual_seed(0), description="step 1 DINO S3")
+    assert stats["collapsed_from_epoch"] == 1 and len(stats["target_entropy"]) == 2
+    assert any("step 1 DINO S3 collapsed from epoch 1" in line for line in logged)
+
+    healthy = tiny_settings(epochs=2)
+    stats = train_dino(*models(healthy), domain(n=16), healthy, Progress(),
+                       torch.Generator().manual_seed(0))
+    assert stats["collapsed_from_epoch"] is None and max(stats["target_entropy"]) < 0.95

@@ -252,6 +252,40 @@ def dino_loss(student_output: torch.Tensor, teacher_output: torch.Tensor, center
     return cross[keep].mean()
 
 
+@torch.no_grad()
+def target_spread(teacher_output: torch.Tensor, center: torch.Tensor,
+                  teacher_temp: float) -> dict[str, float]:
+    """How informative the teacher's targets are, as fractions of the largest entropy ln K.
+
+    ``entropy``: mean entropy of one image's target. Near 1, every target is uniform: DINO has
+    collapsed onto the centre and its loss sits at ln K, so the student learns nothing more.
+    ``usage``: entropy of the batch-averaged target. Near 0, every image is sent to the same
+    prototype: the other collapse, which centring normally prevents.
+    """
+    q = F.softmax((teacher_output.float() - center) / teacher_temp, dim=-1)
+    top = math.log(q.shape[-1])
+    per_image = -(q * q.clamp_min(1e-12).log()).sum(-1).mean()
+    mean = q.mean(0)
+    usage = -(mean * mean.clamp_min(1e-12).log()).sum()
+    return {"entropy": float(per_image / top), "usage": float(usage / top)}
+
+
+# Above this share of the largest entropy, the teacher's targets count as uniform: collapsed.
+COLLAPSED_ENTROPY = 0.95
+
+
+def collapse_epoch(entropies: Sequence[float], threshold: float = COLLAPSED_ENTROPY) -> int | None:
+    """The first epoch (counting from 1) from which the teacher targets stayed uniform to the end
+    of training, or None if training ended with informative targets."""
+    start = None
+    for epoch, value in enumerate(entropies, start=1):
+        if value >= threshold:
+            start = start or epoch
+        else:
+            start = None
+    return start
+
+
 class DINOLoss(nn.Module):
     """DINO's loss with its state: the center (a buffer) and the teacher-temperature schedule.
 
@@ -287,8 +321,10 @@ class DINOLoss(nn.Module):
 
     def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor,
                 epoch: int) -> torch.Tensor:
+        temperature = self.teacher_temperature(epoch)
         loss = dino_loss(student_output, teacher_output, self.center, self.student_temp,
-                         self.teacher_temperature(epoch), self.n_crops, self.n_global)
+                         temperature, self.n_crops, self.n_global)
+        self.last_targets = target_spread(teacher_output, self.center, temperature)
         self.update_center(teacher_output)
         return loss
 
@@ -464,7 +500,8 @@ def train_dino(
     generator)`` replaces the image augmentation (e.g. for profiles); ``features`` replaces the
     class-token feature function.
 
-    Returns ``{"loss", "last_loss", "epoch_losses", "epochs", "steps", "images", "seconds",
+    Returns ``{"loss", "last_loss", "epoch_losses", "target_entropy", "target_usage",
+    "collapsed_from_epoch", "epochs", "steps", "images", "seconds",
     "images_per_second", "batch_size", "cross_batch", "pair_key", "pairs", "teacher_temp",
     "loss_state"}``; ``pairs`` holds the partner statistics of the first epoch (fallback counts)
     or None.
@@ -483,6 +520,8 @@ def train_dino(
 
     pair_stats = None
     epoch_losses: list[float] = []
+    epoch_entropy: list[float] = []  # teacher target entropy / ln K, see target_spread
+    epoch_usage: list[float] = []
     last_loss = float("nan")
     step = 0
     start = time.perf_counter()
@@ -500,7 +539,7 @@ def train_dino(
                             f"another plate, {stats['fallback_self']} with themselves "
                             f"({stats['fallback_compounds']} compounds without a partner in "
                             f"another {stats['key']})")
-            total = 0.0
+            total, entropy, usage = 0.0, 0.0, 0.0
             for images, _, positions in domain.batches(batch_size, shuffle=True,
                                                        generator=generator, drop_last=True):
                 anchor = _as_float(images, trainer.device)
@@ -509,17 +548,31 @@ def train_dino(
                     partner = _as_float(take(domain.images, partners[positions]), trainer.device)
                 last_loss = trainer.step(make_views(anchor, partner, generator), epoch, step)
                 total += last_loss
+                entropy += trainer.loss.last_targets["entropy"]
+                usage += trainer.loss.last_targets["usage"]
                 step += 1
             epoch_losses.append(total / max(steps_per_epoch, 1))
+            epoch_entropy.append(entropy / max(steps_per_epoch, 1))
+            epoch_usage.append(usage / max(steps_per_epoch, 1))
     finally:
         for module, mode in zip((student, student_head, teacher, teacher_head), was_training):
             module.train(mode)
     seconds = time.perf_counter() - start
     images = step * batch_size
+    collapsed = collapse_epoch(epoch_entropy)
+    if collapsed is not None:
+        progress.log(
+            f"warning: {description} collapsed from epoch {collapsed} of {settings.epochs}: the "
+            f"teacher's targets are uniform ({epoch_entropy[-1]:.0%} of the largest entropy), so "
+            f"the feature extractor stopped learning. A lower teacher_temp or lr, or more "
+            f"images, may help.")
     return {
         "loss": epoch_losses[-1] if epoch_losses else float("nan"),
         "last_loss": last_loss,
         "epoch_losses": epoch_losses,
+        "target_entropy": epoch_entropy,
+        "target_usage": epoch_usage,
+        "collapsed_from_epoch": collapsed,
         "epochs": settings.epochs,
         "steps": step,
         "images": images,
