@@ -19,6 +19,7 @@ import torch
 import hcibench
 from hcibench.errors import unknown_name
 
+from . import synthetic_artifacts as artifacts
 from . import synthetic_render as render
 
 # (batches, plates) per source: Table 1 scaled down, keeping at least 3 plates (train,
@@ -31,6 +32,8 @@ SITES_PER_WELL = 3  # at scale 1.0
 CHUNK = 64  # images rendered together; each chunk has its own generator, so memory stays flat
 PLATE_ROWS, PLATE_COLUMNS = "ABCDEFGHIJKLMNOP", 24  # a 384-well plate
 PERTURBATION = 0.05  # relative spread of a compound's morphology around its class's
+CULTURE = 1.0  # how far each lab's culture moves morphology (0: not at all)
+ARTIFACTS = 0.0  # strength of the batch artifacts (0: none, the default; 1: strong)
 
 
 def generator(seed: int, *keys) -> torch.Generator:
@@ -53,9 +56,11 @@ class SyntheticDataset(hcibench.Dataset):
     @classmethod
     def default_settings(cls, preset: str) -> dict:
         # The paper preset crops 224 px inputs, so it renders larger fields.
-        return {"seed": 0, "image_size": 256 if preset == "paper" else 32, "scale": 1.0}
+        return {"seed": 0, "image_size": 256 if preset == "paper" else 32, "scale": 1.0,
+                "culture": CULTURE, "artifacts": ARTIFACTS}
 
-    def __init__(self, data=None, seed=0, image_size=32, scale=1.0, **options):
+    def __init__(self, data=None, seed=0, image_size=32, scale=1.0, culture=None,
+                 artifacts=None, **options):
         if data:
             raise hcibench.UsageError(
                 f"the synthetic dataset is generated and reads no data path (got '{data}')")
@@ -63,11 +68,13 @@ class SyntheticDataset(hcibench.Dataset):
             if key not in self.OPTIONS:
                 raise hcibench.UsageError(
                     f"unknown option '{key}' for dataset 'synthetic'. Known: seed, image_size, "
-                    f"scale, {', '.join(self.OPTIONS)}.")
+                    f"scale, culture, artifacts, {', '.join(self.OPTIONS)}.")
         super().__init__(data, **options)
         self.seed = _number("seed", seed, int)
         self.image_size = _number("image_size", image_size, int)
         self.scale = _number("scale", scale, float)
+        self.culture = _number("culture", CULTURE if culture is None else culture, float)
+        self.artifacts = _number("artifacts", ARTIFACTS if artifacts is None else artifacts, float)
         if self.image_size < 8 or self.scale <= 0:
             raise hcibench.UsageError(
                 f"synthetic dataset needs image_size >= 8 and scale > 0 "
@@ -149,12 +156,21 @@ class SyntheticDataset(hcibench.Dataset):
             profile, _codes(meta["batch"]), _codes(meta["plate"]),
             generator(self.seed, source, "imaging"))
         morph = self._compound_table()[1][torch.tensor(meta["compound_index"].to_numpy())]
+        batch = _codes(meta["batch"])
+        looks = artifacts.batch_artifacts(artifacts.SOURCE_ARTIFACTS[source],
+                                          int(batch.max()) + 1,
+                                          generator(self.seed, source, "artifacts"))
         out = torch.empty(len(meta), 3, self.image_size, self.image_size)
         for chunk, start in enumerate(range(0, len(meta), CHUNK)):
             part = slice(start, start + CHUNK)
             gen = generator(self.seed, source, "chunk", chunk)
-            specimen = render.render_specimen(morph[part], profile, self.image_size, gen)
-            recorded = render.image_specimen(specimen, _rows(settings, part), gen)
+            specimen = render.render_specimen(morph[part], profile, self.image_size, gen,
+                                              self.culture)
+            # Their own stream, so that the strength changes nothing else in the images.
+            extra = (artifacts.render_artifacts(
+                looks, batch[part], self.image_size, self.artifacts,
+                generator(self.seed, source, "artifacts", chunk)) if self.artifacts else None)
+            recorded = render.image_specimen(specimen, _rows(settings, part), gen, extra)
             out[part] = render.quantise(recorded)
         return out
 

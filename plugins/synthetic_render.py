@@ -252,16 +252,23 @@ def blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return flat.view(n, c, h, w)
 
 
-def _cultured(morph: torch.Tensor, profile: SourceProfile) -> torch.Tensor:
-    """The morphology as grown in one lab: its culture spreads and stretches cells its way."""
+def _cultured(morph: torch.Tensor, profile: SourceProfile, culture: float) -> torch.Tensor:
+    """The morphology as grown in one lab: its culture spreads and stretches cells its way.
+    ``culture`` scales the lab's departures from a neutral culture (0: none, 1: as profiled)."""
+
+    def factor(value):
+        return 1 + culture * (value - 1)
+
     morph = morph.clone()
-    morph[:, MORPHOLOGY.index("cell_radius")] *= profile.spread
+    morph[:, MORPHOLOGY.index("cell_radius")] *= factor(profile.spread)
     elongation = morph[:, MORPHOLOGY.index("elongation")]
-    morph[:, MORPHOLOGY.index("elongation")] = (elongation + profile.elongation).clamp_min(0)
-    morph[:, MORPHOLOGY.index("texture")] *= profile.texture
-    morph[:, MORPHOLOGY.index("spots")] *= profile.spots
+    morph[:, MORPHOLOGY.index("elongation")] = (
+        elongation + culture * profile.elongation).clamp_min(0)
+    morph[:, MORPHOLOGY.index("texture")] *= factor(profile.texture)
+    morph[:, MORPHOLOGY.index("spots")] *= factor(profile.spots)
     dispersion = morph[:, MORPHOLOGY.index("dispersion")]
-    morph[:, MORPHOLOGY.index("dispersion")] = (dispersion + profile.dispersion).clamp(0, 1)
+    morph[:, MORPHOLOGY.index("dispersion")] = (
+        dispersion + culture * profile.dispersion).clamp(0, 1)
     return morph
 
 
@@ -279,11 +286,12 @@ def _cell_stains(morph, cells, profile, size):
 
 
 def render_specimen(morph: torch.Tensor, profile: SourceProfile, size: int,
-                    gen: torch.Generator) -> torch.Tensor:
+                    gen: torch.Generator, culture: float = 1.0) -> torch.Tensor:
     """Noise-free stain intensities (N×3×size×size) of fields whose cells follow ``morph``
-    (N×len(MORPHOLOGY), one row per image), grown and stained by the lab of ``profile``."""
+    (N×len(MORPHOLOGY), one row per image), grown and stained by the lab of ``profile``
+    (``culture``: see :func:`_cultured`)."""
     n, zoom = morph.shape[0], profile.zoom
-    morph = _cultured(morph, profile)
+    morph = _cultured(morph, profile, culture)
     cells = _place_cells(n, profile.density, zoom, gen)
     sx, sy, spot_present = _spot_positions(morph, cells, zoom, gen)
     # Blocks of images keep the N×cells×H×W intermediates small at large image sizes.
@@ -346,11 +354,15 @@ def _illumination(settings: dict, size: int) -> torch.Tensor:
     return (1 - settings["vignette"][:, None, None] * r2).clamp_min(0.2)[:, None]
 
 
-def image_specimen(specimen: torch.Tensor, settings: dict, gen: torch.Generator) -> torch.Tensor:
-    """Record a specimen (N×3×H×W) through per-image ``settings``; values in [0, 1]."""
+def image_specimen(specimen: torch.Tensor, settings: dict, gen: torch.Generator,
+                   artifacts: torch.Tensor | None = None) -> torch.Tensor:
+    """Record a specimen (N×3×H×W) through per-image ``settings``; values in [0, 1].
+    ``artifacts`` (N×3×H×W, optional) join the in-focus image, as debris or banding would."""
     n, _, size, _ = specimen.shape
     x = torch.einsum("cd,ndhw->nchw", settings["crosstalk"], specimen)
     x = blur(x, settings["blur"] * size / BASE) + settings["haze"].view(n, 1, 1, 1) * _haze(x)
+    if artifacts is not None:
+        x = x + artifacts
     x = x * _illumination(settings, size) * settings["gain"][..., None, None]
     x = x + settings["background"][..., None, None]
     # Shot noise grows with the signal, read noise does not: both survive standardisation.

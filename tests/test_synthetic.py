@@ -224,3 +224,44 @@ def test_hooks_register_the_dataset_and_the_synth_command(tmp_path):
     assert "180 images" in result.output and len(result.output.strip().splitlines()) == 1
     meta, images = read_folder(out)
     assert len(meta) == 180 and images[0].shape == (3, 16, 16)
+
+
+def test_artifacts_option_adds_batch_specific_artifacts_and_nothing_else():
+    clean = SyntheticDataset(seed=0, **SMALL).domain("S5")
+    dirty = SyntheticDataset(seed=0, artifacts=1.0, **SMALL).domain("S5")
+    pd.testing.assert_frame_equal(clean.meta, dirty.meta)
+    difference = (dirty.images.tensor - clean.images.tensor).abs().mean((1, 2, 3))
+    assert (difference > 0).float().mean() > 0.5  # most fields carry some debris
+    # The default is the clean dataset, image for image.
+    assert torch.equal(SyntheticDataset(seed=0, **SMALL).domain("S5").images.tensor,
+                       clean.images.tensor)
+
+
+def test_each_batch_draws_its_own_artifact_look_from_its_sources_kinds():
+    from hcibench_plugins import synthetic_artifacts as artifacts
+
+    for source, kinds in artifacts.SOURCE_ARTIFACTS.items():
+        looks = artifacts.batch_artifacts(kinds, 6, synthetic.generator(0, source, "artifacts"))
+        assert set(looks["kind"].tolist()) <= set(kinds)
+        assert looks["angle"].unique().numel() == 6  # no two batches look alike
+        assert torch.allclose(looks["channels"].sum(1), torch.ones(6))
+    looks = artifacts.batch_artifacts((artifacts.BANDING,), 2, torch.Generator().manual_seed(0))
+    batch = torch.tensor([0, 0, 1, 1])
+    pattern = artifacts.render_artifacts(looks, batch, 32, 1.0, torch.Generator().manual_seed(1))
+    assert pattern.shape == (4, 3, 32, 32) and pattern.min() >= 0
+    # Channel shares follow the batch's mix, whatever the field.
+    shares = pattern.sum((2, 3)) / pattern.sum((1, 2, 3))[:, None]
+    assert torch.allclose(shares, looks["channels"][batch], atol=1e-5)
+
+
+def test_culture_zero_removes_the_labs_morphology_shift():
+    from hcibench_plugins import synthetic_render as render
+
+    morph = torch.tensor([render.MOA_TABLE["EGFR inhibitor"]])
+    profile = render.SOURCE_PROFILES["S5"]
+    assert torch.equal(render._cultured(morph, profile, 0.0), morph)
+    shifted = render._cultured(morph, profile, 1.0)
+    radius = render.MORPHOLOGY.index("cell_radius")
+    assert shifted[0, radius] == pytest.approx(morph[0, radius] * profile.spread)
+    with pytest.raises(hcibench.UsageError, match="culture"):
+        SyntheticDataset(culture="none")
