@@ -199,12 +199,17 @@ def _rows(settings: dict, part: slice) -> dict:
 @click.option("--image-size", default=32, show_default=True, type=int)
 @click.option("--scale", default=1.0, show_default=True, type=float,
               help="Multiplies the images per plate.")
+@click.option("--culture", default=CULTURE, show_default=True, type=float,
+              help="Scale of each lab's morphology shift (0: none).")
+@click.option("--artifacts", default=ARTIFACTS, show_default=True, type=float,
+              help="Strength of the batch artifacts (0: none).")
 @click.option("--sources", default=None, help="Comma-separated subset, e.g. S3,S5 (default: all).")
-def synth_command(out, seed, image_size, scale, sources):
+def synth_command(out, seed, image_size, scale, culture, artifacts, sources):
     """Write the synthetic dataset to a folder in the generic index format."""
     from .folder_format import write_folder
 
-    dataset = SyntheticDataset(seed=seed, image_size=image_size, scale=scale)
+    dataset = SyntheticDataset(seed=seed, image_size=image_size, scale=scale, culture=culture,
+                               artifacts=artifacts)
     names = [s.strip() for s in sources.split(",") if s.strip()] if sources else None
     index = write_folder(dataset, out, names)
     click.echo(f"wrote {len(index)} images from {index['source'].nunique()} source(s) "
