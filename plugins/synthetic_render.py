@@ -257,7 +257,7 @@ def _cultured(morph: torch.Tensor, profile: SourceProfile, culture: float) -> to
     ``culture`` scales the lab's departures from a neutral culture (0: none, 1: as profiled)."""
 
     def factor(value):
-        return 1 + culture * (value - 1)
+        return culture * value + (1 - culture)  # exactly ``value`` at culture 1
 
     morph = morph.clone()
     morph[:, MORPHOLOGY.index("cell_radius")] *= factor(profile.spread)
