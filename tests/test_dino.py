@@ -353,3 +353,18 @@ def test_train_dino_reports_and_logs_a_collapse():
     stats = train_dino(*models(healthy), domain(n=16), healthy, Progress(),
                        torch.Generator().manual_seed(0))
     assert stats["collapsed_from_epoch"] is None and max(stats["target_entropy"]) < 0.95
+
+
+def test_head_batch_norm_normalises_with_each_batchs_statistics_in_both_heads():
+    settings = tiny_settings(epochs=2, head_batch_norm=True)
+    student, teacher, s_head, t_head = models(settings)
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in s_head.modules()) == 2
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in tiny_settings().build_head(32).modules())
+    trainer = DinoTrainer(student, teacher, s_head, t_head, settings, steps_per_epoch=2)
+    trainer.step(_views(settings), epoch=0, step=0)
+    # Running statistics are buffers, which the EMA does not carry over: the teacher's head
+    # must use the batch's statistics, not its never-updated running ones.
+    assert t_head.training and not teacher.training
+    stats = train_dino(student, teacher, s_head, t_head, domain(n=16), settings, Progress(),
+                       torch.Generator().manual_seed(0))
+    assert math.isfinite(stats["loss"])

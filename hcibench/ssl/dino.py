@@ -69,6 +69,7 @@ class DinoSettings:
     head_bottleneck_dim: int = 256
     head_out_dim: int = 4096
     head_layers: int = 3
+    head_batch_norm: bool = False  # BatchNorm after the head's hidden layers (DINO's use_bn_in_head)
     warmup_teacher_temp: float = 0.04
     teacher_temp: float = 0.07
     warmup_teacher_temp_epochs: int = 30
@@ -88,7 +89,7 @@ class DinoSettings:
 
     def build_head(self, in_dim: int) -> DINOHead:
         return DINOHead(in_dim, self.head_hidden_dim, self.head_bottleneck_dim, self.head_out_dim,
-                        self.head_layers)
+                        self.head_layers, self.head_batch_norm)
 
 
 # ----------------------------------------------------------------------------------- schedules
@@ -118,7 +119,8 @@ def cosine_schedule(
 
 
 class DINOHead(nn.Module):
-    """MLP (GELU, no batch-norm) -> L2-normalise -> weight-normalised linear layer, norm fixed to 1.
+    """MLP (GELU; batch-norm after hidden layers only if asked) -> L2-normalise ->
+    weight-normalised linear layer, norm fixed to 1.
 
     The last layer is ``weight_norm(Linear(bottleneck_dim, out_dim, bias=False))`` whose norm
     parameter (``last_layer.parametrizations.weight.original0``, the old ``weight_g``) is filled
@@ -126,15 +128,20 @@ class DINOHead(nn.Module):
     """
 
     def __init__(self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 out_dim: int = 4096, n_layers: int = 3):
+                 out_dim: int = 4096, n_layers: int = 3, batch_norm: bool = False):
         super().__init__()
         n_layers = max(n_layers, 1)
+
+        def hidden(width_in: int) -> list[nn.Module]:
+            norm = [nn.BatchNorm1d(hidden_dim)] if batch_norm else []
+            return [nn.Linear(width_in, hidden_dim), *norm, nn.GELU()]
+
         if n_layers == 1:
             self.mlp = nn.Linear(in_dim, bottleneck_dim)
         else:
-            layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim), nn.GELU()]
+            layers: list[nn.Module] = hidden(in_dim)
             for _ in range(n_layers - 2):
-                layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
+                layers += hidden(hidden_dim)
             layers.append(nn.Linear(hidden_dim, bottleneck_dim))
             self.mlp = nn.Sequential(*layers)
         self.apply(self._init_weights)
@@ -434,6 +441,10 @@ class DinoTrainer:
                 group["weight_decay"] = self._schedule_value(self.wd_schedule, step)
         self.student.train()
         self.teacher.eval()
+        if settings.head_batch_norm:
+            # The teacher's running statistics are not averaged from the student's, so its
+            # head normalises with the batch's own statistics, as the student's does.
+            self.teacher.head.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             with torch.no_grad():
                 teacher_output = self.teacher(views[:2])
