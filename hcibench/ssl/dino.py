@@ -575,8 +575,7 @@ def train_dino(
         progress.log(
             f"warning: {description} collapsed from epoch {collapsed} of {settings.epochs}: the "
             f"teacher's targets are uniform ({epoch_entropy[-1]:.0%} of the largest entropy), so "
-            f"the feature extractor stopped learning. A lower teacher_temp or lr, or more "
-            f"images, may help.")
+            f"the feature extractor stopped learning there.")
     return {
         "loss": epoch_losses[-1] if epoch_losses else float("nan"),
         "last_loss": last_loss,
