@@ -138,12 +138,8 @@ def render_comparison(run_dir, fmt: str = "table", metric: str = "accuracy",
         lines = [f"**Ours vs the paper.** {text}", ""]
         lines += _md_rows(COMPARE_HEADER, display_rows(frame), 3)
         return "\n".join(lines) + "\n"
-    from rich.console import Console
     from rich.text import Text
 
-    if console is None:
-        console = Console(file=io.StringIO(), width=200, color_system=None, force_terminal=False)
-    with console.capture() as capture:
-        console.print(Text(text))
-        console.print(_rich(COMPARE_HEADER, display_rows(frame), None, 3))
-    return capture.get()
+    from .report import render_text
+
+    return render_text([Text(text), _rich(COMPARE_HEADER, display_rows(frame), None, 3)], console)

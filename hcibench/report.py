@@ -362,13 +362,9 @@ SUMMARY_HEADER = ("Method", "Off-diagonal (source ≠ target)", "In-domain (sour
 def _render_table(layout: _Layout, console) -> str:
     """A rich table; in-domain cells bold with a trailing '*', since plain text loses bold."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    if console is None:
-        # Plain, wide and colourless: stable text for files, pipes and tests.
-        console = Console(file=io.StringIO(), width=200, color_system=None, force_terminal=False)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("Source")
     table.add_column("Method")
@@ -389,11 +385,20 @@ def _render_table(layout: _Layout, console) -> str:
         means.add_column(header, justify="right")
     for row in layout.summary_rows():
         means.add_row(*(Text(cell) for cell in row))
+    return render_text([Text(layout.caption + " * in-domain (source = target)."), table,
+                        Text(""), means], console)
+
+
+def render_text(renderables, console=None) -> str:
+    """Rich renderables printed one after another, returned as the text they make. Without a
+    console, a plain, wide and colourless one: stable text for files, pipes and tests."""
+    from rich.console import Console
+
+    if console is None:
+        console = Console(file=io.StringIO(), width=200, color_system=None, force_terminal=False)
     with console.capture() as capture:
-        console.print(Text(layout.caption + " * in-domain (source = target)."))
-        console.print(table)
-        console.print()
-        console.print(means)
+        for renderable in renderables:
+            console.print(renderable)
     return capture.get()
 
 

@@ -423,17 +423,14 @@ def render_stats(run_dir, fmt: str = "table", metric: str = "accuracy",
         lines += ["", f"**{improvement_title}.**", ""]
         lines += _md_rows(IMPROVEMENT_HEADER, improvement_rows(totals), 1)
         return "\n".join(lines) + "\n"
-    from rich.console import Console
     from rich.text import Text
 
-    if console is None:
-        console = Console(file=io.StringIO(), width=200, color_system=None, force_terminal=False)
-    with console.capture() as capture:
-        console.print(Text(caption))
-        console.print(_rich(COMPARISON_HEADER, comparison_rows(comparisons), None, 3, 9))
-        console.print()
-        console.print(_rich(IMPROVEMENT_HEADER, improvement_rows(totals), improvement_title, 1))
-    return capture.get()
+    from .report import render_text
+
+    return render_text([
+        Text(caption), _rich(COMPARISON_HEADER, comparison_rows(comparisons), None, 3, 9),
+        Text(""), _rich(IMPROVEMENT_HEADER, improvement_rows(totals), improvement_title, 1),
+    ], console)
 
 
 def _json_default(value):
