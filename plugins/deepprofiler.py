@@ -37,7 +37,15 @@ import pandas as pd
 import hcibench
 from hcibench.errors import UsageError
 
-from .filedataset import FileDataset, ImageIndex, Problem, empty_values, read_table, resolve_columns
+from .filedataset import (
+    FileDataset,
+    ImageIndex,
+    Problem,
+    channel_positions,
+    empty_values,
+    read_table,
+    resolve_columns,
+)
 from .imagestore import ReadPlan
 
 FIELDS = {
@@ -205,14 +213,10 @@ class DeepProfilerDataset(FileDataset):
             return None
         if not isinstance(channels, list | tuple):
             channels = [channels]
-        try:
-            select = tuple(int(c) for c in channels)
-        except (TypeError, ValueError):
-            raise UsageError(f"dataset option 'channels' of deepprofiler: tile positions such as "
-                             f"[0,1,4], got {channels!r}") from None
-        if min(select) < 0:
-            raise UsageError("dataset option 'channels': tile positions count from 0")
-        return select
+        return channel_positions(
+            channels, f"dataset option 'channels' of deepprofiler: tile positions such as "
+                      f"[0,1,4], got {channels!r}",
+            "dataset option 'channels': tile positions count from 0")
 
 
 @hcibench.hookimpl

@@ -142,6 +142,18 @@ def check_renames(renames, known: list[str], dataset: str) -> dict:
     return {str(k): str(v) for k, v in renames.items()}
 
 
+def channel_positions(channels, not_integers: str, negative: str) -> tuple[int, ...]:
+    """The ``channels`` option (a list) as 0-based positions; ``not_integers`` and ``negative``
+    are the errors to raise, so that each reader can say what its positions count."""
+    try:
+        select = tuple(int(c) for c in channels)
+    except (TypeError, ValueError):
+        raise UsageError(not_integers) from None
+    if min(select) < 0:
+        raise UsageError(negative)
+    return select
+
+
 def empty_values(table: pd.DataFrame, column: str) -> np.ndarray:
     values = table[column]
     return (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()

@@ -24,7 +24,15 @@ import torch
 
 from hcibench.errors import UsageError, unknown_name
 
-from .filedataset import ImageIndex, Problem, empty_values, file_problems, read_table, resolve_columns
+from .filedataset import (
+    ImageIndex,
+    Problem,
+    channel_positions,
+    empty_values,
+    file_problems,
+    read_table,
+    resolve_columns,
+)
 from .imagefiles import to_unit
 from .imagestore import FileImages, ReadPlan
 
@@ -237,13 +245,10 @@ def _plan(csv, found, channel_columns, channels, strip_channels, path_renamed):
                          f"--set dataset.columns='{{\"path\": \"COLUMN\"}}'")
     select = None
     if channels:
-        try:
-            select = tuple(int(c) for c in channels)
-        except (TypeError, ValueError):
-            raise UsageError(f"dataset option 'channels': {channels!r}: with one file per image, "
-                             f"channels are chosen by position (0, 1, ...)") from None
-        if min(select) < 0:
-            raise UsageError("dataset option 'channels': positions count from 0")
+        select = channel_positions(
+            channels, f"dataset option 'channels': {channels!r}: with one file per image, "
+                      f"channels are chosen by position (0, 1, ...)",
+            "dataset option 'channels': positions count from 0")
     layout = "strip" if strip_channels else "file"
     return ReadPlan(layout, strip_channels, select, (found["path"],)), [found["path"]]
 
