@@ -79,6 +79,10 @@ class SyntheticDataset(hcibench.Dataset):
             raise hcibench.UsageError(
                 f"synthetic dataset needs image_size >= 8 and scale > 0 "
                 f"(got {image_size} and {scale})")
+        if self.artifacts < 0:
+            raise hcibench.UsageError(
+                f"synthetic dataset option 'artifacts' is a strength >= 0 (0: none, 1: strong), "
+                f"got {artifacts}")
         self.wells_per_compound = _number(
             "wells_per_compound", options.get("wells_per_compound", WELLS_PER_COMPOUND), int)
         self.sites_per_well = _number(

@@ -265,3 +265,5 @@ def test_culture_zero_removes_the_labs_morphology_shift():
     assert shifted[0, radius] == morph[0, radius] * profile.spread  # exactly: culture 1 is the default
     with pytest.raises(hcibench.UsageError, match="culture"):
         SyntheticDataset(culture="none")
+    with pytest.raises(hcibench.UsageError, match="'artifacts' is a strength >= 0"):
+        SyntheticDataset(artifacts=-1)
