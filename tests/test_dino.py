@@ -368,3 +368,40 @@ def test_head_batch_norm_normalises_with_each_batchs_statistics_in_both_heads():
     stats = train_dino(student, teacher, s_head, t_head, domain(n=16), settings, Progress(),
                        torch.Generator().manual_seed(0))
     assert math.isfinite(stats["loss"])
+
+
+def stripes(n: int, size: int = 32, seed: int = 0):
+    """Eight kinds of stripe images (four periods × two orientations, each kind brightest in
+    one channel) with random phases: a domain DINO has no excuse not to learn."""
+    generator = torch.Generator().manual_seed(seed)
+    kinds = torch.arange(n) % 8
+    rows, cols = torch.meshgrid(torch.arange(size * 1.0), torch.arange(size * 1.0), indexing="ij")
+    coordinate = torch.where((kinds < 4).view(n, 1, 1), cols, rows)
+    period = (3 + (kinds % 4) * 2).float().view(n, 1, 1)
+    phase = 6 * torch.rand(n, 1, 1, generator=generator)
+    pattern = torch.sin(2 * math.pi / period * coordinate + phase)
+    gain = torch.full((n, 3), 0.2)
+    gain[torch.arange(n), kinds % 3] += 1
+    images = (0.5 + 0.4 * pattern[:, None] * gain[:, :, None, None]).clamp(0, 1)
+    meta = pd.DataFrame({"source": "X", "batch": "b0", "plate": "p0", "well": "A01",
+                         "compound": [f"k{k}" for k in kinds.tolist()],
+                         "label": [str(k) for k in kinds.tolist()]})
+    return hcibench.Domain("X", meta, hcibench.TensorImages(images), [str(k) for k in range(8)])
+
+
+def test_quick_preset_dino_keeps_informative_targets_where_the_reference_head_collapses():
+    from hcibench import dual, presets
+
+    config = presets.build("quick")
+    patterns = stripes(512)
+    entropy = {}
+    for name, changes in [("quick", {}), ("reference head", dict(
+            head_batch_norm=False, warmup_teacher_temp=0.04, teacher_temp=0.07,
+            head_out_dim=256))]:
+        settings = dual.dino_settings(config["dino"], epochs=6, **changes)
+        torch.manual_seed(0)
+        stats = train_dino(*dual.build_fe_pair(config, 3, settings), patterns, settings,
+                           Progress(), torch.Generator().manual_seed(0))
+        entropy[name] = stats["target_entropy"]
+    assert max(entropy["quick"][1:]) < 0.9, entropy
+    assert entropy["reference head"][-1] > 0.95, entropy
