@@ -393,12 +393,12 @@ def test_quick_preset_dino_keeps_informative_targets_where_the_reference_head_co
     from hcibench import dual, presets
 
     config = presets.build("quick")
-    patterns = stripes(512)
+    patterns = stripes(384)
     entropy = {}
     for name, changes in [("quick", {}), ("reference head", dict(
             head_batch_norm=False, warmup_teacher_temp=0.04, teacher_temp=0.07,
             head_out_dim=256))]:
-        settings = dual.dino_settings(config["dino"], epochs=6, **changes)
+        settings = dual.dino_settings(config["dino"], epochs=5, **changes)
         torch.manual_seed(0)
         stats = train_dino(*dual.build_fe_pair(config, 3, settings), patterns, settings,
                            Progress(), torch.Generator().manual_seed(0))
