@@ -1,12 +1,12 @@
-"""Throughput and efficiency of one DINO step on a quick configuration.
+"""Throughput and efficiency of one step of the quick preset's DINO (step 1 of the dual model).
 
 Run: ``pytest benchmarks/bench_dino.py --benchmark-only`` (add ``-s`` to see nothing more: the
 summary lines are printed either way). For each case it reports, and stores in
 ``benchmark.extra_info``:
 
 * ``images_per_s``: batch size / median time of a whole step (augmentation of the batch into
-  2 global + 4 local views, teacher forward, student forward and backward, gradient clipping,
-  AdamW, teacher EMA);
+  the preset's 2 global + 2 local views, teacher forward, student forward and backward,
+  gradient clipping, AdamW, teacher EMA);
 * ``step_gflop`` (counted with ``torch.utils.flop_counter.FlopCounterMode`` over one step: the
   matmuls, convolutions and attention of the forward and backward passes) and the achieved
   ``gflop_per_s``, as a ``fraction_of_peak`` of a ViT-shaped matmul (2080×192 @ 192×768) timed
@@ -23,7 +23,6 @@ noisy, the peak-matmul rate included.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import os
 import statistics
@@ -34,40 +33,25 @@ import torch
 from measure import max_rss_mib, peak_memory
 from torch.utils.flop_counter import FlopCounterMode
 
-from hcibench import augment
+from hcibench import augment, dual, presets
 from hcibench.compat import ensure_torchvision_importable
-from hcibench.ssl import DinoSettings, DinoTrainer
+from hcibench.ssl import DinoTrainer
 
-QUICK = dict(img=32, patch=4, embed=128, depth=4, heads=4, batch=64, source=64, n_local=4,
-             global_size=32, local_size=16, hidden=512, bottleneck=256, out=1024)
+BATCH = 64  # source images per step, as the quick preset's DINO batch
 MATMUL = (2080, 192, 768)  # tokens×dim @ dim×4·dim of a small ViT's MLP
 
 
 def build(precision: str):
+    """The quick preset's step-1 DINO (its ViT, head, crops and schedules) on random images."""
     ensure_torchvision_importable()
-    import timm
-
-    c = QUICK
-    settings = DinoSettings(
-        epochs=10, batch_size=c["batch"], warmup_epochs=1, n_local=c["n_local"],
-        global_size=c["global_size"], local_size=c["local_size"], head_hidden_dim=c["hidden"],
-        head_bottleneck_dim=c["bottleneck"], head_out_dim=c["out"], precision=precision,
-    )
+    config = presets.build("quick")
+    settings = dual.dino_settings(config["dino"], batch_size=BATCH, precision=precision)
     torch.manual_seed(0)
-    student = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, img_size=c["img"], patch_size=c["patch"],
-        embed_dim=c["embed"], depth=c["depth"], num_heads=c["heads"], num_classes=0,
-        dynamic_img_size=True, drop_path_rate=settings.drop_path)
-    teacher = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, img_size=c["img"], patch_size=c["patch"],
-        embed_dim=c["embed"], depth=c["depth"], num_heads=c["heads"], num_classes=0,
-        dynamic_img_size=True)
-    teacher.load_state_dict(student.state_dict())
-    head = settings.build_head(c["embed"])
-    trainer = DinoTrainer(student, teacher, head, copy.deepcopy(head), settings,
+    student, teacher, student_head, teacher_head = dual.build_fe_pair(config, 3, settings)
+    trainer = DinoTrainer(student, teacher, student_head, teacher_head, settings,
                           steps_per_epoch=1000)
-    images = torch.rand(c["batch"], 3, c["source"], c["source"],
-                        generator=torch.Generator().manual_seed(0))
+    size = config["input_size"]
+    images = torch.rand(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
     return settings, trainer, images
 
 
@@ -137,10 +121,10 @@ def test_dino_step(benchmark, capsys, precision, threads):
         info = {
             "precision": precision,
             "threads": torch.get_num_threads(),
-            "batch": QUICK["batch"],
+            "batch": BATCH,
             "views": f"2x{settings.global_size}px + {settings.n_local}x{settings.local_size}px",
             "step_s": step_s,
-            "images_per_s": QUICK["batch"] / step_s,
+            "images_per_s": BATCH / step_s,
             "step_gflop": flops / 1e9,
             "gflop_per_s": flops / step_s / 1e9,
             "matmul_peak_gflop_per_s": peak,
@@ -158,7 +142,7 @@ def test_dino_step(benchmark, capsys, precision, threads):
             print(
                 f"\nDINO step [{precision}, {info['threads']} threads]: "
                 f"{info['images_per_s']:.1f} img/s ({step_s * 1e3:.0f} ms/step, batch "
-                f"{QUICK['batch']}, {info['views']}); {info['step_gflop']:.1f} GFLOP/step -> "
+                f"{BATCH}, {info['views']}); {info['step_gflop']:.1f} GFLOP/step -> "
                 f"{info['gflop_per_s']:.1f} GFLOP/s = {info['fraction_of_peak']:.0%} of the "
                 f"{peak:.0f} GFLOP/s {info['matmul_peak_dtype']} matmul peak; augmentation "
                 f"{augment_s * 1e3:.1f} ms = {info['augment_share']:.1%} of a step; peak memory "
