@@ -6,7 +6,8 @@ then reset. ``ttt_sequential`` does exactly that, one image at a time; ``ttt_bat
 images at once, each with its own copy of the weights, through ``torch.func`` (``vmap`` over
 per-image parameters). Both draw the same augmentations and masks for an image (from a generator
 seeded by the image's position), so they give the same predictions up to floating-point error.
-Predictions after 0, 1, ..., K steps are returned, since TTT is reported that way.
+Predictions after 0, 1, ..., K steps are returned, since TTT is reported that way, with each
+image's FE embedding (class token) after the last step.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from .dual import embedding
 from .progress import Progress
 from .ssl.mae import MaskedAutoencoder
 from .training import prepare_images
@@ -33,15 +35,26 @@ class TTTSettings:
     batched: bool = True
 
 
+@dataclass
+class TTTOutput:
+    """Logits after 0, 1, ..., K steps (K+1 tensors, each B×classes) and the FE embeddings
+    after the last step (B×D)."""
+
+    logits: list[torch.Tensor]
+    embeddings: torch.Tensor
+
+
 class FeClassifier(nn.Module):
-    """Image -> FE tokens -> task model logits, as one module for functional calls."""
+    """Image -> FE tokens -> (task model logits, FE embedding), as one module for functional
+    calls."""
 
     def __init__(self, encoder: nn.Module, task: nn.Module):
         super().__init__()
         self.encoder, self.task = encoder, task
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.task(self.encoder.forward_features(x))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.encoder.forward_features(x)
+        return self.task(features), embedding(features)
 
 
 def image_views(image: torch.Tensor, index: int, seed: int, settings: TTTSettings,
@@ -61,12 +74,13 @@ def _eval_input(images: torch.Tensor, input_size: int) -> torch.Tensor:
 
 def ttt_sequential(mae: MaskedAutoencoder, task: nn.Module, images: torch.Tensor,
                    settings: TTTSettings, input_size: int, seed: int = 0,
-                   first_index: int = 0) -> list[torch.Tensor]:
-    """The reference loop. Returns K+1 logits tensors (after 0..K steps), each B×classes."""
+                   first_index: int = 0) -> TTTOutput:
+    """The reference loop, one image at a time."""
     trained = {k: v.clone() for k, v in mae.encoder.state_dict().items()}
     classifier = FeClassifier(mae.encoder, task).eval()
     n_patches = mae.noise_size(input_size)
     per_step = [[] for _ in range(settings.steps + 1)]
+    embeddings = []
     for i, image in enumerate(images):
         mae.encoder.load_state_dict(trained)
         optimizer = torch.optim.SGD(mae.encoder.parameters(), lr=settings.lr,
@@ -74,21 +88,24 @@ def ttt_sequential(mae: MaskedAutoencoder, task: nn.Module, images: torch.Tensor
         views, noise = image_views(image, first_index + i, seed, settings, input_size, n_patches)
         x = _eval_input(image.unsqueeze(0), input_size)
         with torch.no_grad():
-            per_step[0].append(classifier(x))
+            logits, features = classifier(x)
+        per_step[0].append(logits)
         for k in range(settings.steps):
             loss = mae(views[k], noise[k])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             with torch.no_grad():
-                per_step[k + 1].append(classifier(x))
+                logits, features = classifier(x)
+            per_step[k + 1].append(logits)
+        embeddings.append(features)
     mae.encoder.load_state_dict(trained)  # leave the trained FE as it was
-    return [torch.cat(step) for step in per_step]
+    return TTTOutput([torch.cat(step) for step in per_step], torch.cat(embeddings))
 
 
 def ttt_batched(mae: MaskedAutoencoder, task: nn.Module, images: torch.Tensor,
                 settings: TTTSettings, input_size: int, seed: int = 0,
-                first_index: int = 0) -> list[torch.Tensor]:
+                first_index: int = 0) -> TTTOutput:
     """Same result as ``ttt_sequential``, adapting ``len(images)`` weight copies in parallel."""
     classifier = FeClassifier(mae.encoder, task).eval()
     n_patches = mae.noise_size(input_size)
@@ -105,15 +122,17 @@ def ttt_batched(mae: MaskedAutoencoder, task: nn.Module, images: torch.Tensor,
     def loss(own, v, n):
         return functional_call(mae, {f"encoder.{k}": p for k, p in own.items()}, (v, n))
 
-    def logits(own, image):
-        return functional_call(classifier, {f"encoder.{k}": p for k, p in own.items()},
-                               (image,))[0]
+    def outputs(own, image):
+        logits, features = functional_call(
+            classifier, {f"encoder.{k}": p for k, p in own.items()}, (image,))
+        return logits[0], features[0]
 
     per_image_grad = vmap(grad(loss))
-    per_image_logits = vmap(logits)
+    per_image_outputs = vmap(outputs)
     with unfused_attention(mae, task):
         with torch.no_grad():
-            per_step = [per_image_logits(params, x)]
+            logits, features = per_image_outputs(params, x)
+        per_step = [logits]
         for k in range(settings.steps):
             grads = per_image_grad(params, views[:, k], noise[:, k])
             with torch.no_grad():
@@ -121,8 +140,9 @@ def ttt_batched(mae: MaskedAutoencoder, task: nn.Module, images: torch.Tensor,
                     momentum[name] = grads[name] if k == 0 else (
                         momentum[name] * settings.momentum + grads[name])
                     params[name] = params[name] - settings.lr * momentum[name]
-                per_step.append(per_image_logits(params, x))
-    return per_step
+                logits, features = per_image_outputs(params, x)
+            per_step.append(logits)
+    return TTTOutput(per_step, features)
 
 
 @contextmanager
@@ -141,7 +161,7 @@ def unfused_attention(*modules: nn.Module):
 
 def ttt_predict(mae: MaskedAutoencoder, task: nn.Module, images_batches, settings: TTTSettings,
                 input_size: int, seed: int = 0, progress: Progress | None = None,
-                total: int | None = None) -> list[torch.Tensor]:
+                total: int | None = None) -> TTTOutput:
     """TTT over an iterable of image batches (e.g. ``domain.batches(chunk)``)."""
     run = ttt_batched if settings.batched else ttt_sequential
     progress = progress or Progress()
@@ -149,4 +169,6 @@ def ttt_predict(mae: MaskedAutoencoder, task: nn.Module, images_batches, setting
     for images in progress.track(images_batches, total=total, description="test-time training"):
         outputs.append(run(mae, task, images, settings, input_size, seed, first))
         first += len(images)
-    return [torch.cat([chunk[k] for chunk in outputs]) for k in range(settings.steps + 1)]
+    logits = [torch.cat([chunk.logits[k] for chunk in outputs])
+              for k in range(settings.steps + 1)]
+    return TTTOutput(logits, torch.cat([chunk.embeddings for chunk in outputs]))

@@ -44,12 +44,13 @@ class TTT(DualMAE):
                                    dual_mae.mae_settings(self.config["mae"]), self.fe_stage)
         model.decoder.requires_grad_(False)  # only the encoder adapts at test time
         images = (x for x, _, _ in target.batches(settings.chunk))
-        per_step = ttt_predict(model, self.task, images, settings, self.config["input_size"],
-                               seed=self.context.seed, progress=self.context.progress,
-                               total=-(-len(target) // settings.chunk))
-        variants = {f"steps={k}": logits for k, logits in enumerate(per_step)}
-        return hcibench.Prediction(per_step[-1], variants=variants,
-                                   info={**self.info, "ttt": asdict(settings)})
+        output = ttt_predict(model, self.task, images, settings, self.config["input_size"],
+                             seed=self.context.seed, progress=self.context.progress,
+                             total=-(-len(target) // settings.chunk))
+        variants = {f"steps={k}": logits for k, logits in enumerate(output.logits)}
+        return hcibench.Prediction(output.logits[-1], variants=variants,
+                                   info={**self.info, "ttt": asdict(settings)},
+                                   embeddings=output.embeddings)
 
 
 @hcibench.hookimpl

@@ -12,6 +12,7 @@ from hcibench.ssl.mae import (
     masking_order,
     patchify,
 )
+from hcibench.training import prepare_images
 from hcibench.ttt import TTTSettings, ttt_batched, ttt_sequential
 
 VIT = {"model": "vit_tiny_patch16_224", "img_size": 16, "patch_size": 4, "embed_dim": 32,
@@ -56,11 +57,18 @@ def test_batched_ttt_matches_the_reference_and_never_leaks_between_images():
     reference = ttt_sequential(mae, task, images, settings, 16, seed=3)
     assert all(torch.equal(trained[k], v) for k, v in mae.encoder.state_dict().items())
     batched = ttt_batched(mae, task, images, settings, 16, seed=3)
-    assert len(batched) == settings.steps + 1
-    for ref, fast in zip(reference, batched):
+    assert len(batched.logits) == settings.steps + 1
+    for ref, fast in zip(reference.logits, batched.logits):
         assert torch.allclose(ref, fast, atol=1e-5)
-    assert not torch.allclose(reference[0], reference[-1])  # the steps did change the FE
+    assert not torch.allclose(reference.logits[0], reference.logits[-1])  # the FE did change
+    # Embeddings: the adapted FE's class token of each image, the same on both paths.
+    assert reference.embeddings.shape == (3, 32)
+    assert torch.allclose(reference.embeddings, batched.embeddings, atol=1e-5)
+    with torch.no_grad():
+        untouched = mae.encoder.forward_features(prepare_images(images, 16, training=False))[:, 0]
+    assert not torch.allclose(reference.embeddings, untouched, atol=1e-4)
     # An image adapted alone predicts exactly as when adapted beside others.
     alone = ttt_batched(mae, task, images[2:], settings, 16, seed=3, first_index=2)
-    assert torch.allclose(alone[-1], reference[-1][2:], atol=1e-6)
+    assert torch.allclose(alone.logits[-1], reference.logits[-1][2:], atol=1e-6)
+    assert torch.allclose(alone.embeddings, reference.embeddings[2:], atol=1e-6)
     assert all(torch.equal(trained[k], v) for k, v in mae.encoder.state_dict().items())
