@@ -6,9 +6,10 @@
   class-token features on some sources, coloured by mechanism of action and by source.
 
 A stage file (``RUN/stages/<ID>.pt``) holds state dicts under keys like ``teacher``/``student``
-(DINO) or ``encoder`` (MAE), and ``predictor`` names the one that predicts. The ViT is rebuilt
-from the run's ``manifest.json`` (``config.backbone``) and the dataset from its ``dataset``
-entry. Torch and the plugins are imported only when a command runs.
+(DINO) or ``encoder`` (MAE), and ``predictor`` names the one that predicts. The extractor is
+rebuilt from the run's ``manifest.json`` (``config.backbone``, or ``config.profile`` in a run on
+profiles, whose blocks are the MLP's) and the dataset from its ``dataset`` entry. Torch and the
+plugins are imported only when a command runs.
 """
 
 from __future__ import annotations
@@ -59,22 +60,35 @@ def cka_matrix(features_a: list, features_b: list) -> np.ndarray:
     return np.array([[linear_cka(a, b) for b in features_b] for a in features_a])
 
 
-def block_features(vit, images, tokens: str = "cls", batch_size: int = 64) -> list[np.ndarray]:
-    """Per block of ``vit.blocks``, its output on ``images`` (already prepared): the class token
-    (``tokens="cls"``, n×d) or every token (``"all"``, n×T×d), collected with forward hooks."""
+def fe_blocks(fe) -> list:
+    """The layers whose outputs are compared: a ViT's blocks, or for a profile MLP the layer
+    norm that ends each of its blocks and its output."""
+    from torch import nn
+
+    if hasattr(fe, "blocks"):
+        return list(fe.blocks)
+    return [m for m in fe.body if isinstance(m, nn.LayerNorm)]
+
+
+def block_features(fe, images, tokens: str = "cls", batch_size: int = 64) -> list[np.ndarray]:
+    """Per block of ``fe`` (:func:`fe_blocks`), its output on ``images`` (already prepared): for
+    a ViT the class token (``tokens="cls"``, n×d) or every token (``"all"``, n×T×d); for a
+    profile MLP the n×d output either way. Collected with forward hooks."""
     import torch
 
-    outputs: list[list] = [[] for _ in vit.blocks]
+    blocks = fe_blocks(fe)
+    outputs: list[list] = [[] for _ in blocks]
     handles = []
-    for i, block in enumerate(vit.blocks):
+    for i, block in enumerate(blocks):
         def hook(_module, _inputs, output, i=i):
-            outputs[i].append((output[:, 0] if tokens == "cls" else output).detach().cpu())
+            token = tokens == "cls" and output.dim() == 3
+            outputs[i].append((output[:, 0] if token else output).detach().cpu())
         handles.append(block.register_forward_hook(hook))
     try:
-        vit.eval()
+        fe.eval()
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
-                vit.forward_features(images[start:start + batch_size])
+                fe.forward_features(images[start:start + batch_size])
     finally:
         for handle in handles:
             handle.remove()
@@ -107,6 +121,11 @@ def embed_2d(features) -> tuple[np.ndarray, str]:
 
 
 # --------------------------------------------------------------------------- run folder
+
+
+def _on_profiles(config: dict) -> bool:
+    """Whether the run's samples are profiles (feature vectors) rather than images."""
+    return config.get("modality", "image") == "profile"
 
 
 def _manifest(run: Path) -> dict:
@@ -146,9 +165,10 @@ def _no_stage(run: Path, what: str) -> UsageError:
     return UsageError(f"{what}. Stages of {run}: {known}")
 
 
-def load_stage_vit(run: Path, stage: str | None, config: dict):
-    """The feature extractor saved in stage ``stage`` of ``run`` as a ViT in eval mode."""
-    from .backbones import create_vit
+def load_stage_fe(run: Path, stage: str | None, config: dict):
+    """The feature extractor saved in stage ``stage`` of ``run``, in eval mode: a ViT, or the
+    profile MLP in a run on profiles."""
+    from .backbones import create_backbone
     from .storage import load_torch
 
     if not stage:
@@ -164,18 +184,19 @@ def load_stage_vit(run: Path, stage: str | None, config: dict):
         raise UsageError(f"stage {path.stem} is not a stage result")
     key = result.get("predictor", "teacher" if "teacher" in result else "encoder")
     state = result.get(key)
-    if not isinstance(state, dict) or "patch_embed.proj.weight" not in state:
+    # The first weight tells the input width: image channels, or profile features.
+    first = "body.0.weight" if _on_profiles(config) else "patch_embed.proj.weight"
+    if not isinstance(state, dict) or first not in state:
         keys = ", ".join(k for k, v in result.items() if isinstance(v, dict)) or "none"
         raise UsageError(f"stage {path.stem} holds no feature extractor (its state dicts: "
                          f"{keys}); choose a fe-* or adapt* stage")
-    channels = int(state["patch_embed.proj.weight"].shape[1])
-    vit = create_vit(config["backbone"], in_chans=channels)
+    fe = create_backbone(config, int(state[first].shape[1]))
     try:
-        vit.load_state_dict(state)
+        fe.load_state_dict(state)
     except RuntimeError as error:
-        raise UsageError(f"stage {path.stem} does not fit the run's backbone: "
+        raise UsageError(f"stage {path.stem} does not fit the run's feature extractor: "
                          f"{str(error).splitlines()[0]}") from None
-    return vit.eval().requires_grad_(False)
+    return fe.eval().requires_grad_(False)
 
 
 def load_images(manifest: dict, source: str, max_images: int, seed: int = 0):
@@ -277,14 +298,17 @@ def cka_command(run, stage_a, stage_b, source, out, tokens="cls", max_images=512
     run = Path(run)
     manifest = _manifest(run)
     config = manifest.get("config") or {}
-    vit_a = load_stage_vit(run, stage_a, config)
-    vit_b = load_stage_vit(run, stage_b, config)
+    fe_a = load_stage_fe(run, stage_a, config)
+    fe_b = load_stage_fe(run, stage_b, config)
     if not source:
         raise UsageError("no --source given: the images the two extractors are compared on")
     images, _ = load_images(manifest, source, max_images)
-    matrix = cka_matrix(block_features(vit_a, images, tokens), block_features(vit_b, images, tokens))
-    what = "class token" if tokens == "cls" else "all tokens"
-    title = (f"Linear CKA ({what}) on {len(images)} images of {source}\n"
+    matrix = cka_matrix(block_features(fe_a, images, tokens), block_features(fe_b, images, tokens))
+    if _on_profiles(config):
+        what, samples = "block outputs", "profiles"
+    else:
+        what, samples = ("class token" if tokens == "cls" else "all tokens"), "images"
+    title = (f"Linear CKA ({what}) on {len(images)} {samples} of {source}\n"
              f"A = {Path(stage_a).stem}, B = {Path(stage_b).stem}")
     _save(cka_figure(matrix, "A", "B", title), out)
     return matrix
@@ -297,19 +321,21 @@ def embedding_command(run, stage, sources: list[str], out, max_images=512) -> st
     run = Path(run)
     manifest = _manifest(run)
     config = manifest.get("config") or {}
-    vit = load_stage_vit(run, stage, config)
+    fe = load_stage_fe(run, stage, config)
     if not sources:
         raise UsageError("no --sources given, e.g. --sources S3,S5")
     features, metas = [], []
     for source in sources:
         images, meta = load_images(manifest, source, max_images)
-        features.append(block_features(vit, images, "cls")[-1])
+        features.append(block_features(fe, images, "cls")[-1])
         metas.append(meta)
     coords, method = embed_2d(np.concatenate(features))
     meta = pd.concat(metas, ignore_index=True)
     how = method if method == "UMAP" else f"{method} (umap-learn is not installed)"
-    title = (f"{how} of class-token features (last block) of {Path(stage).stem} on "
-             f"{', '.join(sources)} ({len(meta)} images)")
+    features_of, samples = (("FE outputs", "profiles") if _on_profiles(config)
+                            else ("class-token features (last block)", "images"))
+    title = (f"{how} of {features_of} of {Path(stage).stem} on "
+             f"{', '.join(sources)} ({len(meta)} {samples})")
     _save(embedding_figure(coords, meta, method, title), out)
     return method
 

@@ -165,3 +165,52 @@ def test_analyze_cli_exits_2_with_one_line(run, tmp_path, capsys):
     main(["analyze", "cka", str(run), "--stage-a", "fe-dino-aaa", "--stage-b", "fe-dino-aaa",
           "--source", "S3", "--out", str(tmp_path / "c.png")])
     assert "CKA of block i of A with block i of B: 1.000 1.000 1.000" in capsys.readouterr().out
+
+
+class TinyProfiles(hcibench.Dataset):
+    name = "tiny-analysis-profiles"
+    description = "one source of random 12-feature profiles"
+    modality = "profile"
+
+    def sources(self):
+        return ["S1"]
+
+    def classes(self):
+        return ["a", "b"]
+
+    def domain(self, source):
+        n = 16
+        meta = pd.DataFrame({
+            "source": source, "batch": "B0", "plate": "P0", "well": [f"A{i:02d}" for i in range(n)],
+            "compound": [f"c{i % 4}" for i in range(n)], "label": [["a", "b"][i % 2] for i in range(n)],
+        })
+        profiles = torch.randn(n, 12, generator=torch.Generator().manual_seed(1))
+        return hcibench.Domain(source, meta, hcibench.TensorImages(profiles), self.classes())
+
+
+def test_analyze_works_on_a_run_on_profiles(tmp_path):
+    from hcibench import profiles
+    from hcibench.backbones import create_backbone
+
+    class Plugin:
+        @hcibench.hookimpl
+        def register_datasets(self, register):
+            register(TinyProfiles)
+
+    plugins.manager().register(Plugin(), name="tiny-analysis-profiles")
+    run = tmp_path / "run"
+    (run / "stages").mkdir(parents=True)
+    config = {"modality": "profile", "profile": profiles.default_settings("quick"), "dataset": {}}
+    (run / "manifest.json").write_text(json.dumps(
+        {"dataset": {"name": "tiny-analysis-profiles", "data": None, "options": {}},
+         "config": config}))
+    torch.manual_seed(0)
+    mlp = create_backbone(config, 12)
+    torch.save({"teacher": mlp.state_dict(), "stats": {}}, run / "stages" / "fe-dino-ppp.pt")
+    depth = config["profile"]["fe"]["depth"]
+
+    matrix = cka_command(run, "fe-dino-ppp", "fe-dino-ppp", "S1", tmp_path / "cka.png")
+    assert matrix.shape == (depth + 1, depth + 1)  # each block's layer norm, then the output's
+    np.testing.assert_allclose(np.diag(matrix), 1.0, atol=1e-6)
+    method = embedding_command(run, "fe-dino-ppp", ["S1"], tmp_path / "embedding.png")
+    assert method in {"UMAP", "PCA"} and (tmp_path / "embedding.png").stat().st_size > 1000
