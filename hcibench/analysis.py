@@ -8,8 +8,8 @@
 A stage file (``RUN/stages/<ID>.pt``) holds state dicts under keys like ``teacher``/``student``
 (DINO) or ``encoder`` (MAE), and ``predictor`` names the one that predicts. The extractor is
 rebuilt from the run's ``manifest.json`` (``config.backbone``, or ``config.profile`` in a run on
-profiles, whose blocks are the MLP's) and the dataset from its ``dataset`` entry. Torch and the
-plugins are imported only when a command runs.
+profiles, whose blocks are the MLP's) and the dataset from its ``dataset`` entry. The dataset
+plugins are loaded only when a command runs.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import click
 import numpy as np
 
 from .errors import UsageError
+from .profiles import is_profile
 
 # --------------------------------------------------------------------------- CKA
 
@@ -123,11 +124,6 @@ def embed_2d(features) -> tuple[np.ndarray, str]:
 # --------------------------------------------------------------------------- run folder
 
 
-def _on_profiles(config: dict) -> bool:
-    """Whether the run's samples are profiles (feature vectors) rather than images."""
-    return config.get("modality", "image") == "profile"
-
-
 def _manifest(run: Path) -> dict:
     path = run / "manifest.json"
     if not path.is_file():
@@ -185,7 +181,7 @@ def load_stage_fe(run: Path, stage: str | None, config: dict):
     key = result.get("predictor", "teacher" if "teacher" in result else "encoder")
     state = result.get(key)
     # The first weight tells the input width: image channels, or profile features.
-    first = "body.0.weight" if _on_profiles(config) else "patch_embed.proj.weight"
+    first = "body.0.weight" if is_profile(config) else "patch_embed.proj.weight"
     if not isinstance(state, dict) or first not in state:
         keys = ", ".join(k for k, v in result.items() if isinstance(v, dict)) or "none"
         raise UsageError(f"stage {path.stem} holds no feature extractor (its state dicts: "
@@ -304,7 +300,7 @@ def cka_command(run, stage_a, stage_b, source, out, tokens="cls", max_images=512
         raise UsageError("no --source given: the images the two extractors are compared on")
     images, _ = load_images(manifest, source, max_images)
     matrix = cka_matrix(block_features(fe_a, images, tokens), block_features(fe_b, images, tokens))
-    if _on_profiles(config):
+    if is_profile(config):
         what, samples = "block outputs", "profiles"
     else:
         what, samples = ("class token" if tokens == "cls" else "all tokens"), "images"
@@ -332,7 +328,7 @@ def embedding_command(run, stage, sources: list[str], out, max_images=512) -> st
     coords, method = embed_2d(np.concatenate(features))
     meta = pd.concat(metas, ignore_index=True)
     how = method if method == "UMAP" else f"{method} (umap-learn is not installed)"
-    features_of, samples = (("FE outputs", "profiles") if _on_profiles(config)
+    features_of, samples = (("FE outputs", "profiles") if is_profile(config)
                             else ("class-token features (last block)", "images"))
     title = (f"{how} of {features_of} of {Path(stage).stem} on "
              f"{', '.join(sources)} ({len(meta)} {samples})")
