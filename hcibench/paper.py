@@ -16,6 +16,7 @@ from importlib import resources
 
 import pandas as pd
 
+from . import claims
 from .errors import UsageError
 
 TABLES = {
@@ -94,7 +95,8 @@ def comparison(run_dir, metric: str = "accuracy") -> tuple[pd.DataFrame, dict]:
 
     facts = {"table": TABLES[METRIC_TABLES[metric]], "matched": len(rows),
              "ours_cells": len(ours), "paper_cells": len(paper),
-             "dataset": ", ".join(_dataset_names(manifest, records)) or "unknown"}
+             "dataset": ", ".join(_dataset_names(manifest, records)) or "unknown",
+             "claims": claims.check(ours, paper.assign(mean=paper["mean"] / 100))}
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS), facts
 
 
@@ -105,6 +107,11 @@ def caption(facts: dict, metric: str) -> str:
         f"in percentage points. {facts['matched']} of our {facts['ours_cells']} cells are in "
         f"the paper's table; in-domain cells of the adapting methods are not reported there."
     )
+
+
+def claims_title(metric: str) -> str:
+    return (f"The paper's claims on this run (off-diagonal mean {metric} (%) over the cells "
+            f"both report):")
 
 
 def display_rows(frame: pd.DataFrame) -> list[list[str]]:
@@ -129,7 +136,8 @@ def render_comparison(run_dir, fmt: str = "table", metric: str = "accuracy",
         return out.getvalue()
     if fmt == "json":
         rows = frame.to_dict(orient="records")
-        payload = {"metric": metric, "paper_table": facts["table"], "rows": rows}
+        payload = {"metric": metric, "paper_table": facts["table"], "rows": rows,
+                   "claims": [claim.to_json() for claim in facts["claims"]]}
         return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
     from .statistics import _md_rows, _rich
 
@@ -137,9 +145,13 @@ def render_comparison(run_dir, fmt: str = "table", metric: str = "accuracy",
     if fmt == "markdown":
         lines = [f"**Ours vs the paper.** {text}", ""]
         lines += _md_rows(COMPARE_HEADER, display_rows(frame), 3)
+        lines += ["", f"**{claims_title(metric)}**", ""]
+        lines += [f"- {line}" for line in claims.lines(facts["claims"])]
         return "\n".join(lines) + "\n"
     from rich.text import Text
 
     from .report import render_text
 
-    return render_text([Text(text), _rich(COMPARE_HEADER, display_rows(frame), None, 3)], console)
+    verdicts = Text("\n".join([claims_title(metric), *claims.lines(facts["claims"])]))
+    return render_text([Text(text), _rich(COMPARE_HEADER, display_rows(frame), None, 3),
+                        verdicts], console)
