@@ -190,6 +190,17 @@ def data_problems(dataset: Dataset, limit: int = 50) -> dict:
             "problems": problems[:limit]}
 
 
+def skipped_images(dataset: Dataset, source: str, target: str) -> dict[str, int]:
+    """Images the dataset left out as unreadable (``on_error=skip``) in the training source and
+    in the target, so that each record says on how much of the data it stands."""
+    problems = dataset.problems() if hasattr(dataset, "problems") else []
+
+    def count(name: str) -> int:
+        return int(sum(p.get("skipped", 0) for p in problems if p.get("source") == name))
+
+    return {"source": count(source), "target": count(target)}
+
+
 def score(run: Run, logits: torch.Tensor, domain: Domain, variant: str = "",
           labels: torch.Tensor | None = None,
           embeddings: torch.Tensor | None = None) -> dict[str, float]:
@@ -309,7 +320,8 @@ def _execute(run: Run, progress: Progress | None, on_cell) -> dict:
                 "metrics": metrics, "n_images": len(domain),
                 "fit_seconds": round(fit_seconds, 3),
                 "seconds": round(time.perf_counter() - cell_started, 3),
-                "info": {**prediction.info, "scoring": scoring},
+                "info": {**prediction.info, "scoring": scoring,
+                         "skipped_images": skipped_images(run.dataset, source, target)},
                 "settings_digest": run.settings_digest,
             }
             storage.write_json(record_path(run.out, method_name, source, target, seed), record)

@@ -153,10 +153,17 @@ def read_index(data, renames: dict | None = None, channels=None, strip_channels=
     for field in ["source", "batch", "plate", "well", "compound", "label"]:
         column = found.get(field)
         meta[field] = table[column] if column else np.nan
+    no_source = empty_values(table, found["source"])
+
+    def source_of(row: int) -> str | None:
+        """The row's source where it names one, so that its skip is counted against it."""
+        return None if no_source[row] else str(meta["source"].iloc[row])
+
     for field, column in (("source", found["source"]), ("plate", found["plate"])):
         for row in np.flatnonzero(empty_values(table, column)):
             problems.append(Problem("error", "missing-value",
-                                    f"{origins[row]}, column {column}: empty {field}", None, row))
+                                    f"{origins[row]}, column {column}: empty {field}",
+                                    source_of(row), row))
     if found["batch"] is None:
         meta["batch"] = meta["plate"]
         problems.append(Problem("warning", "missing-column",
@@ -195,7 +202,8 @@ def read_index(data, renames: dict | None = None, channels=None, strip_channels=
             value = column_values[row]
             if not isinstance(value, str) or not value.strip():
                 problems.append(Problem("error", "missing-value", f"{origins[row]}, column "
-                                        f"{path_columns[position]}: no image path", None, row))
+                                        f"{path_columns[position]}: no image path",
+                                        source_of(row), row))
                 paths.append("")
                 continue
             value = map_path(value.strip())

@@ -238,6 +238,11 @@ def test_on_error_skip_completes_and_reports_the_skips(tmp_path):
                        [*TINY_SUPERVISED, "dataset.on_error=skip"])
     assert len(records) == 2
     assert records["records/supervised/A/B/seed0.json"]["n_images"] == 23
+    # Each record counts the skips of its own source and target (A: rows 1 and 5, B: row 30).
+    assert records["records/supervised/A/B/seed0.json"]["info"]["skipped_images"] == {
+        "source": 2, "target": 1}
+    assert records["records/supervised/A/A/seed0.json"]["info"]["skipped_images"] == {
+        "source": 2, "target": 2}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data_problems"]["skipped_images"] == 3
     assert any("does not exist" in p["message"] for p in manifest["data_problems"]["problems"])
