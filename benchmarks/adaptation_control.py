@@ -67,9 +67,14 @@ def build_config(overrides: list[str]) -> dict:
 @click.option("--stages", default="runs/adaptation-control", show_default=True,
               type=click.Path(file_okay=False), help="Run folder whose stage cache is used.")
 def main(noise, seeds, overrides, stages):
-    strengths = [float(s) for s in noise.split(",")]
-    seed_list = [int(s) for s in seeds.split(",")]
-    config = build_config(list(overrides))
+    strengths = _numbers(noise, float, "--noise", "0,0.12")
+    seed_list = _numbers(seeds, int, "--seeds", "0,1,2")
+    if min(strengths) < 0 or min(seed_list) < 0:
+        raise click.BadParameter("noise strengths and seeds must be >= 0")
+    try:
+        config = build_config(list(overrides))
+    except hcibench.UsageError as error:
+        raise click.BadParameter(str(error), param_hint="--set") from None
     dataset = plugins.datasets().get("synthetic")(**config["dataset"])
     identity = {"name": "synthetic", "data": None, "options": config["dataset"]}
     split = split_source(dataset.domain(SOURCE), 1, 1)
@@ -100,6 +105,14 @@ def main(noise, seeds, overrides, stages):
     click.echo(f"\nAccuracy (%) on {SOURCE}'s held-out plates, mean over seeds "
                f"{', '.join(map(str, seed_list))}; settings changed: "
                f"{', '.join(overrides) or 'none'}.")
+
+
+def _numbers(text: str, kind: type, option: str, example: str) -> list:
+    try:
+        return [kind(part) for part in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers such as {example}, "
+                                 f"got '{text}'", param_hint=option) from None
 
 
 if __name__ == "__main__":
