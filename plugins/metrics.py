@@ -1,6 +1,9 @@
-"""Per-image classification metrics through torchmetrics, as the paper reports them."""
+"""Per-image classification metrics through torchmetrics, as the paper reports them, and how
+varied the predictions are."""
 
 from __future__ import annotations
+
+import torch
 
 import hcibench
 from hcibench.compat import ensure_torchvision_importable
@@ -46,7 +49,29 @@ class MacroF1(hcibench.Evaluator):
         return {"f1": float(value)}
 
 
+def _effective_classes(indices, num_classes):
+    """exp(entropy) of the class histogram: the number of equally used classes it amounts to."""
+    share = torch.bincount(indices, minlength=num_classes).float() / len(indices)
+    share = share[share > 0]
+    return float(torch.exp(-(share * share.log()).sum()))
+
+
+class PredictionSpread(hcibench.Evaluator):
+    name = "spread"
+    description = ("effective number of predicted classes over that of the true classes: "
+                   "near 1 when predictions are as varied as the labels, low when they fall "
+                   "onto a few classes (a collapsed model or adaptation)")
+
+    def __call__(self, logits, labels, meta, num_classes):
+        logits, labels = _known(logits, labels)
+        if len(labels) == 0:
+            return {}
+        predicted = _effective_classes(logits.argmax(1), num_classes)
+        return {"spread": predicted / _effective_classes(labels, num_classes)}
+
+
 @hcibench.hookimpl
 def register_evaluators(register):
     register(Accuracy)
     register(MacroF1)
+    register(PredictionSpread)
