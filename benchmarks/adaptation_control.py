@@ -21,41 +21,36 @@ import time
 from pathlib import Path
 
 import click
+import pandas as pd
 import torch
 
 import hcibench
-from hcibench import plugins, presets
-from hcibench.splits import split_source
+from hcibench import plugins, runner
 from hcibench.stages import Context, StageCache, digest, seed_everything
 
 METHODS = ("supervised", "dual-dino", "oda", "dual-cb", "coda")
 SOURCE = "S3"
 
 
-def noisy_held_out(dataset, strength: float, seed: int) -> hcibench.Domain:
-    """S3's validation and test plates with N(0, strength²) noise on every pixel (clipped to
-    the [0, 1] range of the images)."""
-    domain = dataset.domain(SOURCE)
-    plates = sorted(domain.meta["plate"].unique())[-2:]
-    held = domain.subset(domain.meta["plate"].isin(plates))
-    images = held.stack()
+def noisy_held_out(split, strength: float, seed: int) -> hcibench.Domain:
+    """The source's validation and test plates with N(0, strength²) noise on every pixel
+    (clipped to the [0, 1] range of the images)."""
+    held = [split.val, split.test]
+    images = torch.cat([part.stack() for part in held])
     if strength:
         noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
         images = (images + strength * noise).clamp(0, 1)
+    meta = pd.concat([part.meta for part in held], ignore_index=True)
     # The name keys the adaptation stage, so each strength adapts its own feature extractor.
-    return hcibench.Domain(f"{SOURCE}-held-out-noise{strength:g}", held.meta,
-                           hcibench.TensorImages(images), held.classes)
+    return hcibench.Domain(f"{SOURCE}-held-out-noise{strength:g}", meta,
+                           hcibench.TensorImages(images), split.test.classes)
 
 
-def build_config(overrides: list[str]) -> dict:
-    """The quick preset with every method's section, as ``hcibench run`` builds it."""
-    sections = {name: plugins.methods().get(name).default_settings("quick") for name in METHODS}
-    sections["dataset"] = plugins.datasets().get("synthetic").default_settings("quick")
-    config = presets.build("quick", [], sections)
-    config["modality"] = "image"
-    for item in overrides:
-        presets.apply_override(config, item)
-    return config
+def prepare(seeds: list[int], overrides: list[str], stages: str) -> runner.Run:
+    """The run ``hcibench run`` would prepare for these methods on S3, so that its settings,
+    and so its stages, are the same."""
+    grid = runner.Grid(list(METHODS), [SOURCE], [SOURCE], seeds)
+    return runner.prepare(runner.RunSpec(grid, Path(stages), overrides=overrides))
 
 
 @click.command()
@@ -72,23 +67,22 @@ def main(noise, seeds, overrides, stages):
     if min(strengths) < 0 or min(seed_list) < 0:
         raise click.BadParameter("noise strengths and seeds must be >= 0")
     try:
-        config = build_config(list(overrides))
+        run = prepare(seed_list, list(overrides), stages)
     except hcibench.UsageError as error:
         raise click.BadParameter(str(error), param_hint="--set") from None
-    dataset = plugins.datasets().get("synthetic")(**config["dataset"])
-    identity = {"name": "synthetic", "data": None, "options": config["dataset"]}
-    split = split_source(dataset.domain(SOURCE), 1, 1)
+    identity = {"name": run.spec.dataset, "data": run.spec.data, "options": run.config["dataset"]}
+    split = runner.DomainCache(run).split(SOURCE)
     scores: dict[tuple[str, float], list[float]] = {}
     for seed in seed_list:
-        context = Context(config, seed=seed, source=SOURCE, dataset=identity,
-                          stages=StageCache(Path(stages)))
+        context = Context(run.config, seed=seed, source=SOURCE, dataset=identity,
+                          stages=StageCache(run.out))
+        targets = {strength: noisy_held_out(split, strength, seed) for strength in strengths}
         for name in METHODS:
             started = time.time()
             seed_everything(int(digest([name, SOURCE, seed, "fit"]), 16) % 2**31)
             method = plugins.methods().get(name)(context)
             method.fit(split.train, split.val)
-            for strength in strengths:
-                target = noisy_held_out(dataset, strength, seed)
+            for strength, target in targets.items():
                 seed_everything(int(digest([name, SOURCE, target.name, seed]), 16) % 2**31)
                 logits = method.predict(target).logits
                 accuracy = (logits.argmax(1) == target.labels).float().mean().item()
