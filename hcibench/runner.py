@@ -180,11 +180,21 @@ def write_manifest(run: Run, stages: StageCache, started: str) -> None:
     })
 
 
+def _problems(dataset: Dataset) -> list[dict]:
+    return dataset.problems() if hasattr(dataset, "problems") else []
+
+
+def _skipped(problems: list[dict], source: str | None = None) -> int:
+    """Images left out (``on_error=skip``), in all sources or in ``source``."""
+    return int(sum(p.get("skipped", 0) for p in problems
+                   if source is None or p.get("source") == source))
+
+
 def data_problems(dataset: Dataset, limit: int = 50) -> dict:
     """What went wrong reading the data so far: counts, images left out (``on_error=skip``) and
     the first ``limit`` problems (``hcibench data check`` lists them all)."""
-    problems = dataset.problems() if hasattr(dataset, "problems") else []
-    return {"skipped_images": int(sum(p.get("skipped", 0) for p in problems)),
+    problems = _problems(dataset)
+    return {"skipped_images": _skipped(problems),
             "errors": sum(p.get("severity") == "error" for p in problems),
             "warnings": sum(p.get("severity") == "warning" for p in problems),
             "problems": problems[:limit]}
@@ -193,12 +203,8 @@ def data_problems(dataset: Dataset, limit: int = 50) -> dict:
 def skipped_images(dataset: Dataset, source: str, target: str) -> dict[str, int]:
     """Images the dataset left out as unreadable (``on_error=skip``) in the training source and
     in the target, so that each record says on how much of the data it stands."""
-    problems = dataset.problems() if hasattr(dataset, "problems") else []
-
-    def count(name: str) -> int:
-        return int(sum(p.get("skipped", 0) for p in problems if p.get("source") == name))
-
-    return {"source": count(source), "target": count(target)}
+    problems = _problems(dataset)
+    return {"source": _skipped(problems, source), "target": _skipped(problems, target)}
 
 
 def score(run: Run, logits: torch.Tensor, domain: Domain, variant: str = "",
