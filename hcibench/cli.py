@@ -61,10 +61,14 @@ def cli():
               help="Score each adapted FE on its own part of the target or on all of it [subset].")
 @click.option("--grid", "grid_file", type=click.Path(), help="TOML file with any of the options above.")
 @click.option("--out", type=click.Path(), help="Run folder [default: runs/<dataset>-<preset>].")
+@click.option("--cache", type=click.Path(),
+              help="Stage folder shared between run folders: stages with equal settings are "
+                   "computed once [default: OUT/stages; OUT/cache for a sweep].")
 def run(**options):
     """Run a methods × sources × targets × seeds grid; finished cells are never recomputed."""
-    from .runner import Grid, RunSpec
+    from .runner import Grid, RunSpec, prepare
     from .runner_display import run_with_progress
+    from .sweep import sweep_variants, write_sweep
 
     options = merge_grid_file(options)
     dataset = options["dataset"] or "synthetic"
@@ -86,8 +90,18 @@ def run(**options):
         out=Path(options["out"] or f"runs/{dataset}-{preset}"),
         dataset=dataset, data=options["data_path"], preset=preset, overrides=overrides,
         evaluators=parse_list(options["evaluators"]),
+        cache=Path(options["cache"]) if options["cache"] else None,
     )
-    run_with_progress(spec, console)
+    variants = sweep_variants(spec)
+    if variants is None:
+        run_with_progress(spec, console)
+        return
+    for variant in variants:  # every variant checked before the first one runs
+        prepare(variant)
+    write_sweep(spec, variants)
+    for variant in variants:
+        console.print(f"[bold]sweep variant[/] {variant.out.name}")
+        run_with_progress(variant, console)
 
 
 def merge_grid_file(options: dict) -> dict:

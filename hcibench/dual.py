@@ -20,6 +20,7 @@ from dataclasses import asdict, fields
 import torch
 from torch import nn
 
+from .adaptation import AdaptationMonitor, restrict_to_scope
 from .backbones import backbone_settings, create_backbone, create_vit
 from .data import Domain, TensorImages
 from .profiles import TaskMLP, dino_views, is_profile
@@ -79,19 +80,42 @@ def _state(modules) -> dict:
     return {name: copy.deepcopy(module.state_dict()) for name, module in modules.items()}
 
 
-def _run_dino(config, channels, domain, settings, context, init, description):
+def _run_dino(config, channels, domain, settings, context, init, description, scope=None,
+              watch=None):
+    """DINO from ``init`` (or random weights); ``scope`` = (trainable, early_blocks) freezes the
+    rest of the student FE; ``watch(fe) -> (logits, tokens)`` turns on the adaptation monitor,
+    which follows the FE that predicts (``adapt.predict_with``)."""
     student, teacher, student_head, teacher_head = build_fe_pair(config, channels, settings)
     modules = {"student": student, "teacher": teacher, "student_head": student_head,
                "teacher_head": teacher_head}
     if init is not None:
         for name, module in modules.items():
             module.load_state_dict(init[name])
+    if scope is not None:
+        restrict_to_scope(student, *scope)
+    predictor = config["adapt"].get("predict_with", "teacher")
+    monitor, on_epoch = None, None
+    if watch is not None:
+        monitor = AdaptationMonitor(watch, num_classes=len(domain.classes))
+        watched = modules[predictor]
+        was_training = watched.training
+        monitor.record(0, watched.eval())
+        watched.train(was_training)
+
+        def on_epoch(epoch: int) -> None:
+            monitor.record(epoch, watched)
+
     generator = torch.Generator().manual_seed(context.seed)
     stats = train_dino(student, teacher, student_head, teacher_head, domain, settings,
                        context.progress, generator, views=dino_views(config, settings.n_local),
-                       description=description)
+                       description=description, on_epoch=on_epoch)
     stats.pop("loss_state", None)
-    return {**_state(modules), "stats": stats}
+    result = {**_state(modules), "stats": stats}
+    if init is not None:
+        result["predictor"] = predictor
+    if monitor is not None:
+        result["monitor"] = monitor.result()
+    return result
 
 
 def pretrain_fe(context: Context, train: Domain, cross_batch: bool) -> tuple[dict, dict]:
@@ -150,8 +174,12 @@ def train_task(context: Context, train: Domain, val: Domain, fe_state: dict, fe_
         return {"state": result["state"], "val_accuracy": result["val_accuracy"],
                 "best_epoch": result["best_epoch"]}
 
-    return context.stage("task", {"fe": fe_key, "task": config["task"],
-                                  "input_size": config["input_size"]}, compute)
+    return context.stage("task", task_key(config, fe_key), compute)
+
+
+def task_key(config: dict, fe_key: dict) -> dict:
+    """The settings the step-2 stage depends on."""
+    return {"fe": fe_key, "task": config["task"], "input_size": config["input_size"]}
 
 
 def token_domain(fe: nn.Module, domain: Domain, config: dict) -> Domain:
@@ -169,17 +197,31 @@ def load_task(config: dict, token_dim: int, num_classes: int, state: dict) -> nn
 
 
 def adapt_fe(context: Context, target: Domain, fe_state: dict, fe_key: dict,
-             cross_batch: bool) -> dict:
-    """Step 3: the FE adapted with DINO (+ CB pairs) on the unlabelled target, from step 1."""
+             cross_batch: bool, task: nn.Module | None = None, task_key: dict | None = None) -> dict:
+    """Step 3: the FE adapted with DINO (+ CB pairs) on the unlabelled target, from step 1.
+
+    ``adapt.trainable`` limits what adapts (see :mod:`hcibench.adaptation`). With ``task`` (the
+    frozen step-2 model, keyed by ``task_key``) and ``adapt.monitor``, the stage also keeps the
+    label-free diagnostics and logits of every epoch."""
     config = context.config
+    adapt = config["adapt"]
     settings = dino_settings(config["dino"], cross_batch=cross_batch,
-                             **{k: v for k, v in config["adapt"].items()})
+                             **{k: v for k, v in adapt.items()})
     channels = target.images[0].shape[0]
+    scope = (adapt.get("trainable", "all"), int(adapt.get("early_blocks", 1)))
+    watching = bool(adapt.get("monitor")) and task is not None
     key = {"fe": fe_key, "adapt": asdict(settings), "target": target.name, "n": len(target)}
+    if scope[0] != "all":
+        key["scope"] = scope
+    if adapt.get("predict_with", "teacher") != "teacher":
+        key["predict_with"] = adapt["predict_with"]
+    if watching:
+        key["monitor"] = {"task": task_key}
+    watch = (lambda fe: predict_with_embeddings(config, fe, task, target)) if watching else None
     return context.stage(
         "adapt-cb" if cross_batch else "adapt", key,
         lambda: _run_dino(config, channels, target, settings, context, fe_state,
-                          f"step 3 adapt to {target.name}"))
+                          f"step 3 adapt to {target.name}", scope, watch))
 
 
 def predict(config: dict, fe: nn.Module, task: TaskModel, target: Domain) -> torch.Tensor:

@@ -7,7 +7,11 @@
   target (the paper's Figure 4), when the records carry ``info.granularity`` and at least two
   settings can be compared; skipped otherwise;
 * ``ttt-steps``: score against the number of test-time training steps, when the records have
-  ``<metric>@steps=k`` metrics.
+  ``<metric>@steps=k`` metrics;
+* ``adaptation``: the label-free diagnostics of step 3 by epoch (one panel each: DINO loss,
+  teacher target entropy and prototype usage, weight movement, CKA to the step-1 FE, share of
+  changed predictions, predicted-class spread), and on the last panel the oracle target score
+  (``<metric>@adapt_epoch=k``), when the records carry them.
 
 Figures are built with matplotlib's object API on the Agg canvas: no pyplot state, no display.
 Values are shown in percent of the fractions in the records.
@@ -311,6 +315,86 @@ def ttt_steps_plot(long_df: pd.DataFrame, metric: str) -> Plot | None:
     return Plot("ttt-steps", figure, caption)
 
 
+# --------------------------------------------------------------------------- adaptation
+
+
+# (label, how to read one adaptation's series from its diagnostics); the objective's own series
+# have one value per epoch (epochs 1..E), the monitor's one per epoch from 0 (before adapting).
+ADAPTATION_PANELS = (
+    ("DINO loss", lambda d: (1, d.get("loss"))),
+    ("teacher target entropy / ln K", lambda d: (1, d.get("target_entropy"))),
+    ("prototype usage / ln K", lambda d: (1, d.get("target_usage"))),
+    ("weight movement ‖Δθ‖/‖θ‖", lambda d: (0, [r["weight_movement_total"] for r in d["epochs"]])),
+    ("CKA of class tokens to step 1", lambda d: (0, [r["cka_to_start"] for r in d["epochs"]])),
+    ("share of predictions changed", lambda d: (0, [r["changed_predictions"] for r in d["epochs"]])),
+    ("predicted classes (effective / K)", lambda d: (0, [r["predicted_classes"] for r in d["epochs"]])),
+)
+
+
+def _adaptation_series(records: list[dict]) -> pd.DataFrame:
+    """One row per (method, cell, seed, panel, epoch) from the records' adaptation diagnostics."""
+    rows = []
+    for record in records:
+        for adaptation in (record.get("info") or {}).get("adaptations") or []:
+            diagnostics = adaptation.get("diagnostics")
+            if not diagnostics or not diagnostics.get("epochs"):
+                continue
+            for panel, read in ADAPTATION_PANELS:
+                first, values = read(diagnostics)
+                for epoch, value in enumerate(values or [], start=first):
+                    if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                        rows.append({"method": str(record["method"]),
+                                     "off": record["source"] != record["target"],
+                                     "seed": record["seed"], "panel": panel, "epoch": epoch,
+                                     "value": float(value)})
+    return pd.DataFrame(rows)
+
+
+def adaptation_plot(records: list[dict], long_df: pd.DataFrame, metric: str) -> Plot | None:
+    """Step-3 diagnostics by epoch, mean over cells per method (out-of-domain cells when there
+    are any), with the oracle target score on the last panel."""
+    series = _adaptation_series(records)
+    if series.empty:
+        return None
+    pattern = re.compile(rf"^{re.escape(metric)}@adapt_epoch=(\d+)$")
+    oracle = long_df[long_df["metric"].astype(str).str.match(pattern)].copy()
+    off = series[series["off"]]
+    series = off if not off.empty else series
+    panels = [label for label, _ in ADAPTATION_PANELS] + [f"ORACLE: target {metric} (%)"]
+    methods = list(dict.fromkeys(series["method"]))
+    colours = _colours(methods)
+    columns = 4
+    figure = _figure(4.0 * columns, 3.0 * math.ceil(len(panels) / columns))
+    axes_grid = figure.subplots(math.ceil(len(panels) / columns), columns, squeeze=False).ravel()
+    for axes, panel in zip(axes_grid, panels):
+        for method in methods:
+            if panel.startswith("ORACLE"):
+                mine = oracle[oracle["method"].astype(str) == method]
+                if not off.empty:
+                    mine = mine[mine["source"].astype(str) != mine["target"].astype(str)]
+                epochs = mine["metric"].astype(str).str.extract(pattern)[0].astype(int)
+                line = mine.assign(epoch=epochs.to_numpy()).groupby("epoch")["value"].mean() * 100
+            else:
+                mine = series[(series["method"] == method) & (series["panel"] == panel)]
+                line = mine.groupby("epoch")["value"].mean()
+            if not line.empty:
+                axes.plot(line.index, line.to_numpy(), marker="o", markersize=3,
+                          color=colours[method], label=method)
+        axes.set_title(panel, fontsize=9, color="C3" if panel.startswith("ORACLE") else "black")
+        axes.set_xlabel("adaptation epoch (0 = step 1's FE)", fontsize=8)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+    for axes in axes_grid[len(panels):]:
+        axes.set_visible(False)
+    axes_grid[0].legend(fontsize=7)
+    scope = "out-of-domain cells" if not off.empty else "cells"
+    figure.suptitle(f"Step 3 by epoch, mean over {scope} and seeds; the last panel uses target "
+                    f"labels and is for analysis only", fontsize=10)
+    caption = (f"Label-free diagnostics of the adaptation by epoch (mean over {scope} and seeds); "
+               f"the last panel is an oracle curve of target {metric}, never used to choose.")
+    return Plot("adaptation", figure, caption)
+
+
 # --------------------------------------------------------------------------- entry points
 
 
@@ -327,7 +411,8 @@ def build_plots(run_dir, metric: str = "accuracy") -> list[Plot]:
     plots = heatmaps(summary, metric, sources, targets, methods)
     for plot in (out_of_domain_bars(summary, metric, sources, targets, methods),
                  granularity_plot(records, metric, methods),
-                 ttt_steps_plot(long_df, metric)):
+                 ttt_steps_plot(long_df, metric),
+                 adaptation_plot(records, long_df, metric)):
         if plot is not None:
             plots.append(plot)
     return plots

@@ -16,6 +16,12 @@ from .errors import UsageError
 from .ssl.dino import DinoSettings
 from .ssl.mae import MaeSettings
 
+# Step 3 beyond the objective's own settings: which FE weights adapt ("all" as in the paper,
+# "early": patch embedding, position embedding, class token and the first ``early_blocks``
+# blocks, "norm": the normalisation layers' scales and shifts, as Tent), which adapted FE
+# predicts, and whether to record the label-free diagnostics of every epoch.
+ADAPT_SCOPE = {"trainable": "all", "early_blocks": 1, "predict_with": "teacher", "monitor": True}
+
 QUICK = {
     "backbone": {
         "model": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4,
@@ -36,7 +42,7 @@ QUICK = {
         "n_local": 2, "global_size": 24, "local_size": 12, "head_hidden_dim": 256,
         "head_bottleneck_dim": 64, "head_out_dim": 1024, "head_batch_norm": True,
         "warmup_teacher_temp": 0.04, "teacher_temp": 0.04, "warmup_teacher_temp_epochs": 3,
-        "drop_path": 0.1, "pair_key": "batch",
+        "drop_path": 0.1, "pair_key": "batch", "clip_mode": "parameter",
     },
     # Step 2: the task model on the frozen FE.
     "task": {
@@ -54,7 +60,8 @@ QUICK = {
     },
     # Step 3: the step-1 objective on the target. Settings left at None are those of step 1.
     "adapt": {"epochs": 5, "warmup_epochs": 1, "lr": None, "momentum_teacher": None,
-              "pair_key": None, "granularity": "source", "eval_on": "subset"},
+              "pair_key": None, "clip_mode": None, "clip_grad": None,
+              **ADAPT_SCOPE, "granularity": "source", "eval_on": "subset"},
 }
 
 PAPER = {
@@ -72,7 +79,8 @@ PAPER = {
     },
     "mae": {**asdict(MaeSettings()), "epochs": 300, "adapt_lr": None},
     "adapt": {"epochs": 300, "warmup_epochs": 10, "lr": None, "momentum_teacher": None,
-              "pair_key": None, "granularity": "source", "eval_on": "subset"},
+              "pair_key": None, "clip_mode": None, "clip_grad": None,
+              **ADAPT_SCOPE, "granularity": "source", "eval_on": "subset"},
 }
 
 PRESETS = {"quick": QUICK, "paper": PAPER}

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import UsageError, unknown_name
+from .sweep import read_sweep
 
 FORMATS = ("table", "markdown", "latex", "csv", "json")
 LONG_COLUMNS = ["method", "source", "target", "seed", "metric", "value"]
@@ -169,17 +170,30 @@ def _apply_order(long_df: pd.DataFrame, order: dict[str, list[str]]) -> pd.DataF
 
 
 def _load(run_dir) -> tuple[pd.DataFrame, dict, list[dict]]:
-    """Records of a run as (long frame in grid order, manifest, raw records)."""
+    """Records of a run as (long frame in grid order, manifest, raw records). A sweep folder
+    (``hcibench.sweep``) gives the records of all its variants, each method named
+    ``<method> [<variant>]``."""
     run_dir = Path(run_dir)
     hint = f"run `hcibench run --out {run_dir}` first"
     if not run_dir.is_dir():
         raise UsageError(f"run folder {run_dir} does not exist: {hint}")
-    files = _record_files(run_dir / "records")
-    records = [_read_record(path) for path in files]
+    variants = read_sweep(run_dir)
+    folders = [(run_dir / v, f" [{v}]") for v in variants] if variants else [(run_dir, "")]
+    files, records, manifest, methods = [], [], {}, []
+    for folder, suffix in folders:
+        folder_files = _record_files(folder / "records")
+        for path in folder_files:
+            record = _read_record(path)
+            records.append({**record, "method": f"{record['method']}{suffix}"})
+        files += folder_files
+        folder_manifest = _read_manifest(folder)
+        manifest = manifest or folder_manifest
+        methods += [f"{m}{suffix}" for m in _names((folder_manifest.get("grid") or {}).get("methods"))]
     rows = [row for record, path in zip(records, files) for row in _long_rows(record, path)]
     if not rows:
         raise UsageError(f"no records in {run_dir}: {hint}")
-    manifest = _read_manifest(run_dir)
+    if variants and manifest:
+        manifest = {**manifest, "grid": {**manifest.get("grid", {}), "methods": methods}}
     long_df = pd.DataFrame(rows)
     _reject_duplicates(long_df)
     long_df = _apply_order(long_df[LONG_COLUMNS], _grid_order(manifest))

@@ -46,6 +46,8 @@ class RunSpec:
     overrides: list[str] = field(default_factory=list)
     # Empty: the dataset's ``default_evaluators``, else DEFAULT_EVALUATORS.
     evaluators: list[str] = field(default_factory=list)
+    # A stage folder shared with other run folders (content-addressed); None: OUT/stages.
+    cache: Path | None = None
 
 
 @dataclass
@@ -176,6 +178,7 @@ def write_manifest(run: Run, stages: StageCache, started: str) -> None:
         "started": started,
         "updated": datetime.now(UTC).isoformat(timespec="seconds"),
         "stages": stages.counts,
+        "stage_folder": str(stages.store.folder) if stages.store else None,
         "data_problems": data_problems(run.dataset),
     })
 
@@ -293,7 +296,7 @@ def _execute(run: Run, progress: Progress | None, on_cell) -> dict:
     progress = progress or Progress()
     open_run_folder(run)
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    stages = StageCache(run.out)
+    stages = StageCache(run.out, store=run.spec.cache, log=progress.log)
     write_manifest(run, stages, started)
     domains = DomainCache(run)
     dataset_identity = {"name": run.spec.dataset, "data": run.spec.data,

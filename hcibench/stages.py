@@ -22,6 +22,7 @@ import torch
 
 from . import storage
 from .progress import Progress
+from .stage_store import StageStore
 
 
 def digest(obj: Any) -> str:
@@ -37,34 +38,40 @@ def seed_everything(seed: int) -> None:
 
 
 class StageCache:
-    """Stage results on disk (``folder``, or memory only when ``None``) with usage counts."""
+    """Stage results with usage counts: on disk (in ``folder/stages``, or in a ``store`` folder
+    shared between run folders) or, when ``folder`` is ``None``, in memory only. Counts are kept
+    in ``folder/stages.json``."""
 
-    def __init__(self, folder: Path | None = None, keep_in_memory: int = 6):
+    def __init__(self, folder: Path | None = None, keep_in_memory: int = 6,
+                 store: Path | None = None, log=None):
         self.folder = Path(folder) if folder else None
         self.memory: OrderedDict[str, Any] = OrderedDict()
         self.keep_in_memory = keep_in_memory
         self.counts: dict[str, dict] = {}
+        self.store = None
+        if self.folder:
+            self.store = StageStore(Path(store) if store else self.folder / "stages", log=log)
         if self.folder and (self.folder / "stages.json").exists():
             self.counts = storage.read_json(self.folder / "stages.json")
 
     def get(self, name: str, key: dict, compute: Callable[[], Any]) -> Any:
         stage_id = f"{name}-{digest(key)}"
         entry = self.counts.setdefault(stage_id, {"name": name, "key": key, "computed": 0, "reused": 0})
-        path = self.folder / "stages" / f"{stage_id}.pt" if self.folder else None
+
+        def seeded_compute():
+            # Seeding from the key makes a stage's result independent of what ran before it.
+            seed_everything(int(digest(key), 16) % 2**31)
+            return compute()
+
         if stage_id in self.memory:
             value = self.memory[stage_id]
             self.memory.move_to_end(stage_id)
-            entry["reused"] += 1
-        elif path is not None and path.exists():
-            value = storage.load_torch(path)
-            entry["reused"] += 1
+            computed = False
+        elif self.store is not None:
+            value, computed = self.store.get(stage_id, seeded_compute)
         else:
-            # Seeding from the key makes a stage's result independent of what ran before it.
-            seed_everything(int(digest(key), 16) % 2**31)
-            value = compute()
-            if path is not None:
-                storage.save_torch(path, value)
-            entry["computed"] += 1
+            value, computed = seeded_compute(), True
+        entry["computed" if computed else "reused"] += 1
         self._remember(stage_id, value)
         if self.folder:
             storage.write_json(self.folder / "stages.json", self.counts)

@@ -25,12 +25,14 @@ class DualModel(hcibench.Method):
         return dual.pretrain_fe(self.context, train, self.cross_batch)
 
     def adapt(self, part: hcibench.Domain) -> dict:
-        return dual.adapt_fe(self.context, part, self.fe_stage, self.fe_key, self.cross_batch)
+        return dual.adapt_fe(self.context, part, self.fe_stage, self.fe_key, self.cross_batch,
+                             task=self.task, task_key=self.task_key)
 
     def fit(self, train: hcibench.Domain, val: hcibench.Domain) -> None:
         self.channels = train.images[0].shape[0]
         self.fe_stage, self.fe_key = self.pretrain(train)
         task_stage = dual.train_task(self.context, train, val, self.fe_stage, self.fe_key)
+        self.task_key = dual.task_key(self.config, self.fe_key)
         self.fe = dual.load_fe(self.config, self.channels, self.fe_stage)
         self.task = dual.load_task(self.config, self.fe.embed_dim, len(train.classes),
                                    task_stage["state"])
@@ -54,6 +56,7 @@ class DualModel(hcibench.Method):
         logits = torch.empty(len(target), len(target.classes))
         embeddings = None
         variants, adaptations = {}, []
+        epoch_logits: list[torch.Tensor] = []
         for name, positions in groups.items():
             part = target if granularity == "source" else target.subset(
                 positions, f"{target.name}/{name}")
@@ -69,13 +72,37 @@ class DualModel(hcibench.Method):
                 # Figure 4 of the paper: a part's FE scored on the whole target.
                 variants[f"{granularity}={name}"] = dual.predict(self.config, fe, self.task,
                                                                  target)
+            monitor = adapted.get("monitor") or {}
+            for epoch, part_epoch_logits in enumerate(monitor.get("epoch_logits", [])):
+                if epoch == len(epoch_logits):
+                    epoch_logits.append(torch.zeros(len(target), len(target.classes)))
+                epoch_logits[epoch][torch.as_tensor(positions)] = part_epoch_logits
             adaptations.append({"part": part.name, "images": len(part),
                                 "pairs": adapted["stats"].get("pairs"),
                                 "loss": adapted["stats"].get("loss"),
-                                "collapsed_from_epoch": adapted["stats"].get("collapsed_from_epoch")})
+                                "collapsed_from_epoch": adapted["stats"].get("collapsed_from_epoch"),
+                                "diagnostics": _diagnostics(adapted)})
+        # The oracle curve: target accuracy after each adaptation epoch, scored by the runner
+        # for analysis only (nothing chooses a setting or an epoch from it).
+        for epoch, part_logits in enumerate(epoch_logits):
+            variants[f"{ORACLE_EPOCH}={epoch}"] = part_logits
         info = {**self.info, "granularity": granularity, "eval_on": eval_on,
                 "adaptations": adaptations}
         return hcibench.Prediction(logits, variants=variants, info=info, embeddings=embeddings)
+
+
+ORACLE_EPOCH = "adapt_epoch"
+
+
+def _diagnostics(adapted: dict) -> dict:
+    """Label-free per-epoch facts of one adaptation: the objective's own (loss, target entropy
+    and prototype usage, one value per epoch) and the monitor's (one row per epoch, the first
+    before any update)."""
+    stats = adapted["stats"]
+    monitor = adapted.get("monitor") or {}
+    return {"loss": stats.get("epoch_losses"), "target_entropy": stats.get("target_entropy"),
+            "target_usage": stats.get("target_usage"),
+            "epochs": monitor.get("diagnostics", [])}
 
 
 class DualDino(DualModel):

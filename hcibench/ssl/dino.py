@@ -60,7 +60,10 @@ class DinoSettings:
     weight_decay: float = 1e-5
     weight_decay_end: float = 1e-4
     momentum_teacher: float = 0.996
-    clip_grad: float = 1.0  # per-parameter gradient-norm clip; 0 disables
+    clip_grad: float = 1.0  # gradient-norm clip; 0 disables
+    # "global": one norm over all student gradients, as the CODA research code clips
+    # (torch's clip_grad_norm_); "parameter": each parameter's own norm, as the DINO repository.
+    clip_mode: str = "global"
     freeze_last_layer_epochs: int = 1
     n_local: int = 6
     global_size: int = 224
@@ -363,10 +366,17 @@ def params_groups(*modules: nn.Module) -> list[dict]:
     return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
 
 
-def clip_gradients(parameters: Sequence[torch.Tensor], clip: float) -> None:
-    """Scale each parameter's gradient to a norm of at most ``clip`` (DINO clips per parameter)."""
+CLIP_MODES = ("global", "parameter")
+
+
+def clip_gradients(parameters: Sequence[torch.Tensor], clip: float, mode: str = "parameter") -> None:
+    """Scale gradients to a norm of at most ``clip``: each parameter's own (``"parameter"``, as
+    the DINO repository) or all of them together (``"global"``, as the CODA research code)."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads or clip <= 0:
+        return
+    if mode == "global":
+        torch.nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], clip)
         return
     norms = torch._foreach_norm(grads)
     scales = [torch.clamp(clip / (norm + 1e-6), max=1.0) for norm in norms]
@@ -409,6 +419,11 @@ class DinoTrainer:
         for param in self.teacher_params:
             param.requires_grad_(False)
         self.trainable = [p for p in self.student_params if p.requires_grad]
+        # The teacher follows only what the student trains: a part of the FE frozen for an
+        # adaptation keeps the teacher's own step-1 weights instead of drifting to the student's.
+        moving = [p.requires_grad for p in self.student_params]
+        self.ema_student = [p for p, m in zip(self.student_params, moving) if m]
+        self.ema_teacher = [p for p, m in zip(self.teacher_params, moving) if m]
         device = self.student_params[0].device
         self.device = device
         self.loss = DINOLoss(
@@ -425,6 +440,8 @@ class DinoTrainer:
         self.wd_schedule = cosine_schedule(settings.weight_decay, settings.weight_decay_end,
                                            epochs, steps)
         self.momentum_schedule = cosine_schedule(settings.momentum_teacher, 1.0, epochs, steps)
+        if settings.clip_mode not in CLIP_MODES:
+            raise ValueError(f"clip_mode must be one of {CLIP_MODES}, not {settings.clip_mode!r}")
         if settings.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', not {settings.precision!r}")
         self.autocast = settings.precision == "bf16"
@@ -456,7 +473,7 @@ class DinoTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if settings.clip_grad:
-            clip_gradients(self.trainable, settings.clip_grad)
+            clip_gradients(self.trainable, settings.clip_grad, settings.clip_mode)
         if epoch < settings.freeze_last_layer_epochs:
             cancel_last_layer(self.student_head)
         self.optimizer.step()
@@ -466,8 +483,8 @@ class DinoTrainer:
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """teacher <- momentum · teacher + (1 - momentum) · student, backbone and head."""
-        torch._foreach_mul_(self.teacher_params, momentum)
-        torch._foreach_add_(self.teacher_params, self.student_params, alpha=1 - momentum)
+        torch._foreach_mul_(self.ema_teacher, momentum)
+        torch._foreach_add_(self.ema_teacher, self.ema_student, alpha=1 - momentum)
 
 
 # ----------------------------------------------------------------------------------- training
@@ -500,6 +517,7 @@ def train_dino(
     domain: Domain, settings: DinoSettings, progress: Progress | None = None,
     generator: torch.Generator | None = None, loss_state: dict | None = None, *,
     features: FeatureFn | None = None, views: ViewFn | None = None, description: str = "DINO",
+    on_epoch: Callable[[int], None] | None = None,
 ) -> dict:
     """Train ``student`` (+ head) with DINO on ``domain``'s images; ``teacher`` follows by EMA.
 
@@ -509,7 +527,8 @@ def train_dino(
     epoch draws for every image a partner of the same compound in another ``settings.pair_key``
     (see :func:`hcibench.pairs.cross_batch_partners`). ``views(anchor, partner_or_None,
     generator)`` replaces the image augmentation (e.g. for profiles); ``features`` replaces the
-    class-token feature function.
+    class-token feature function. ``on_epoch(k)`` is called after epoch ``k`` (counting from 1)
+    with the modules in eval mode, e.g. to record how the FE changes.
 
     Returns ``{"loss", "last_loss", "epoch_losses", "target_entropy", "target_usage",
     "collapsed_from_epoch", "epochs", "steps", "images", "seconds",
@@ -565,6 +584,10 @@ def train_dino(
             epoch_losses.append(total / max(steps_per_epoch, 1))
             epoch_entropy.append(entropy / max(steps_per_epoch, 1))
             epoch_usage.append(usage / max(steps_per_epoch, 1))
+            if on_epoch is not None:
+                for module in (student, student_head, teacher, teacher_head):
+                    module.eval()
+                on_epoch(epoch + 1)
     finally:
         for module, mode in zip((student, student_head, teacher, teacher_head), was_training):
             module.train(mode)

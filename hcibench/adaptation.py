@@ -1,0 +1,140 @@
+"""What an unlabelled adaptation (step 3) may change, and what it did, measured without labels.
+
+``restrict_to_scope`` freezes the FE weights an adaptation must leave alone: the paper adapts
+all of them; input-level shifts are often best corrected in the early layers alone (surgical
+fine-tuning), and Tent adapts only the normalisation layers.
+
+``AdaptationMonitor`` records, before the adaptation and after each of its epochs, label-free
+diagnostics of the adapted FE on the target: how far each block's weights moved, the linear CKA
+between the step-1 and the adapted FE's class tokens, the share of predictions that changed and
+the spread of predicted classes. It also keeps each epoch's logits, which the runner scores as
+an *oracle* curve (``accuracy@adapt_epoch=k``): target accuracy for analysis only, which nothing
+in hcibench uses to choose a setting or an epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .analysis import linear_cka
+from .errors import UsageError
+
+SCOPES = ("all", "early", "norm")
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def scope_parameters(fe: nn.Module, scope: str, early_blocks: int = 1) -> set[str]:
+    """Names of the FE parameters that ``scope`` adapts."""
+    names = {name for name, _ in fe.named_parameters()}
+    if scope == "all":
+        return names
+    if scope == "norm":
+        return {f"{module_name}.{name}" if module_name else name
+                for module_name, module in fe.named_modules() if isinstance(module, NORM_TYPES)
+                for name, _ in module.named_parameters(recurse=False)}
+    if scope == "early":
+        if not hasattr(fe, "blocks") or not hasattr(fe, "patch_embed"):
+            raise UsageError("adapt.trainable=early needs a ViT feature extractor (patch "
+                             "embedding and blocks); use all or norm for this modality")
+        prefixes = ("patch_embed.", "pos_embed", "cls_token",
+                    *(f"blocks.{i}." for i in range(early_blocks)))
+        return {name for name in names if name.startswith(prefixes)}
+    raise UsageError(f"adapt.trainable must be one of {', '.join(SCOPES)}, not {scope!r}")
+
+
+def restrict_to_scope(fe: nn.Module, scope: str, early_blocks: int = 1) -> int:
+    """Freeze every FE parameter outside ``scope``; returns how many values stay trainable."""
+    keep = scope_parameters(fe, scope, early_blocks)
+    trainable = 0
+    for name, param in fe.named_parameters():
+        param.requires_grad_(name in keep)
+        trainable += param.numel() if name in keep else 0
+    return trainable
+
+
+def block_of(name: str) -> str:
+    """The part of a ViT a parameter belongs to: ``blocks.3``, ``patch_embed``, ``norm``, ..."""
+    parts = name.split(".")
+    if parts[0] == "blocks" and len(parts) > 1:
+        return f"blocks.{parts[1]}"
+    return parts[0]
+
+
+def weight_movement(start: dict[str, torch.Tensor], now: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per block, ||now - start|| / ||start|| over the block's floating-point weights."""
+    moved: dict[str, list[float]] = {}
+    for name, before in start.items():
+        if not torch.is_floating_point(before):
+            continue
+        delta = float((now[name].float() - before.float()).pow(2).sum())
+        size = float(before.float().pow(2).sum())
+        acc = moved.setdefault(block_of(name), [0.0, 0.0])
+        acc[0] += delta
+        acc[1] += size
+    return {block: math.sqrt(d / s) if s > 0 else 0.0 for block, (d, s) in moved.items()}
+
+
+def effective_classes(predicted: torch.Tensor, num_classes: int) -> float:
+    """exp(entropy) of the predicted-class histogram: how many classes predictions really use."""
+    counts = torch.bincount(predicted, minlength=num_classes).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+class AdaptationMonitor:
+    """Diagnostics of an FE during its adaptation, from the target's images only.
+
+    ``outputs(fe) -> (logits, class tokens)`` runs the FE and the frozen task model over the
+    target's images. ``record(epoch, fe)`` appends one row of diagnostics; row 0 (before any
+    update) is the reference the later rows are compared with.
+    """
+
+    def __init__(self, outputs: Callable[[nn.Module], tuple[torch.Tensor, torch.Tensor]],
+                 num_classes: int, cka_images: int = 512):
+        self.outputs = outputs
+        self.num_classes = num_classes
+        self.cka_images = cka_images
+        self.rows: list[dict] = []
+        self.logits: list[torch.Tensor] = []
+        self._start_weights: dict[str, torch.Tensor] | None = None
+        self._start_tokens: np.ndarray | None = None
+        self._start_predicted: torch.Tensor | None = None
+
+    def record(self, epoch: int, fe: nn.Module) -> dict:
+        logits, tokens = self.outputs(fe)
+        predicted = logits.argmax(1)
+        tokens = tokens[: self.cka_images].double().numpy()
+        weights = {k: v.detach().clone() for k, v in fe.state_dict().items()}
+        if self._start_weights is None:
+            self._start_weights, self._start_tokens = weights, tokens
+            self._start_predicted = predicted
+        moved = weight_movement(self._start_weights, weights)
+        row = {
+            "epoch": epoch,
+            "cka_to_start": linear_cka(self._start_tokens, tokens),
+            "changed_predictions": float((predicted != self._start_predicted).double().mean()),
+            "predicted_classes": effective_classes(predicted, self.num_classes) / self.num_classes,
+            "weight_movement": moved,
+            "weight_movement_total": _total_movement(self._start_weights, weights),
+        }
+        self.rows.append(row)
+        self.logits.append(logits.detach().clone())
+        return row
+
+    def result(self) -> dict:
+        """The per-epoch diagnostics and logits (``epochs`` rows, the first before adapting)."""
+        return {"diagnostics": self.rows, "epoch_logits": self.logits}
+
+
+def _total_movement(start: dict[str, torch.Tensor], now: dict[str, torch.Tensor]) -> float:
+    delta = size = 0.0
+    for name, before in start.items():
+        if torch.is_floating_point(before):
+            delta += float((now[name].float() - before.float()).pow(2).sum())
+            size += float(before.float().pow(2).sum())
+    return math.sqrt(delta / size) if size > 0 else 0.0
