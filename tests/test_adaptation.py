@@ -1,0 +1,103 @@
+"""Step 3 without labels: its diagnostics, what adapts, and which FE predicts."""
+
+import pytest
+import torch
+from test_dual import _domain, _tiny_config
+
+from hcibench import plugins, presets
+from hcibench.adaptation import effective_classes, restrict_to_scope, weight_movement
+from hcibench.backbones import create_backbone
+from hcibench.errors import UsageError
+from hcibench.stages import Context, StageCache
+
+
+def _fitted(method_name="oda", overrides=()):
+    config = _tiny_config()
+    for item in overrides:
+        presets.apply_override(config, item)
+    context = Context(config, seed=0, source="A", stages=StageCache(None, keep_in_memory=100))
+    method = plugins.methods().get(method_name)(context)
+    method.fit(_domain("A", 3), _domain("A-val", 2, n=16))
+    return method, context
+
+
+def _shuffled_labels(domain, seed=0):
+    labels = domain.meta["label"].sample(frac=1, random_state=seed).to_numpy()
+    meta = domain.meta.assign(label=labels)
+    assert not (meta["label"] == domain.meta["label"]).all()
+    return type(domain)(domain.name, meta, domain.images, domain.classes)
+
+
+def test_diagnostics_and_predictions_do_not_depend_on_target_labels():
+    target = _domain("B", 2, seed=1)
+    results = []
+    for domain in (target, _shuffled_labels(target)):
+        method, _ = _fitted(overrides=["adapt.epochs=2"])
+        results.append(method.predict(domain))
+    first, second = results
+    assert torch.equal(first.logits, second.logits)
+    diag_a = first.info["adaptations"][0]["diagnostics"]
+    diag_b = second.info["adaptations"][0]["diagnostics"]
+    assert diag_a == diag_b
+    rows = diag_a["epochs"]
+    assert [row["epoch"] for row in rows] == [0, 1, 2]
+    assert rows[0]["changed_predictions"] == 0 and rows[0]["weight_movement_total"] == 0
+    assert rows[-1]["weight_movement_total"] > 0 and rows[-1]["cka_to_start"] < 1
+    assert len(diag_a["loss"]) == 2
+    # The oracle curve: one logits variant per epoch, the last one the prediction itself.
+    assert sorted(first.variants) == ["adapt_epoch=0", "adapt_epoch=1", "adapt_epoch=2"]
+    assert torch.equal(first.variants["adapt_epoch=2"], first.logits)
+
+
+def test_norm_scope_moves_only_the_normalisation_layers_of_the_teacher_that_predicts():
+    method, context = _fitted(overrides=["adapt.trainable=norm", "adapt.epochs=2"])
+    method.predict(_domain("B", 2, seed=1))
+    adapted = next(v for k, v in context.stages.memory.items() if k.startswith("adapt"))
+    step1 = method.fe_stage["teacher"]
+    changed = {k for k in step1 if not torch.equal(step1[k], adapted["teacher"][k])}
+    assert changed, "nothing adapted"
+    assert all(".norm" in k or k.startswith("norm") for k in changed), sorted(changed)
+
+
+def test_early_scope_keeps_later_blocks_and_student_predicts_when_asked():
+    method, context = _fitted(overrides=["adapt.trainable=early", "adapt.early_blocks=1",
+                                         "adapt.predict_with=student", "adapt.epochs=2"])
+    method.predict(_domain("B", 2, seed=1))
+    adapted = next(v for k, v in context.stages.memory.items() if k.startswith("adapt"))
+    assert adapted["predictor"] == "student"
+    before = method.fe_stage["student"]
+    changed = {k for k in before if not torch.equal(before[k], adapted["student"][k])}
+    assert changed and all(k.startswith(("patch_embed", "pos_embed", "cls_token", "blocks.0."))
+                           for k in changed), sorted(changed)
+
+
+def test_scope_selection_and_its_errors():
+    config = presets.build("quick")
+    fe = create_backbone(config, 3)
+    total = sum(p.numel() for p in fe.parameters())
+    assert restrict_to_scope(fe, "all") == total
+    norm = restrict_to_scope(fe, "norm")
+    assert 0 < norm < total // 20
+    assert all(p.requires_grad == (p.ndim == 1 and ("norm" in n)) for n, p in fe.named_parameters())
+    early = restrict_to_scope(fe, "early", 2)
+    assert norm < early < total
+    with pytest.raises(UsageError, match="adapt.trainable must be one of"):
+        restrict_to_scope(fe, "late")
+    with pytest.raises(UsageError, match="needs a ViT"):
+        restrict_to_scope(torch.nn.Sequential(torch.nn.Linear(3, 3)), "early")
+
+
+def test_weight_movement_and_effective_classes():
+    start = {"blocks.0.w": torch.ones(4), "patch_embed.w": torch.ones(4)}
+    now = {"blocks.0.w": torch.full((4,), 1.5), "patch_embed.w": torch.ones(4)}
+    assert weight_movement(start, now) == {"blocks.0": pytest.approx(0.5), "patch_embed": 0.0}
+    assert effective_classes(torch.tensor([0, 1, 2, 3]), 4) == pytest.approx(4)
+    assert effective_classes(torch.tensor([2, 2, 2, 2]), 4) == pytest.approx(1)
+
+
+def test_monitor_is_off_without_the_setting():
+    method, _ = _fitted(overrides=["adapt.monitor=false"])
+    prediction = method.predict(_domain("B", 2, seed=1))
+    assert prediction.variants == {}
+    assert prediction.info["adaptations"][0]["diagnostics"]["epochs"] == []
+
