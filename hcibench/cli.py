@@ -144,9 +144,13 @@ def merge_grid_file(options: dict) -> dict:
 @click.option("--plots", "plots_dir", type=click.Path(),
               help="Also write the figures (PNG and SVG) into this folder.")
 @click.option("--output", "-o", type=click.Path(), help="Write the report to a file, not stdout.")
-def report(run_dir, fmt, metric, stats, baseline, compare, plots_dir, output):
+@click.option("--digest", help="Report the records of this settings digest only (a folder whose "
+                               "records were made with several settings needs it).")
+def report(run_dir, fmt, metric, stats, baseline, compare, plots_dir, output, digest):
     """Print the source × target table of a run (mean ± std over seeds)."""
-    run_dir = Path(run_dir) if run_dir else latest_run()
+    from .report import RunSelection
+
+    run_dir = RunSelection.of(run_dir or latest_run(), digest)
     if stats and compare:
         raise UsageError("--stats and --compare print different tables: give one of them")
     if fmt == "html":
@@ -178,6 +182,25 @@ def report(run_dir, fmt, metric, stats, baseline, compare, plots_dir, output):
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--fix", is_flag=True, help="Remove leftovers and damaged files (the same `hcibench "
+                                          "run` then recomputes what they held).")
+def doctor(run_dir, fix):
+    """List what in a run folder is damaged, stale or left over by an interrupted process."""
+    from . import doctor as checks
+
+    findings = checks.examine(Path(run_dir))
+    for finding in findings:
+        click.echo(f"{finding.path}: {finding.problem}")
+    if fix:
+        click.echo(f"removed {checks.fix(findings)} file(s)")
+    elif findings:
+        click.echo(f"{len(findings)} problem(s); `hcibench doctor {run_dir} --fix` removes them")
+    else:
+        click.echo(f"{run_dir}: nothing damaged or left over")
 
 
 def latest_run() -> Path:

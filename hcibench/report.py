@@ -169,10 +169,41 @@ def _apply_order(long_df: pd.DataFrame, order: dict[str, list[str]]) -> pd.DataF
     return df
 
 
-def _load(run_dir) -> tuple[pd.DataFrame, dict, list[dict]]:
+class RunSelection(type(Path())):
+    """A run folder path that also names which settings digest to report (``--digest``); every
+    report entry point takes it where it takes a folder."""
+
+    digest: str | None = None
+
+    @classmethod
+    def of(cls, folder, digest: str | None) -> RunSelection:
+        selection = cls(folder)
+        selection.digest = digest
+        return selection
+
+
+def _one_settings(folder: Path, files: list[Path], records: list[dict],
+                  digest: str | None) -> tuple[list[Path], list[dict]]:
+    """The records of one settings digest: ``digest`` when given, else the only one there is.
+    Averaging records made with different settings would be meaningless, so it is refused."""
+    digests = sorted({str(r.get("settings_digest")) for r in records})
+    if digest is None and len(digests) > 1:
+        raise UsageError(f"{folder} holds records made with {len(digests)} different settings "
+                         f"({', '.join(digests)}); choose one with --digest")
+    if digest is None:
+        return files, records
+    kept = [(f, r) for f, r in zip(files, records) if str(r.get("settings_digest")) == digest]
+    if not kept:
+        raise UsageError(f"no record in {folder} has settings digest {digest}; it has "
+                         f"{', '.join(digests) or 'none'}")
+    return [f for f, _ in kept], [r for _, r in kept]
+
+
+def _load(run_dir, digest: str | None = None) -> tuple[pd.DataFrame, dict, list[dict]]:
     """Records of a run as (long frame in grid order, manifest, raw records). A sweep folder
     (``hcibench.sweep``) gives the records of all its variants, each method named
-    ``<method> [<variant>]``."""
+    ``<method> [<variant>]``. Records of one settings digest only (see ``_one_settings``)."""
+    digest = digest or getattr(run_dir, "digest", None)
     run_dir = Path(run_dir)
     hint = f"run `hcibench run --out {run_dir}` first"
     if not run_dir.is_dir():
@@ -182,9 +213,9 @@ def _load(run_dir) -> tuple[pd.DataFrame, dict, list[dict]]:
     files, records, manifest, methods = [], [], {}, []
     for folder, suffix in folders:
         folder_files = _record_files(folder / "records")
-        for path in folder_files:
-            record = _read_record(path)
-            records.append({**record, "method": f"{record['method']}{suffix}"})
+        folder_records = [_read_record(path) for path in folder_files]
+        folder_files, folder_records = _one_settings(folder, folder_files, folder_records, digest)
+        records += [{**record, "method": f"{record['method']}{suffix}"} for record in folder_records]
         files += folder_files
         folder_manifest = _read_manifest(folder)
         manifest = manifest or folder_manifest

@@ -19,10 +19,13 @@ import torch
 
 from . import plugins, presets, profiles, storage
 from .data import Dataset, Domain
+from .doctor import record_is_valid
 from .errors import UsageError, unknown_name
 from .progress import Progress
+from .settings_check import check_config
 from .provenance import git_revision, package_versions
 from .splits import split_source
+from .stage_store import StageStore
 from .stages import Context, StageCache, digest, seed_everything
 
 DEFAULT_EVALUATORS = ["accuracy", "f1"]
@@ -81,8 +84,9 @@ def prepare(spec: RunSpec) -> Run:
     for kind, names in (("methods", grid.methods), ("sources", grid.sources),
                         ("targets", grid.targets), ("seeds", grid.seeds)):
         _check_unique(kind, list(names))
-    if any(seed < 0 for seed in grid.seeds):
-        raise UsageError(f"seeds must be non-negative integers, got {grid.seeds}")
+    if any(not 0 <= seed < 2**31 for seed in grid.seeds):
+        raise UsageError(f"seeds must be integers from 0 to {2**31 - 1}, got "
+                         f"{', '.join(str(s) for s in grid.seeds)}")
     method_classes = {name: plugins.methods().get(name) for name in grid.methods}
     dataset_class = plugins.datasets().get(spec.dataset)
     evaluator_names = (list(spec.evaluators) or list(dataset_class.default_evaluators or [])
@@ -97,8 +101,10 @@ def prepare(spec: RunSpec) -> Run:
     config["modality"] = dataset_class.modality
     config.setdefault("threads", None)  # torch threads for the run; None: torch's default
     _merge_existing(config, dataset_class.preset_settings(spec.preset))
+    defaults = copy.deepcopy(config)
     for item in spec.overrides:
         presets.apply_override(config, item)
+    check_config(config, defaults)
     weights = config["backbone"].get("pretrained")
     if weights and not Path(weights).is_file():
         raise UsageError(f"pretrained weights file not found: {weights}")
@@ -136,16 +142,29 @@ def record_path(out: Path, method: str, source: str, target: str, seed: int) -> 
     return out / "records" / method / source / target / f"seed{seed}.json"
 
 
+def existing_digests(out: Path) -> set[str]:
+    """The settings digests a run folder already holds: the manifest's, or, when the manifest
+    is missing or damaged, those of its records."""
+    try:
+        return {storage.read_json(out / "manifest.json")["settings_digest"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digests = set()
+    for path in (out / "records").rglob("seed*.json") if (out / "records").is_dir() else []:
+        try:
+            digests.add(storage.read_json(path)["settings_digest"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a damaged record is recomputed
+    return digests
+
+
 def open_run_folder(run: Run) -> None:
     """Create the run folder, or check that an existing one was made with the same settings."""
     out = run.out
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists():
-        previous = storage.read_json(manifest_path)
-        if previous.get("settings_digest") != run.settings_digest:
-            raise UsageError(
-                f"{out} holds a run made with other settings (preset, --set, dataset or "
-                f"evaluators); use a new --out folder or the same options as before")
+    if any(digest != run.settings_digest for digest in existing_digests(out)):
+        raise UsageError(
+            f"{out} holds a run made with other settings (preset, --set, dataset or "
+            f"evaluators); use a new --out folder or the same options as before")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -158,10 +177,12 @@ def open_run_folder(run: Run) -> None:
 def write_manifest(run: Run, stages: StageCache, started: str) -> None:
     manifest_path = run.out / "manifest.json"
     grid = asdict(run.grid)
-    if manifest_path.exists():  # a later command may extend the grid of the same run
+    try:  # a later command may extend the grid of the same run
         old = storage.read_json(manifest_path).get("grid", {})
-        for key, values in old.items():
-            grid[key] = list(dict.fromkeys([*values, *grid[key]]))
+    except (OSError, ValueError, AttributeError):  # absent or damaged: written anew
+        old = {}
+    for key, values in old.items():
+        grid[key] = list(dict.fromkeys([*values, *grid[key]]))
     storage.write_json(manifest_path, {
         "settings_digest": run.settings_digest,
         "grid": grid,
@@ -249,7 +270,7 @@ def pending_cells(run: Run) -> list[tuple[str, str, int, list[str]]]:
         for source in run.grid.sources:
             for method in run.grid.methods:
                 targets = [t for t in run.grid.targets
-                           if not record_path(run.out, method, source, t, seed).exists()]
+                           if not record_is_valid(record_path(run.out, method, source, t, seed))]
                 if targets:
                     groups.append((method, source, seed, targets))
     return groups
@@ -297,7 +318,11 @@ def _execute(run: Run, progress: Progress | None, on_cell) -> dict:
     open_run_folder(run)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     stages = StageCache(run.out, store=run.spec.cache, log=progress.log)
-    write_manifest(run, stages, started)
+    # Checking the folder's settings and writing the manifest are one step for concurrent
+    # commands on the same folder: of two with different settings, one is always refused.
+    with StageStore(run.out).exclusive("run"):
+        open_run_folder(run)
+        write_manifest(run, stages, started)
     domains = DomainCache(run)
     dataset_identity = {"name": run.spec.dataset, "data": run.spec.data,
                         "options": run.config["dataset"]}

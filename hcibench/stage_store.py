@@ -12,6 +12,7 @@ so a killed process never blocks the folder for good.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -28,7 +29,7 @@ HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 300.0
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -105,7 +106,7 @@ class StageStore:
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                if not self._stale(path):
+                if not self.claim_is_stale(path):
                     return None
                 self.log(f"stage {stage_id}: taking over the claim of a process that is gone")
                 path.unlink(missing_ok=True)
@@ -115,7 +116,7 @@ class StageStore:
             return Claim(path)
         return None
 
-    def _stale(self, path: Path) -> bool:
+    def claim_is_stale(self, path: Path) -> bool:
         try:
             holder = json.loads(path.read_text() or "{}")
             age = time.time() - path.stat().st_mtime
@@ -124,8 +125,16 @@ class StageStore:
         except (OSError, ValueError):
             holder, age = {}, time.time() - path.stat().st_mtime
         if holder.get("host") == socket.gethostname() and "pid" in holder:
-            return not _process_alive(int(holder["pid"]))
+            return not process_alive(int(holder["pid"]))
         return age > self.stale_seconds
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str):
+        """Hold the claim ``name`` for the duration of a ``with`` block, waiting for it."""
+        while (claim := self.try_claim(name)) is None:
+            time.sleep(self.poll_seconds)
+        with claim:
+            yield
 
     def get(self, stage_id: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
         """(result, computed here): the stored result, or ``compute()`` under the stage's claim,

@@ -52,7 +52,11 @@ class StageCache:
         if self.folder:
             self.store = StageStore(Path(store) if store else self.folder / "stages", log=log)
         if self.folder and (self.folder / "stages.json").exists():
-            self.counts = storage.read_json(self.folder / "stages.json")
+            try:
+                self.counts = storage.read_json(self.folder / "stages.json")
+            except ValueError:  # a damaged index: the counts start again, the stages remain
+                if log:
+                    log("stages.json does not parse; stage counts start again")
 
     def get(self, name: str, key: dict, compute: Callable[[], Any]) -> Any:
         stage_id = f"{name}-{digest(key)}"
