@@ -22,8 +22,8 @@ from .data import Dataset, Domain
 from .doctor import record_is_valid
 from .errors import UsageError, unknown_name
 from .progress import Progress
-from .settings_check import check_config
 from .provenance import git_revision, package_versions
+from .settings_check import check_config
 from .splits import split_source
 from .stage_store import StageStore
 from .stages import Context, StageCache, digest, seed_everything

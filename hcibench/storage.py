@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-
 TEMP_SUFFIX = ".tmp"
 
 
