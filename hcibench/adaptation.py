@@ -138,3 +138,44 @@ def _total_movement(start: dict[str, torch.Tensor], now: dict[str, torch.Tensor]
             delta += float((now[name].float() - before.float()).pow(2).sum())
             size += float(before.float().pow(2).sum())
     return math.sqrt(delta / size) if size > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------- token alignment
+
+
+def token_moments(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-channel mean and std of FE outputs: for ViT tokens (N×T×D) the class token and the
+    patch tokens separately; for one vector per sample (N×D) that vector."""
+    groups = {"cls": tokens[:, 0], "patch": tokens[:, 1:].reshape(-1, tokens.shape[-1])} \
+        if tokens.dim() == 3 else {"cls": tokens}
+    return {f"{name}_{stat}": value for name, group in groups.items()
+            for stat, value in (("mean", group.double().mean(0)),
+                                ("std", group.double().std(0, unbiased=False) + 1e-6))}
+
+
+class AlignedFE(nn.Module):
+    """An FE whose outputs are moved from the target's moments to the source's: per channel,
+    ``(f(x) - mean_target) / std_target * std_source + mean_source``.
+
+    The frozen task model was trained on the step-1 FE's outputs on the source; whatever moved
+    the target's outputs as a whole (the shift itself, or the drift an adaptation adds), this
+    puts their first two moments back where the task model expects them. Label-free: the
+    moments are those of the source's training images and of the whole unlabelled target."""
+
+    def __init__(self, fe: nn.Module, source: dict[str, torch.Tensor],
+                 target: dict[str, torch.Tensor]):
+        super().__init__()
+        self.fe = fe
+        self.embed_dim = getattr(fe, "embed_dim", None)
+        self.scale = {k: (source[f"{k}_std"] / target[f"{k}_std"]).float()
+                      for k in ("cls", "patch") if f"{k}_std" in source}
+        self.shift = {k: (source[f"{k}_mean"] - target[f"{k}_mean"] * source[f"{k}_std"]
+                          / target[f"{k}_std"]).float() for k in self.scale}
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fe.forward_features(x)
+        if out.dim() == 2:
+            return out * self.scale["cls"] + self.shift["cls"]
+        cls = out[:, :1] * self.scale["cls"] + self.shift["cls"]
+        patches = out[:, 1:] * self.scale["patch"] + self.shift["patch"]
+        return torch.cat([cls, patches], dim=1)

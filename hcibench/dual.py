@@ -20,7 +20,7 @@ from dataclasses import asdict, fields
 import torch
 from torch import nn
 
-from .adaptation import AdaptationMonitor, restrict_to_scope
+from .adaptation import AdaptationMonitor, AlignedFE, restrict_to_scope, token_moments
 from .backbones import backbone_settings, create_backbone, create_vit
 from .data import Domain, TensorImages
 from .profiles import TaskMLP, dino_views, is_profile
@@ -182,6 +182,12 @@ def task_key(config: dict, fe_key: dict) -> dict:
     return {"fe": fe_key, "task": config["task"], "input_size": config["input_size"]}
 
 
+def fe_moments(config: dict, fe: nn.Module, domain: Domain) -> dict[str, torch.Tensor]:
+    """The FE's output moments on a domain (see :func:`hcibench.adaptation.token_moments`)."""
+    return token_moments(predict_logits(fe.forward_features, domain, config["eval_batch_size"],
+                                        config["input_size"]))
+
+
 def token_domain(fe: nn.Module, domain: Domain, config: dict) -> Domain:
     """The same samples with the frozen FE's tokens (N×T×D) in place of the images."""
     tokens = predict_logits(fe.forward_features, domain, config["eval_batch_size"],
@@ -222,6 +228,14 @@ def adapt_fe(context: Context, target: Domain, fe_state: dict, fe_key: dict,
         "adapt-cb" if cross_batch else "adapt", key,
         lambda: _run_dino(config, channels, target, settings, context, fe_state,
                           f"step 3 adapt to {target.name}", scope, watch))
+
+
+def aligned(config: dict, fe: nn.Module, source_moments: dict | None, target: Domain) -> nn.Module:
+    """``fe`` with its outputs on ``target`` moved to the source's moments when
+    ``adapt.align_tokens`` is on (``source_moments`` given), else ``fe`` itself."""
+    if source_moments is None:
+        return fe
+    return AlignedFE(fe, source_moments, fe_moments(config, fe, target))
 
 
 def predict(config: dict, fe: nn.Module, task: TaskModel, target: Domain) -> torch.Tensor:

@@ -19,8 +19,11 @@ from .ssl.mae import MaeSettings
 # Step 3 beyond the objective's own settings: which FE weights adapt ("all" as in the paper,
 # "early": patch embedding, position embedding, class token and the first ``early_blocks``
 # blocks, "norm": the normalisation layers' scales and shifts, as Tent), which adapted FE
-# predicts, and whether to record the label-free diagnostics of every epoch.
-ADAPT_SCOPE = {"trainable": "all", "early_blocks": 1, "predict_with": "teacher", "monitor": True}
+# predicts, whether to record the label-free diagnostics of every epoch, and whether to move the
+# FE's outputs on the target to the moments of its outputs on the source before the task model
+# (hcibench.adaptation.AlignedFE; it applies to the dual models without adaptation too).
+ADAPT_SCOPE = {"trainable": "all", "early_blocks": 1, "predict_with": "teacher", "monitor": True,
+               "align_tokens": False}
 
 QUICK = {
     "backbone": {

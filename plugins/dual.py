@@ -36,14 +36,17 @@ class DualModel(hcibench.Method):
         self.fe = dual.load_fe(self.config, self.channels, self.fe_stage)
         self.task = dual.load_task(self.config, self.fe.embed_dim, len(train.classes),
                                    task_stage["state"])
+        # Moments of what the task model was trained on: the step-1 FE on the source.
+        self.source_moments = (dual.fe_moments(self.config, self.fe, train)
+                               if self.config["adapt"].get("align_tokens") else None)
         self.info = {"fe_pairs": self.fe_stage["stats"].get("pairs"),
                      "fe_collapsed_from_epoch": self.fe_stage["stats"].get("collapsed_from_epoch"),
                      "task_val_accuracy": task_stage["val_accuracy"]}
 
     def predict(self, target: hcibench.Domain) -> hcibench.Prediction:
         if not self.adapts:
-            logits, embeddings = dual.predict_with_embeddings(self.config, self.fe, self.task,
-                                                              target)
+            fe = dual.aligned(self.config, self.fe, self.source_moments, target)
+            logits, embeddings = dual.predict_with_embeddings(self.config, fe, self.task, target)
             return hcibench.Prediction(logits, info=self.info, embeddings=embeddings)
         return self._adapted_prediction(target)
 
@@ -61,7 +64,8 @@ class DualModel(hcibench.Method):
             part = target if granularity == "source" else target.subset(
                 positions, f"{target.name}/{name}")
             adapted = self.adapt(part)
-            fe = dual.load_fe(self.config, self.channels, adapted)
+            fe = dual.aligned(self.config, dual.load_fe(self.config, self.channels, adapted),
+                              self.source_moments, part)
             part_logits, part_embeddings = dual.predict_with_embeddings(self.config, fe,
                                                                         self.task, part)
             if embeddings is None:

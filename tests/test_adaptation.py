@@ -101,3 +101,31 @@ def test_monitor_is_off_without_the_setting():
     assert prediction.variants == {}
     assert prediction.info["adaptations"][0]["diagnostics"]["epochs"] == []
 
+
+
+def test_aligned_fe_gives_the_target_the_source_moments():
+    from hcibench.adaptation import AlignedFE, token_moments
+
+    class Shifted(torch.nn.Module):
+        embed_dim = 4
+
+        def forward_features(self, x):
+            return x
+
+    generator = torch.Generator().manual_seed(0)
+    source = torch.randn(200, 5, 4, generator=generator)
+    target = 3 * torch.randn(100, 5, 4, generator=generator) + 2
+    fe = AlignedFE(Shifted(), token_moments(source), token_moments(target))
+    moved = token_moments(fe.forward_features(target))
+    for key, value in token_moments(source).items():
+        assert torch.allclose(moved[key], value, atol=1e-4), key
+
+
+def test_token_alignment_changes_the_prediction_of_a_dual_model_without_labels():
+    target = _domain("B", 2, seed=1)
+    plain, _ = _fitted("dual-dino")
+    aligned, _ = _fitted("dual-dino", ["adapt.align_tokens=true"])
+    a, b = plain.predict(target), aligned.predict(target)
+    assert not torch.equal(a.logits, b.logits)
+    again, _ = _fitted("dual-dino", ["adapt.align_tokens=true"])
+    assert torch.equal(again.predict(_shuffled_labels(target)).logits, b.logits)

@@ -48,7 +48,7 @@ CASES = [
 @pytest.mark.parametrize("args, message", CASES)
 def test_bad_run_options_exit_2_with_one_line(cli, tmp_path, args, message):
     out = tmp_path / "run"
-    result = cli("run", *args, "--out", str(out), *tiny_args())
+    result = cli("run", *tiny_args(), *args, "--out", str(out))
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
