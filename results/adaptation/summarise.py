@@ -1,0 +1,98 @@
+"""Side-by-side summary of adaptation experiments kept in several run (or sweep) folders.
+
+    python results/adaptation/summarise.py base=runs/adapt/base-culture0 \
+        scope=runs/adapt/scope-culture0 --baseline "base:dual-dino" --baseline "base:dual-cb"
+
+Prints, per (folder label, method): accuracy (%) out of domain (mean over the off-diagonal
+cells of each seed, then mean ± sample std over seeds), in domain likewise, and per target the
+mean over seeds. Then each method against the baseline named for its family (oda*: the first
+baseline, coda*: the second): the paired difference over (target, seed) pairs out of domain,
+how many pairs are better, and a two-sided Wilcoxon signed-rank p-value over those pairs.
+Target labels are only used here, to score; nothing in the runs was chosen with them.
+"""
+
+from __future__ import annotations
+
+import click
+import numpy as np
+import pandas as pd
+
+from hcibench.report import _md_table, load_records
+from hcibench.statistics import wilcoxon
+
+
+def _rows(label: str, folder: str) -> pd.DataFrame:
+    frame = load_records(folder)
+    frame = frame[frame["metric"].astype(str) == "accuracy"].copy()
+    for column in ("method", "source", "target"):
+        frame[column] = frame[column].astype(str)
+    frame["name"] = label + ":" + frame["method"]
+    return frame
+
+
+def _summary(frame: pd.DataFrame) -> pd.DataFrame:
+    off = frame[frame["source"] != frame["target"]]
+    on = frame[frame["source"] == frame["target"]]
+    per_seed_off = off.groupby(["name", "seed"])["value"].mean().groupby("name")
+    per_seed_on = on.groupby(["name", "seed"])["value"].mean().groupby("name")
+    table = pd.DataFrame({
+        "off-domain": per_seed_off.mean() * 100, "off sd": per_seed_off.std(ddof=1) * 100,
+        "in-domain": per_seed_on.mean() * 100, "in sd": per_seed_on.std(ddof=1) * 100,
+        "seeds": per_seed_off.size(),
+    })
+    targets = off.groupby(["name", "target"])["value"].mean().unstack("target") * 100
+    return table.join(targets).round(1)
+
+
+def _family_baseline(name: str, baselines: list[str]) -> str | None:
+    method = name.split(":", 1)[1]
+    if method.startswith("coda") or method.startswith("dual-cb"):
+        return baselines[1] if len(baselines) > 1 else None
+    return baselines[0] if baselines else None
+
+
+def _comparisons(frame: pd.DataFrame, baselines: list[str]) -> pd.DataFrame:
+    off = frame[frame["source"] != frame["target"]]
+    cells = off.set_index(["name", "target", "seed"])["value"]
+    rows = []
+    for name in dict.fromkeys(off["name"]):
+        baseline = _family_baseline(name, baselines)
+        if baseline is None or name == baseline or baseline not in cells.index.get_level_values(0):
+            continue
+        mine, base = cells.loc[name], cells.loc[baseline]
+        common = mine.index.intersection(base.index)
+        diff = (mine.loc[common] - base.loc[common]).to_numpy() * 100
+        test = wilcoxon(mine.loc[common].to_numpy(), base.loc[common].to_numpy())
+        rows.append({"method": name, "baseline": baseline, "pairs": len(diff),
+                     "mean diff": round(float(np.mean(diff)), 1),
+                     "sd": round(float(np.std(diff, ddof=1)), 1) if len(diff) > 1 else np.nan,
+                     "better": int(np.sum(diff > 0)), "worse": int(np.sum(diff < 0)),
+                     "wilcoxon p": round(test.p, 4)})
+    return pd.DataFrame(rows)
+
+
+def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
+    frame = frame.reset_index() if index else frame
+    rows = [["" if isinstance(v, float) and np.isnan(v) else str(v) for v in row]
+            for row in frame.itertuples(index=False)]
+    return "\n".join(_md_table([str(c) for c in frame.columns], rows, 1))
+
+
+@click.command()
+@click.argument("folders", nargs=-1, required=True)
+@click.option("--baseline", "baselines", multiple=True,
+              help="label:method of the DINO family's baseline, then of the CB family's.")
+def main(folders, baselines):
+    frames = []
+    for item in folders:
+        label, _, folder = item.partition("=")
+        frames.append(_rows(label, folder))
+    frame = pd.concat(frames, ignore_index=True)
+    click.echo(_markdown(_summary(frame)))
+    comparisons = _comparisons(frame, list(baselines))
+    if not comparisons.empty:
+        click.echo("\n" + _markdown(comparisons, index=False))
+
+
+if __name__ == "__main__":
+    main()
