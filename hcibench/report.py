@@ -184,19 +184,26 @@ class RunSelection(type(Path())):
 
 def _one_settings(folder: Path, files: list[Path], records: list[dict],
                   digest: str | None) -> tuple[list[Path], list[dict]]:
-    """The records of one settings digest: ``digest`` when given, else the only one there is.
-    Averaging records made with different settings would be meaningless, so it is refused."""
-    digests = sorted({str(r.get("settings_digest")) for r in records})
-    if digest is None and len(digests) > 1:
-        raise UsageError(f"{folder} holds records made with {len(digests)} different settings "
-                         f"({', '.join(digests)}); choose one with --digest")
-    if digest is None:
-        return files, records
-    kept = [(f, r) for f, r in zip(files, records) if str(r.get("settings_digest")) == digest]
-    if not kept:
-        raise UsageError(f"no record in {folder} has settings digest {digest}; it has "
-                         f"{', '.join(digests) or 'none'}")
-    return [f for f, _ in kept], [r for _, r in kept]
+    """The records of ``digest`` (a run's digest or one method's) when given; else all of them,
+    provided each method's records were made with one set of settings. Averaging records made
+    with different settings would be meaningless, so it is refused."""
+    if digest is not None:
+        kept = [(f, r) for f, r in zip(files, records)
+                if digest in (str(r.get("settings_digest")), str(r.get("run_digest")))]
+        if not kept:
+            known = sorted({str(r.get("run_digest") or r.get("settings_digest")) for r in records})
+            raise UsageError(f"no record in {folder} has settings digest {digest}; it has "
+                             f"{', '.join(known) or 'none'}")
+        return [f for f, _ in kept], [r for _, r in kept]
+    by_method: dict[str, set[str]] = {}
+    for record in records:
+        by_method.setdefault(str(record["method"]), set()).add(str(record.get("settings_digest")))
+    for method, digests in by_method.items():
+        if len(digests) > 1:
+            raise UsageError(f"{folder} holds records of {method} made with {len(digests)} "
+                             f"different settings ({', '.join(sorted(digests))}); choose one "
+                             f"with --digest")
+    return files, records
 
 
 def _load(run_dir, digest: str | None = None) -> tuple[pd.DataFrame, dict, list[dict]]:

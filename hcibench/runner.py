@@ -63,7 +63,8 @@ class Run:
     dataset: Dataset
     method_classes: dict[str, type]
     evaluators: dict[str, object]
-    settings_digest: str
+    settings_digest: str  # of the settings every method shares (see prepare)
+    method_digests: dict[str, str]  # per method: the shared settings and its own section
 
     @property
     def out(self) -> Path:
@@ -115,9 +116,16 @@ def prepare(spec: RunSpec) -> Run:
             raise unknown_name("source", source, known)
     grid = Grid(list(grid.methods), list(grid.sources) or list(known), list(grid.targets) or list(known),
                 [int(s) for s in grid.seeds])
-    settings = {"config": config, "dataset": spec.dataset, "data": spec.data,
+    # A method's own section (e.g. ``supervised``) concerns its cells only, so a later command
+    # may add or drop methods in the same folder; everything else must stay equal.
+    shared = {key: value for key, value in config.items() if key not in method_classes}
+    settings = {"config": shared, "dataset": spec.dataset, "data": spec.data,
                 "evaluators": evaluator_names}
-    return Run(spec, grid, config, dataset, method_classes, evaluators, digest(settings))
+    run_digest = digest(settings)
+    method_digests = {name: digest({"run": run_digest, "method": config.get(name)})
+                      for name in method_classes}
+    return Run(spec, grid, config, dataset, method_classes, evaluators, run_digest,
+               method_digests)
 
 
 def _merge_existing(config: dict, changes: dict) -> None:
@@ -142,29 +150,37 @@ def record_path(out: Path, method: str, source: str, target: str, seed: int) -> 
     return out / "records" / method / source / target / f"seed{seed}.json"
 
 
-def existing_digests(out: Path) -> set[str]:
-    """The settings digests a run folder already holds: the manifest's, or, when the manifest
-    is missing or damaged, those of its records."""
+def settings_conflict(run: Run) -> str | None:
+    """Why the folder's existing work was made with other settings than ``run``, or None.
+
+    The manifest holds the digest of the shared settings; each record the digest of its
+    method's settings. Records of methods that ``run`` does not name are left alone."""
+    out = run.out
     try:
-        return {storage.read_json(out / "manifest.json")["settings_digest"]}
+        if storage.read_json(out / "manifest.json")["settings_digest"] != run.settings_digest:
+            return "shared settings (preset, --set, dataset or evaluators)"
     except (OSError, ValueError, KeyError, TypeError):
-        pass
-    digests = set()
-    for path in (out / "records").rglob("seed*.json") if (out / "records").is_dir() else []:
-        try:
-            digests.add(storage.read_json(path)["settings_digest"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # a damaged record is recomputed
-    return digests
+        pass  # absent or damaged: the records still say how they were made
+    for method, expected in run.method_digests.items():
+        folder = out / "records" / method
+        for path in folder.rglob("seed*.json") if folder.is_dir() else []:
+            try:
+                record = storage.read_json(path)
+            except (OSError, ValueError):
+                continue  # a damaged record is recomputed
+            if isinstance(record, dict) and record.get("settings_digest") != expected:
+                return f"settings of method {method}"
+    return None
 
 
 def open_run_folder(run: Run) -> None:
     """Create the run folder, or check that an existing one was made with the same settings."""
     out = run.out
-    if any(digest != run.settings_digest for digest in existing_digests(out)):
+    conflict = settings_conflict(run)
+    if conflict:
         raise UsageError(
-            f"{out} holds a run made with other settings (preset, --set, dataset or "
-            f"evaluators); use a new --out folder or the same options as before")
+            f"{out} holds a run made with other {conflict}; use a new --out folder or the same "
+            f"options as before (methods, sources, targets and seeds may change)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -356,7 +372,8 @@ def _execute(run: Run, progress: Progress | None, on_cell) -> dict:
                 "seconds": round(time.perf_counter() - cell_started, 3),
                 "info": {**prediction.info, "scoring": scoring,
                          "skipped_images": skipped_images(run.dataset, source, target)},
-                "settings_digest": run.settings_digest,
+                "settings_digest": run.method_digests[method_name],
+                "run_digest": run.settings_digest,
             }
             storage.write_json(record_path(run.out, method_name, source, target, seed), record)
             fit_seconds = 0.0  # the fit is charged to the first target only

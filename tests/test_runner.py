@@ -79,3 +79,22 @@ def test_changed_settings_in_the_same_folder_are_refused(cli, tmp_path):
     changed = cli(*args, *tiny_args("supervised.lr=0.01"))
     assert changed.returncode == 2
     assert "other settings" in changed.stderr and len(changed.stderr.strip().splitlines()) == 1
+
+
+def test_a_later_command_may_add_a_method_but_not_change_one(cli, tmp_path):
+    out = tmp_path / "run"
+    base = ["run", "--sources", "S8", "--targets", "S8", "--out", str(out)]
+    first = cli(*base, "--methods", "supervised", *tiny_args())
+    assert first.returncode == 0, first.stderr
+    grown = cli(*base, "--methods", "supervised,dual-dino", *tiny_args(
+        "dino.epochs=1", "dino.n_local=2", "dino.head_out_dim=64", "task.epochs=1",
+        "task.model.depth=1", "task.model.embed_dim=32", "task.model.num_heads=2"))
+    assert grown.returncode == 2 and "shared settings" in grown.stderr  # dino/task changed
+    added = cli(*base, "--methods", "supervised,dual-dino", *tiny_args())
+    assert added.returncode == 0, added.stderr
+    assert "1 cell(s) computed" in added.stderr
+    changed = cli(*base, "--methods", "supervised", *tiny_args("supervised.lr=0.01"))
+    assert changed.returncode == 2 and "settings of method supervised" in changed.stderr
+    report = cli("report", str(out), "--format", "csv")
+    assert report.returncode == 0, report.stderr
+    assert "supervised,S8,S8,accuracy" in report.stdout and "dual-dino,S8,S8" in report.stdout
