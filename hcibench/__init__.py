@@ -7,12 +7,18 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-from .data import META_COLUMNS, UNLABELLED, Dataset, Domain, TensorImages  # noqa: E402
-from .errors import UsageError  # noqa: E402
-from .evaluator import Evaluator  # noqa: E402
-from .hookspecs import hookimpl  # noqa: E402
-from .method import Method, Prediction  # noqa: E402
-from .stages import Context  # noqa: E402
+try:  # torch takes seconds to load: a Ctrl-C then ends with one line and status 130
+    from .data import META_COLUMNS, UNLABELLED, Dataset, Domain, TensorImages  # noqa: E402
+    from .errors import UsageError  # noqa: E402
+    from .evaluator import Evaluator  # noqa: E402
+    from .hookspecs import hookimpl  # noqa: E402
+    from .method import Method, Prediction  # noqa: E402
+    from .stages import Context  # noqa: E402
+except KeyboardInterrupt:
+    import sys
+
+    sys.stderr.write("interrupted while loading hcibench\n")
+    raise SystemExit(130) from None
 
 __all__ = [
     "META_COLUMNS", "UNLABELLED", "Context", "Dataset", "Domain", "Evaluator", "Method",

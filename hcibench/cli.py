@@ -113,6 +113,8 @@ def merge_grid_file(options: dict) -> dict:
         grid = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UsageError(f"grid file not found: {path}") from None
+    except OSError as error:  # a folder, unreadable, ...
+        raise UsageError(f"cannot read grid file {path}: {error.strerror or error}") from None
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"grid file {path} is not valid TOML: {error}") from None
     merged = dict(options)
@@ -259,6 +261,10 @@ def main(argv=None) -> None:
         sys.exit(2 if isinstance(error, click.UsageError) else error.exit_code)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
+    except OSError as error:  # the environment: a full disk, a name too long, permissions
+        where = f": {error.filename}" if error.filename else ""
+        click.echo(f"error: {error.strerror or error}{where}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from .provenance import git_revision, package_versions
 from .settings_check import check_config
 from .splits import split_source
 from .stage_store import StageStore
-from .stages import Context, StageCache, digest, seed_everything
+from .stages import Context, StageCache, conditions, digest, seed_everything
 
 DEFAULT_EVALUATORS = ["accuracy", "f1"]
 
@@ -157,9 +157,13 @@ def settings_conflict(run: Run) -> str | None:
     method's settings. Records of methods that ``run`` does not name are left alone."""
     out = run.out
     try:
-        if storage.read_json(out / "manifest.json")["settings_digest"] != run.settings_digest:
+        manifest = storage.read_json(out / "manifest.json")
+        if manifest["settings_digest"] != run.settings_digest:
             return "shared settings (preset, --set, dataset or evaluators)"
-    except (OSError, ValueError, KeyError, TypeError):
+        for method, known in (manifest.get("method_digests") or {}).items():
+            if run.method_digests.get(method, known) != known:
+                return f"settings of method {method}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # absent or damaged: the records still say how they were made
     for method, expected in run.method_digests.items():
         folder = out / "records" / method
@@ -176,11 +180,6 @@ def settings_conflict(run: Run) -> str | None:
 def open_run_folder(run: Run) -> None:
     """Create the run folder, or check that an existing one was made with the same settings."""
     out = run.out
-    conflict = settings_conflict(run)
-    if conflict:
-        raise UsageError(
-            f"{out} holds a run made with other {conflict}; use a new --out folder or the same "
-            f"options as before (methods, sources, targets and seeds may change)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -188,19 +187,26 @@ def open_run_folder(run: Run) -> None:
         probe.unlink()
     except OSError as error:
         raise UsageError(f"cannot write to output folder {out}: {error.strerror or error}") from None
+    conflict = settings_conflict(run)
+    if conflict:
+        raise UsageError(
+            f"{out} holds a run made with other {conflict}; use a new --out folder or the same "
+            f"options as before (methods, sources, targets and seeds may change)")
 
 
 def write_manifest(run: Run, stages: StageCache, started: str) -> None:
     manifest_path = run.out / "manifest.json"
     grid = asdict(run.grid)
     try:  # a later command may extend the grid of the same run
-        old = storage.read_json(manifest_path).get("grid", {})
+        previous = storage.read_json(manifest_path)
+        old, old_digests = previous.get("grid", {}), previous.get("method_digests") or {}
     except (OSError, ValueError, AttributeError):  # absent or damaged: written anew
-        old = {}
+        old, old_digests = {}, {}
     for key, values in old.items():
         grid[key] = list(dict.fromkeys([*values, *grid[key]]))
     storage.write_json(manifest_path, {
         "settings_digest": run.settings_digest,
+        "method_digests": {**old_digests, **run.method_digests},
         "grid": grid,
         "dataset": {"name": run.spec.dataset, "data": run.spec.data,
                     "options": run.config["dataset"]},
@@ -372,6 +378,7 @@ def _execute(run: Run, progress: Progress | None, on_cell) -> dict:
                 "seconds": round(time.perf_counter() - cell_started, 3),
                 "info": {**prediction.info, "scoring": scoring,
                          "skipped_images": skipped_images(run.dataset, source, target)},
+                "computed_with": conditions(),
                 "settings_digest": run.method_digests[method_name],
                 "run_digest": run.settings_digest,
             }

@@ -37,6 +37,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+CONDITIONS = "computed_with"
+
+
+def conditions() -> dict:
+    """What a computation's last digits depend on besides its inputs."""
+    return {"threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def stamped(value: Any) -> Any:
+    """A stage result with the conditions it was computed under (dict results only)."""
+    if isinstance(value, dict):
+        value[CONDITIONS] = conditions()
+    return value
+
+
 class StageCache:
     """Stage results with usage counts: on disk (in ``folder/stages``, or in a ``store`` folder
     shared between run folders) or, when ``folder`` is ``None``, in memory only. Counts are kept
@@ -49,6 +64,8 @@ class StageCache:
         self.keep_in_memory = keep_in_memory
         self.counts: dict[str, dict] = {}
         self.store = None
+        self.log = log
+        self.warned: set[str] = set()
         if self.folder:
             self.store = StageStore(Path(store) if store else self.folder / "stages", log=log)
         if self.folder and (self.folder / "stages.json").exists():
@@ -72,14 +89,26 @@ class StageCache:
             self.memory.move_to_end(stage_id)
             computed = False
         elif self.store is not None:
-            value, computed = self.store.get(stage_id, seeded_compute)
+            value, computed = self.store.get(stage_id, lambda: stamped(seeded_compute()))
         else:
-            value, computed = seeded_compute(), True
+            value, computed = stamped(seeded_compute()), True
+        if not computed:
+            self._check_conditions(stage_id, value)
         entry["computed" if computed else "reused"] += 1
         self._remember(stage_id, value)
         if self.folder:
             storage.write_json(self.folder / "stages.json", self.counts)
         return value
+
+    def _check_conditions(self, stage_id: str, value: Any) -> None:
+        """Warn once per stage when it was computed under other numeric conditions: results
+        are bitwise repeatable only at equal thread counts (and precision, device)."""
+        then = value.get(CONDITIONS) if isinstance(value, dict) else None
+        now = conditions()
+        if then and then != now and stage_id not in self.warned and self.log:
+            self.warned.add(stage_id)
+            self.log(f"stage {stage_id} was computed with {then}, this process runs with {now}: "
+                     f"what builds on it may differ in the last digits from a run made at once")
 
     def _remember(self, stage_id: str, value: Any) -> None:
         self.memory[stage_id] = value

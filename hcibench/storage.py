@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .errors import UsageError
 
 TEMP_SUFFIX = ".tmp"
 
@@ -25,10 +29,26 @@ def _atomic(path: Path, write) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, (OSError, RuntimeError)):
+            raise UsageError(f"cannot write {path}: {_reason(error, path.parent)}") from error
         raise
+
+
+def _reason(error: BaseException, folder: Path) -> str:
+    """A short reason for a failed write; torch reports a full disk only as a failed stream."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return "no space left on the device"
+    try:
+        if shutil.disk_usage(folder).free < 16 * 2**20:
+            return "no space left on the device"
+    except OSError:
+        pass
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def write_text(path: Path, text: str) -> None:
