@@ -179,3 +179,99 @@ class AlignedFE(nn.Module):
         cls = out[:, :1] * self.scale["cls"] + self.shift["cls"]
         patches = out[:, 1:] * self.scale["patch"] + self.shift["patch"]
         return torch.cat([cls, patches], dim=1)
+
+
+# ----------------------------------------------------------------------------- feature alignment
+
+
+def _block_moments(output: torch.Tensor) -> torch.Tensor:
+    """Per channel mean and std of a block's tokens, class token and patch tokens apart:
+    a 4×D tensor (cls mean, cls std, patch mean, patch std)."""
+    cls, patches = output[:, 0], output[:, 1:].reshape(-1, output.shape[-1])
+    return torch.stack([cls.mean(0), cls.std(0, unbiased=False), patches.mean(0),
+                        patches.std(0, unbiased=False)])
+
+
+class BlockOutputs:
+    """Forward hooks on a ViT's blocks that keep their outputs while ``capturing``."""
+
+    def __init__(self, fe: nn.Module):
+        if not hasattr(fe, "blocks"):
+            raise UsageError("adapt.feature_alignment needs a ViT feature extractor (blocks); "
+                             "set it to 0 for this modality")
+        self.outputs: list[torch.Tensor] = []
+        self.capturing = False
+        self.handles = [block.register_forward_hook(self._keep) for block in fe.blocks]
+
+    def _keep(self, _module, _inputs, output) -> None:
+        if self.capturing:
+            self.outputs.append(output)
+
+    def run(self, fe: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        self.outputs, self.capturing = [], True
+        try:
+            fe.forward_features(x)
+        finally:
+            self.capturing = False
+        return self.outputs
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+class FeatureAlignment:
+    """A label-free loss that keeps the adapted FE's hidden features, on the target, at the
+    moments the step-1 FE's features have on the source (as class-agnostic feature alignment,
+    Kojima et al., NeurIPS 2022): per block, the scale-free distance of per-channel means and
+    stds (:meth:`distance`), summed over blocks and scaled by ``weight``.
+
+    DINO on the target alone has nothing that ties the FE to what the frozen task model was
+    trained on; this term is that tie. ``source_moments`` come from :meth:`measure` on source
+    images under the same view as the loss sees (the first global crop)."""
+
+    def __init__(self, fe: nn.Module, source_moments: list[torch.Tensor], weight: float):
+        self.fe = fe
+        self.hooks = BlockOutputs(fe)
+        self.source = source_moments
+        self.weight = weight
+
+    @staticmethod
+    @torch.no_grad()
+    def measure(fe: nn.Module, batches) -> list[torch.Tensor]:
+        """Block moments of ``fe`` (in eval mode) averaged over ``batches`` of views."""
+        hooks = BlockOutputs(fe)
+        was_training = fe.training
+        fe.eval()
+        totals, count = None, 0
+        try:
+            for views in batches:
+                moments = [_block_moments(o) for o in hooks.run(fe, views)]
+                totals = moments if totals is None else [t + m for t, m in zip(totals, moments)]
+                count += 1
+        finally:
+            hooks.remove()
+            fe.train(was_training)
+        return [t / max(count, 1) for t in totals]
+
+    @staticmethod
+    def distance(moments: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """Scale-free distance of block moments from the source's: the mean over channels of
+        |mean difference| / source std and |log std ratio|, class token and patches apart."""
+        means = (moments[0::2] - source[0::2]).abs() / (source[1::2] + 1e-6)
+        stds = (torch.log(moments[1::2] + 1e-6) - torch.log(source[1::2] + 1e-6)).abs()
+        return means.mean() + stds.mean()
+
+    def __call__(self, views) -> torch.Tensor:
+        # Eval mode (no drop-path) as when the source moments were measured; gradients flow.
+        was_training = self.fe.training
+        self.fe.eval()
+        try:
+            outputs = self.hooks.run(self.fe, views[0])
+        finally:
+            self.fe.train(was_training)
+        loss = sum(self.distance(_block_moments(o), s) for o, s in zip(outputs, self.source))
+        return self.weight * loss
+
+    def remove(self) -> None:
+        self.hooks.remove()

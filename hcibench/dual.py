@@ -20,11 +20,12 @@ from dataclasses import asdict, fields
 import torch
 from torch import nn
 
-from .adaptation import AdaptationMonitor, AlignedFE, restrict_to_scope, token_moments
+from .adaptation import (AdaptationMonitor, AlignedFE, FeatureAlignment, restrict_to_scope,
+                         token_moments)
 from .backbones import backbone_settings, create_backbone, create_vit
 from .data import Domain, TensorImages
 from .profiles import TaskMLP, dino_views, is_profile
-from .ssl.dino import DinoSettings, train_dino
+from .ssl.dino import DinoSettings, as_float, default_views, train_dino
 from .stages import Context
 from .training import predict_logits, predict_outputs, train_classifier
 
@@ -80,11 +81,22 @@ def _state(modules) -> dict:
     return {name: copy.deepcopy(module.state_dict()) for name, module in modules.items()}
 
 
+def _alignment(config, settings, student, source: Domain, weight: float, seed: int):
+    """The feature-alignment loss of step 3, with the moments of the step-1 student's blocks
+    on the source's images under the first global view."""
+    make_views = dino_views(config, settings.n_local) or default_views(settings)
+    generator = torch.Generator().manual_seed(seed)  # its own stream: training's is untouched
+    batches = (make_views(as_float(images, torch.device("cpu")), None, generator)[0]
+               for images, _, _ in source.batches(settings.batch_size))
+    return FeatureAlignment(student, FeatureAlignment.measure(student, batches), weight)
+
+
 def _run_dino(config, channels, domain, settings, context, init, description, scope=None,
-              watch=None):
+              watch=None, align_to: Domain | None = None):
     """DINO from ``init`` (or random weights); ``scope`` = (trainable, early_blocks) freezes the
     rest of the student FE; ``watch(fe) -> (logits, tokens)`` turns on the adaptation monitor,
-    which follows the FE that predicts (``adapt.predict_with``)."""
+    which follows the FE that predicts (``adapt.predict_with``); ``align_to`` (a source domain)
+    adds the feature-alignment loss weighted by ``adapt.feature_alignment``."""
     student, teacher, student_head, teacher_head = build_fe_pair(config, channels, settings)
     modules = {"student": student, "teacher": teacher, "student_head": student_head,
                "teacher_head": teacher_head}
@@ -105,10 +117,18 @@ def _run_dino(config, channels, domain, settings, context, init, description, sc
         def on_epoch(epoch: int) -> None:
             monitor.record(epoch, watched)
 
+    alignment = None
+    if align_to is not None:
+        alignment = _alignment(config, settings, student, align_to,
+                               float(config["adapt"]["feature_alignment"]), context.seed + 1)
     generator = torch.Generator().manual_seed(context.seed)
-    stats = train_dino(student, teacher, student_head, teacher_head, domain, settings,
-                       context.progress, generator, views=dino_views(config, settings.n_local),
-                       description=description, on_epoch=on_epoch)
+    try:
+        stats = train_dino(student, teacher, student_head, teacher_head, domain, settings,
+                           context.progress, generator, views=dino_views(config, settings.n_local),
+                           description=description, on_epoch=on_epoch, extra_loss=alignment)
+    finally:
+        if alignment is not None:
+            alignment.remove()
     stats.pop("loss_state", None)
     result = {**_state(modules), "stats": stats}
     if init is not None:
@@ -203,12 +223,15 @@ def load_task(config: dict, token_dim: int, num_classes: int, state: dict) -> nn
 
 
 def adapt_fe(context: Context, target: Domain, fe_state: dict, fe_key: dict,
-             cross_batch: bool, task: nn.Module | None = None, task_key: dict | None = None) -> dict:
+             cross_batch: bool, task: nn.Module | None = None, task_key: dict | None = None,
+             source: Domain | None = None) -> dict:
     """Step 3: the FE adapted with DINO (+ CB pairs) on the unlabelled target, from step 1.
 
     ``adapt.trainable`` limits what adapts (see :mod:`hcibench.adaptation`). With ``task`` (the
     frozen step-2 model, keyed by ``task_key``) and ``adapt.monitor``, the stage also keeps the
-    label-free diagnostics and logits of every epoch."""
+    label-free diagnostics and logits of every epoch. With ``adapt.feature_alignment`` > 0,
+    the FE's hidden features are also held at their step-1 moments on ``source`` (the source's
+    training images; see :class:`hcibench.adaptation.FeatureAlignment`)."""
     config = context.config
     adapt = config["adapt"]
     settings = dino_settings(config["dino"], cross_batch=cross_batch,
@@ -223,11 +246,17 @@ def adapt_fe(context: Context, target: Domain, fe_state: dict, fe_key: dict,
         key["predict_with"] = adapt["predict_with"]
     if watching:
         key["monitor"] = {"task": task_key}
+    align_weight = float(adapt.get("feature_alignment") or 0)
+    if align_weight > 0:
+        if source is None:
+            raise ValueError("feature alignment needs the source's training images")
+        key["feature_alignment"] = {"weight": align_weight, "source_n": len(source)}
     watch = (lambda fe: predict_with_embeddings(config, fe, task, target)) if watching else None
     return context.stage(
         "adapt-cb" if cross_batch else "adapt", key,
         lambda: _run_dino(config, channels, target, settings, context, fe_state,
-                          f"step 3 adapt to {target.name}", scope, watch))
+                          f"step 3 adapt to {target.name}", scope, watch,
+                          source if align_weight > 0 else None))
 
 
 def aligned(config: dict, fe: nn.Module, source_moments: dict | None, target: Domain) -> nn.Module:

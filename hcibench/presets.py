@@ -21,9 +21,11 @@ from .ssl.mae import MaeSettings
 # blocks, "norm": the normalisation layers' scales and shifts, as Tent), which adapted FE
 # predicts, whether to record the label-free diagnostics of every epoch, and whether to move the
 # FE's outputs on the target to the moments of its outputs on the source before the task model
-# (hcibench.adaptation.AlignedFE; it applies to the dual models without adaptation too).
+# (hcibench.adaptation.AlignedFE; it applies to the dual models without adaptation too), and the
+# weight of a loss that holds the FE's hidden features on the target at their step-1 moments on
+# the source (hcibench.adaptation.FeatureAlignment; 0: off, as in the paper).
 ADAPT_SCOPE = {"trainable": "all", "early_blocks": 1, "predict_with": "teacher", "monitor": True,
-               "align_tokens": False}
+               "align_tokens": False, "feature_alignment": 0.0}
 
 QUICK = {
     "backbone": {

@@ -40,6 +40,7 @@ RANGES: dict[str, tuple[str, float, float]] = {
     "teacher_temp": (FLOAT, 1e-6, 100), "warmup_teacher_temp": (FLOAT, 1e-6, 100),
     "student_temp": (FLOAT, 1e-6, 100), "clip_grad": (FLOAT, 0, 1e6),
     "shift_std": (FLOAT, 0, 10), "gamma_std": (FLOAT, 0, 10),
+    "feature_alignment": (FLOAT, 0, 1e6),
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {

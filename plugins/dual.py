@@ -26,10 +26,11 @@ class DualModel(hcibench.Method):
 
     def adapt(self, part: hcibench.Domain) -> dict:
         return dual.adapt_fe(self.context, part, self.fe_stage, self.fe_key, self.cross_batch,
-                             task=self.task, task_key=self.task_key)
+                             task=self.task, task_key=self.task_key, source=self.source)
 
     def fit(self, train: hcibench.Domain, val: hcibench.Domain) -> None:
         self.channels = train.images[0].shape[0]
+        self.source = train  # for step-3 settings that measure the source (feature alignment)
         self.fe_stage, self.fe_key = self.pretrain(train)
         task_stage = dual.train_task(self.context, train, val, self.fe_stage, self.fe_key)
         self.task_key = dual.task_key(self.config, self.fe_key)
@@ -106,6 +107,7 @@ def _diagnostics(adapted: dict) -> dict:
     monitor = adapted.get("monitor") or {}
     return {"loss": stats.get("epoch_losses"), "target_entropy": stats.get("target_entropy"),
             "target_usage": stats.get("target_usage"),
+            "feature_alignment_loss": stats.get("extra_losses"),
             "epochs": monitor.get("diagnostics", [])}
 
 

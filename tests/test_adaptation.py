@@ -129,3 +129,11 @@ def test_token_alignment_changes_the_prediction_of_a_dual_model_without_labels()
     assert not torch.equal(a.logits, b.logits)
     again, _ = _fitted("dual-dino", ["adapt.align_tokens=true"])
     assert torch.equal(again.predict(_shuffled_labels(target)).logits, b.logits)
+
+
+def test_feature_alignment_pulls_the_target_features_towards_the_source_moments():
+    method, _ = _fitted(overrides=["adapt.feature_alignment=10", "adapt.epochs=3",
+                                   "adapt.trainable=norm"])
+    prediction = method.predict(_domain("B", 2, seed=1))
+    losses = prediction.info["adaptations"][0]["diagnostics"]["feature_alignment_loss"]
+    assert len(losses) == 3 and losses[-1] < losses[0]

@@ -37,7 +37,8 @@ from ..pairs import cross_batch_partners
 from ..progress import Progress
 
 __all__ = [
-    "DINOHead", "DINOLoss", "DinoSettings", "DinoTrainer", "MultiCropWrapper", "cancel_last_layer",
+    "DINOHead", "DINOLoss", "DinoSettings", "DinoTrainer", "MultiCropWrapper", "as_float",
+    "cancel_last_layer", "default_views",
     "class_token", "clip_gradients", "cosine_schedule", "dino_loss", "params_groups", "train_dino",
 ]
 
@@ -410,8 +411,11 @@ class DinoTrainer:
 
     def __init__(self, student: nn.Module, teacher: nn.Module, student_head: nn.Module,
                  teacher_head: nn.Module, settings: DinoSettings, steps_per_epoch: int,
-                 features: FeatureFn | None = None, loss_state: dict | None = None):
+                 features: FeatureFn | None = None, loss_state: dict | None = None,
+                 extra_loss: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None):
         self.settings = settings
+        self.extra_loss = extra_loss  # added to the DINO loss (e.g. feature alignment)
+        self.last_extra = float("nan")
         self.student = MultiCropWrapper(student, student_head, features)
         self.teacher = MultiCropWrapper(teacher, teacher_head, features)
         self.student_head = student_head
@@ -470,6 +474,10 @@ class DinoTrainer:
         value = loss.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"DINO loss is {value} at epoch {epoch}, step {step}")
+        if self.extra_loss is not None:
+            extra = self.extra_loss(views)
+            self.last_extra = extra.item()
+            loss = loss + extra
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if settings.clip_grad:
@@ -490,7 +498,7 @@ class DinoTrainer:
 # ----------------------------------------------------------------------------------- training
 
 
-def _as_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def as_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     if images.dtype == torch.uint8:
         return images.to(device).float().div_(255)
     return images.to(device=device, dtype=torch.float32)
@@ -518,6 +526,7 @@ def train_dino(
     generator: torch.Generator | None = None, loss_state: dict | None = None, *,
     features: FeatureFn | None = None, views: ViewFn | None = None, description: str = "DINO",
     on_epoch: Callable[[int], None] | None = None,
+    extra_loss: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None,
 ) -> dict:
     """Train ``student`` (+ head) with DINO on ``domain``'s images; ``teacher`` follows by EMA.
 
@@ -528,7 +537,8 @@ def train_dino(
     (see :func:`hcibench.pairs.cross_batch_partners`). ``views(anchor, partner_or_None,
     generator)`` replaces the image augmentation (e.g. for profiles); ``features`` replaces the
     class-token feature function. ``on_epoch(k)`` is called after epoch ``k`` (counting from 1)
-    with the modules in eval mode, e.g. to record how the FE changes.
+    with the modules in eval mode, e.g. to record how the FE changes. ``extra_loss(views)`` is
+    added to the DINO loss of every step (its epoch means are returned as ``extra_losses``).
 
     Returns ``{"loss", "last_loss", "epoch_losses", "target_entropy", "target_usage",
     "collapsed_from_epoch", "epochs", "steps", "images", "seconds",
@@ -544,7 +554,7 @@ def train_dino(
     batch_size = min(settings.batch_size, n)  # a domain smaller than a batch is one batch
     steps_per_epoch = n // batch_size  # drop_last, as the reference
     trainer = DinoTrainer(student, teacher, student_head, teacher_head, settings, steps_per_epoch,
-                          features, loss_state)
+                          features, loss_state, extra_loss)
     make_views = views or default_views(settings)
     was_training = student.training, student_head.training, teacher.training, teacher_head.training
 
@@ -552,6 +562,7 @@ def train_dino(
     epoch_losses: list[float] = []
     epoch_entropy: list[float] = []  # teacher target entropy / ln K, see target_spread
     epoch_usage: list[float] = []
+    epoch_extra: list[float] = []
     last_loss = float("nan")
     step = 0
     start = time.perf_counter()
@@ -569,21 +580,23 @@ def train_dino(
                             f"another plate, {stats['fallback_self']} with themselves "
                             f"({stats['fallback_compounds']} compounds without a partner in "
                             f"another {stats['key']})")
-            total, entropy, usage = 0.0, 0.0, 0.0
+            total, entropy, usage, extra = 0.0, 0.0, 0.0, 0.0
             for images, _, positions in domain.batches(batch_size, shuffle=True,
                                                        generator=generator, drop_last=True):
-                anchor = _as_float(images, trainer.device)
+                anchor = as_float(images, trainer.device)
                 partner = None
                 if partners is not None:
-                    partner = _as_float(take(domain.images, partners[positions]), trainer.device)
+                    partner = as_float(take(domain.images, partners[positions]), trainer.device)
                 last_loss = trainer.step(make_views(anchor, partner, generator), epoch, step)
                 total += last_loss
                 entropy += trainer.loss.last_targets["entropy"]
                 usage += trainer.loss.last_targets["usage"]
+                extra += trainer.last_extra
                 step += 1
             epoch_losses.append(total / max(steps_per_epoch, 1))
             epoch_entropy.append(entropy / max(steps_per_epoch, 1))
             epoch_usage.append(usage / max(steps_per_epoch, 1))
+            epoch_extra.append(extra / max(steps_per_epoch, 1))
             if on_epoch is not None:
                 for module in (student, student_head, teacher, teacher_head):
                     module.eval()
@@ -605,6 +618,7 @@ def train_dino(
         "epoch_losses": epoch_losses,
         "target_entropy": epoch_entropy,
         "target_usage": epoch_usage,
+        "extra_losses": epoch_extra if extra_loss is not None else None,
         "collapsed_from_epoch": collapsed,
         "epochs": settings.epochs,
         "steps": step,
