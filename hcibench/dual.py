@@ -20,8 +20,7 @@ from dataclasses import asdict, fields
 import torch
 from torch import nn
 
-from .adaptation import (AdaptationMonitor, AlignedFE, FeatureAlignment, restrict_to_scope,
-                         token_moments)
+from .adaptation import AdaptationMonitor, AlignedFE, FeatureAlignment, restrict_to_scope, token_moments
 from .backbones import backbone_settings, create_backbone, create_vit
 from .data import Domain, TensorImages
 from .profiles import TaskMLP, dino_views, is_profile
