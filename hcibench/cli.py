@@ -187,6 +187,34 @@ def report(run_dir, fmt, metric, stats, baseline, compare, plots_dir, output, di
 
 
 @cli.command()
+@click.option("--methods", default="supervised", show_default=True,
+              help="Comma-separated methods whose settings to include.")
+@click.option("--dataset", default="synthetic", show_default=True, help="Dataset plugin.")
+@click.option("--data", "data_path", help="Path to the dataset on disk, for datasets that read one.")
+@click.option("--preset", default="quick", show_default=True, type=click.Choice(["quick", "paper"]))
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one setting (repeatable), as for `hcibench run`.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def settings(methods, dataset, data_path, preset, overrides, as_json):
+    """The resolved settings of a run: each value, where it came from and what it may be."""
+    import json
+
+    from .runner import Grid, RunSpec
+    from .settings_view import resolved_settings
+
+    spec = RunSpec(Grid(parse_list(methods), []), Path("."), dataset=dataset, data=data_path,
+                   preset=preset, overrides=list(overrides))
+    rows = resolved_settings(spec)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    width = max(len(row["setting"]) for row in rows)
+    for row in rows:
+        value = json.dumps(row["value"], default=str)
+        click.echo(f"{row['setting']:<{width}}  {value:<24} {row['origin']:<22} {row['allowed']}")
+
+
+@cli.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--fix", is_flag=True, help="Remove leftovers and damaged files (the same `hcibench "
                                           "run` then recomputes what they held).")

@@ -94,18 +94,7 @@ def prepare(spec: RunSpec) -> Run:
                        or list(DEFAULT_EVALUATORS))
     _check_unique("evaluators", evaluator_names)
     evaluators = {name: plugins.evaluators().get(name)() for name in evaluator_names}
-    sections = {name: cls.default_settings(spec.preset) for name, cls in method_classes.items()}
-    sections["dataset"] = dataset_class.default_settings(spec.preset)
-    if dataset_class.modality == "profile":
-        sections["profile"] = profiles.default_settings(spec.preset)
-    config = presets.build(spec.preset, [], sections)
-    config["modality"] = dataset_class.modality
-    config.setdefault("threads", None)  # torch threads for the run; None: torch's default
-    _merge_existing(config, dataset_class.preset_settings(spec.preset))
-    defaults = copy.deepcopy(config)
-    for item in spec.overrides:
-        presets.apply_override(config, item)
-    check_config(config, defaults)
+    config = resolve_config(spec, method_classes, dataset_class)[-1][1]
     weights = config["backbone"].get("pretrained")
     if weights and not Path(weights).is_file():
         raise UsageError(f"pretrained weights file not found: {weights}")
@@ -126,6 +115,33 @@ def prepare(spec: RunSpec) -> Run:
                       for name in method_classes}
     return Run(spec, grid, config, dataset, method_classes, evaluators, run_digest,
                method_digests)
+
+
+def resolve_config(spec: RunSpec, method_classes: dict[str, type],
+                   dataset_class: type) -> list[tuple[str, dict]]:
+    """The run's settings, layer by layer: ``[(origin, config after that layer), ...]`` from the
+    preset to the ``--set`` options; the last one is the run's. Every value is checked
+    (:mod:`hcibench.settings_check`), so a bad one stops the run before anything is written."""
+    config = presets.build(spec.preset)
+    config["modality"] = dataset_class.modality
+    config.setdefault("threads", None)  # torch threads for the run; None: torch's default
+    layers = [(f"preset {spec.preset}", copy.deepcopy(config))]
+    for name, cls in method_classes.items():
+        section = cls.default_settings(spec.preset)
+        if section and name not in config:
+            config[name] = copy.deepcopy(section)
+            layers.append((f"method {name}", copy.deepcopy(config)))
+    config.setdefault("dataset", dataset_class.default_settings(spec.preset))
+    if dataset_class.modality == "profile":
+        config.setdefault("profile", profiles.default_settings(spec.preset))
+    _merge_existing(config, dataset_class.preset_settings(spec.preset))
+    layers.append((f"dataset {spec.dataset}", copy.deepcopy(config)))
+    defaults = copy.deepcopy(config)
+    for item in spec.overrides:
+        presets.apply_override(config, item)
+    check_config(config, defaults)
+    layers.append(("--set", config))
+    return layers
 
 
 def _merge_existing(config: dict, changes: dict) -> None:

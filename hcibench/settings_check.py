@@ -37,8 +37,8 @@ RANGES: dict[str, tuple[str, float, float]] = {
     "weight_decay": (FLOAT, 0, 10), "weight_decay_end": (FLOAT, 0, 10),
     "momentum_teacher": (FLOAT, 0, 1), "center_momentum": (FLOAT, 0, 1),
     "drop_path": (FLOAT, 0, 1), "decay": (FLOAT, 0, 1), "mask_ratio": (FLOAT, 0, 0.99),
-    "teacher_temp": (FLOAT, 1e-6, 100), "warmup_teacher_temp": (FLOAT, 1e-6, 100),
-    "student_temp": (FLOAT, 1e-6, 100), "clip_grad": (FLOAT, 0, 1e6),
+    "teacher_temp": (FLOAT, 0, 100), "warmup_teacher_temp": (FLOAT, 0, 100),
+    "student_temp": (FLOAT, 0, 100), "clip_grad": (FLOAT, 0, 1e6),
     "shift_std": (FLOAT, 0, 10), "gamma_std": (FLOAT, 0, 10),
     "feature_alignment": (FLOAT, 0, 1e6),
 }
@@ -86,7 +86,7 @@ ABOVE_LOWEST = {"lr", "adapt_lr", "teacher_temp", "warmup_teacher_temp", "studen
 
 
 def _number(value: float) -> str:
-    return f"{value:,}".replace(",", "_") if float(value).is_integer() else f"{value:g}"
+    return f"{int(value):,}".replace(",", "_") if float(value).is_integer() else f"{value:g}"
 
 
 def _allowed(name: str, kind: str | None, nullable: bool) -> str:
@@ -105,13 +105,24 @@ def _allowed(name: str, kind: str | None, nullable: bool) -> str:
     return " or ".join(parts) or "any value"
 
 
+def _kind_for(name: str, default: Any) -> str | None:
+    kind = _kind_of(default) or (NULLABLE.get(name) if default is None else None)
+    if name in RANGES and kind in (INT, FLOAT, None):
+        kind = RANGES[name][0]
+    return kind
+
+
+def describe(path: str, default: Any) -> str:
+    """What a setting may be, in words (as the error for a bad value says it)."""
+    name = path.rsplit(".", 1)[-1]
+    return _allowed(name, _kind_for(name, default), default is None)
+
+
 def check_value(path: str, value: Any, default: Any) -> None:
     """Raise UsageError naming ``path``, ``value`` and what is allowed when ``value`` is wrong."""
     name = path.rsplit(".", 1)[-1]
     nullable = default is None
-    kind = _kind_of(default) or (NULLABLE.get(name) if nullable else None)
-    if name in RANGES and kind in (INT, FLOAT, None):
-        kind = RANGES[name][0]
+    kind = _kind_for(name, default)
     if value is None and nullable:
         return
     problem = None

@@ -68,3 +68,15 @@ def test_unwritable_output_folder(cli, tmp_path):
 def test_report_of_a_missing_run(cli, tmp_path):
     result = cli("report", str(tmp_path / "nothing"))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_settings_shows_each_value_with_its_origin_and_range(cli):
+    result = cli("settings", "--methods", "coda,supervised", "--set", "adapt.lr=1e-4")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "--set" in lines["adapt.lr"] and "above 0" in lines["adapt.lr"]
+    assert "method supervised" in lines["supervised.epochs"]
+    assert "dataset synthetic" in lines["dataset.culture"]
+    assert "one of all, early, norm" in lines["adapt.trainable"]
+    bad = cli("settings", "--methods", "coda", "--set", "dino.epochs=abc")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
