@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check hcibench plugins tests benchmarks
+	$(BIN)/ruff check hcibench plugins tests benchmarks results
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks --benchmark-only -s
