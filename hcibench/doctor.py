@@ -70,12 +70,13 @@ def examine(out: Path, load_stages: bool = True) -> list[Finding]:
     for path in sorted((out / "records").rglob("*.json")) if (out / "records").is_dir() else []:
         if not path.name.startswith(".") and not record_is_valid(path):
             findings.append(Finding(path, "record is damaged; the run recomputes its cell", True))
-    stages = out / "stages"
-    if stages.is_dir():
-        store = StageStore(stages)
-        for claim in stages.glob(".*.claim"):
+    for folder in (out, out / "stages"):
+        store = StageStore(folder)
+        for claim in folder.glob(".*.claim") if folder.is_dir() else []:
             if store.claim_is_stale(claim):
                 findings.append(Finding(claim, "claim of a process that is gone", True))
+    stages = out / "stages"
+    if stages.is_dir():
         if load_stages:
             for path in sorted(stages.glob("*.pt")):
                 try:

@@ -68,16 +68,37 @@ class StageCache:
         self.warned: set[str] = set()
         if self.folder:
             self.store = StageStore(Path(store) if store else self.folder / "stages", log=log)
-        if self.folder and (self.folder / "stages.json").exists():
-            try:
-                self.counts = storage.read_json(self.folder / "stages.json")
-            except ValueError:  # a damaged index: the counts start again, the stages remain
-                if log:
-                    log("stages.json does not parse; stage counts start again")
+            self.counts = self._read_counts()
+
+    def _read_counts(self) -> dict[str, dict]:
+        path = self.folder / "stages.json"
+        if not path.exists():
+            return {}
+        try:
+            return storage.read_json(path)
+        except ValueError:  # a damaged index: the counts start again, the stages remain
+            if self.log:
+                self.log("stages.json does not parse; stage counts start again")
+            return {}
+
+    def _count(self, stage_id: str, name: str, key: dict, computed: bool) -> None:
+        """Add one use to ``stages.json``: read, add and write under the folder's claim, so
+        that processes sharing the folder lose no count."""
+        field = "computed" if computed else "reused"
+        if not self.folder:
+            entry = self.counts.setdefault(stage_id, {"name": name, "key": key, "computed": 0,
+                                                      "reused": 0})
+            entry[field] += 1
+            return
+        with StageStore(self.folder).exclusive("stage-counts"):
+            self.counts = self._read_counts()
+            entry = self.counts.setdefault(stage_id, {"name": name, "key": key, "computed": 0,
+                                                      "reused": 0})
+            entry[field] += 1
+            storage.write_json(self.folder / "stages.json", self.counts)
 
     def get(self, name: str, key: dict, compute: Callable[[], Any]) -> Any:
         stage_id = f"{name}-{digest(key)}"
-        entry = self.counts.setdefault(stage_id, {"name": name, "key": key, "computed": 0, "reused": 0})
 
         def seeded_compute():
             # Seeding from the key makes a stage's result independent of what ran before it.
@@ -94,10 +115,8 @@ class StageCache:
             value, computed = stamped(seeded_compute()), True
         if not computed:
             self._check_conditions(stage_id, value)
-        entry["computed" if computed else "reused"] += 1
+        self._count(stage_id, name, key, computed)
         self._remember(stage_id, value)
-        if self.folder:
-            storage.write_json(self.folder / "stages.json", self.counts)
         return value
 
     def _check_conditions(self, stage_id: str, value: Any) -> None:

@@ -64,6 +64,8 @@ def test_two_commands_at_once_on_one_folder(tmp_path):
     assert [run.returncode for run in runs] == [0, 0], errors
     stage_files = list((same / "stages").glob("*.pt"))
     assert len(stage_files) == 1
+    counts = json.loads((same / "stages.json").read_text())
+    assert [(c["computed"], c["reused"]) for c in counts.values()] == [(1, 1)]
     assert sum("being computed by another process" in e for e in errors) <= 1
     single = tmp_path / "single"
     assert subprocess.run(_command(single), capture_output=True).returncode == 0
