@@ -10,8 +10,10 @@ from dataclasses import asdict, fields
 
 import torch
 
+from .adaptation import AdaptationMonitor
 from .backbones import backbone_settings, create_backbone
 from .data import Domain
+from .dual import predict_with_embeddings
 from .profiles import ProfileDecoder, ProfileMAE, is_profile
 from .ssl.mae import MaeSettings, MaskedAutoencoder, build_decoder, train_mae
 from .stages import Context
@@ -40,14 +42,28 @@ def build_mae(config: dict, channels: int, settings: MaeSettings,
     return model
 
 
-def _run_mae(config, channels, domain, settings, context, init, description) -> dict:
+def _run_mae(config, channels, domain, settings, context, init, description,
+             watch=None) -> dict:
+    """MAE from ``init`` (or random weights); ``watch(fe) -> (logits, tokens)`` turns on the
+    adaptation monitor of the encoder (see :class:`hcibench.adaptation.AdaptationMonitor`)."""
     model = build_mae(config, channels, settings, init)
+    monitor, on_epoch = None, None
+    if watch is not None:
+        monitor = AdaptationMonitor(watch, num_classes=len(domain.classes))
+        monitor.record(0, model.encoder.eval())
+
+        def on_epoch(epoch: int) -> None:
+            monitor.record(epoch, model.encoder)
+
     generator = torch.Generator().manual_seed(context.seed)
     stats = train_mae(model, domain, settings, config["input_size"], context.progress, generator,
-                      description)
-    return {"encoder": copy.deepcopy(model.encoder.state_dict()),
-            "decoder": copy.deepcopy(model.decoder.state_dict()),
-            "predictor": "encoder", "stats": stats}
+                      description, on_epoch=on_epoch)
+    result = {"encoder": copy.deepcopy(model.encoder.state_dict()),
+              "decoder": copy.deepcopy(model.decoder.state_dict()),
+              "predictor": "encoder", "stats": stats}
+    if monitor is not None:
+        result["monitor"] = monitor.result()
+    return result
 
 
 def pretrain_mae(context: Context, train: Domain) -> tuple[dict, dict]:
@@ -62,8 +78,11 @@ def pretrain_mae(context: Context, train: Domain) -> tuple[dict, dict]:
     return result, key
 
 
-def adapt_mae(context: Context, target: Domain, fe_state: dict, fe_key: dict) -> dict:
-    """Step 3 of ODA-MAE: MAE on the whole unlabelled target, from the step-1 encoder+decoder."""
+def adapt_mae(context: Context, target: Domain, fe_state: dict, fe_key: dict,
+              task=None, task_key: dict | None = None) -> dict:
+    """Step 3 of ODA-MAE: MAE on the whole unlabelled target, from the step-1 encoder+decoder.
+    With ``task`` and ``adapt.monitor``, the stage keeps the label-free diagnostics and logits
+    of every epoch, as the DINO adaptation does."""
     config = context.config
     # Re-using step 1's learning rate from a trained encoder wrecks it (every prediction
     # collapses to one class in the quick preset), so MAE adaptation has its own default.
@@ -71,5 +90,13 @@ def adapt_mae(context: Context, target: Domain, fe_state: dict, fe_key: dict) ->
     settings = mae_settings(config["mae"], **{**config["adapt"], "lr": lr})
     channels = target.images[0].shape[0]
     key = {"fe": fe_key, "adapt": asdict(settings), "target": target.name, "n": len(target)}
+    watch = None
+    if config["adapt"].get("monitor") and task is not None:
+        key["monitor"] = {"task": task_key}
+
+        def watch(fe):
+            return predict_with_embeddings(config, fe, task, target)
+
     return context.stage("adapt-mae", key, lambda: _run_mae(
-        config, channels, target, settings, context, fe_state, f"step 3 MAE on {target.name}"))
+        config, channels, target, settings, context, fe_state, f"step 3 MAE on {target.name}",
+        watch))

@@ -321,7 +321,7 @@ def ttt_steps_plot(long_df: pd.DataFrame, metric: str) -> Plot | None:
 # (label, how to read one adaptation's series from its diagnostics); the objective's own series
 # have one value per epoch (epochs 1..E), the monitor's one per epoch from 0 (before adapting).
 ADAPTATION_PANELS = (
-    ("DINO loss", lambda d: (1, d.get("loss"))),
+    ("self-supervised loss (DINO or MAE)", lambda d: (1, d.get("loss"))),
     ("teacher target entropy / ln K", lambda d: (1, d.get("target_entropy"))),
     ("prototype usage / ln K", lambda d: (1, d.get("target_usage"))),
     ("weight movement ‖Δθ‖/‖θ‖", lambda d: (0, [r["weight_movement_total"] for r in d["epochs"]])),

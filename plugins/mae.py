@@ -18,7 +18,8 @@ class DualMAE(DualModel):
         return dual_mae.pretrain_mae(self.context, train)
 
     def adapt(self, part):
-        return dual_mae.adapt_mae(self.context, part, self.fe_stage, self.fe_key)
+        return dual_mae.adapt_mae(self.context, part, self.fe_stage, self.fe_key,
+                                  task=self.task, task_key=self.task_key)
 
 
 class ODAMAE(DualMAE):

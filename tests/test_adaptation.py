@@ -137,3 +137,12 @@ def test_feature_alignment_pulls_the_target_features_towards_the_source_moments(
     prediction = method.predict(_domain("B", 2, seed=1))
     losses = prediction.info["adaptations"][0]["diagnostics"]["feature_alignment_loss"]
     assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_mae_adaptation_records_the_same_diagnostics():
+    method, _ = _fitted("oda-mae", ["mae.epochs=1", "mae.decoder_dim=16", "mae.decoder_heads=2",
+                                    "adapt.epochs=2"])
+    prediction = method.predict(_domain("B", 2, seed=1))
+    rows = prediction.info["adaptations"][0]["diagnostics"]["epochs"]
+    assert [row["epoch"] for row in rows] == [0, 1, 2]
+    assert sorted(prediction.variants) == ["adapt_epoch=0", "adapt_epoch=1", "adapt_epoch=2"]

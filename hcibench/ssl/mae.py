@@ -143,10 +143,11 @@ def build_decoder(encoder: nn.Module, settings: MaeSettings, in_chans: int) -> M
 
 def train_mae(model: nn.Module, domain: Domain, settings: MaeSettings, input_size: int,
               progress: Progress | None = None, generator: torch.Generator | None = None,
-              description: str = "MAE") -> dict:
+              description: str = "MAE", on_epoch=None) -> dict:
     """Train encoder and decoder with the MAE loss on ``domain`` (no labels used). ``model`` is
     a :class:`MaskedAutoencoder` or any module with the same ``forward(x, noise) -> loss`` and
-    ``noise_size(input_size)`` (e.g. ``hcibench.profiles.ProfileMAE``)."""
+    ``noise_size(input_size)`` (e.g. ``hcibench.profiles.ProfileMAE``). ``on_epoch(k)`` is
+    called after epoch ``k`` (counting from 1) with the model in eval mode."""
     progress = progress or Progress()
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     batch_size = min(settings.batch_size, len(domain))
@@ -172,6 +173,10 @@ def train_mae(model: nn.Module, domain: Domain, settings: MaeSettings, input_siz
             total += loss.item()
             step += 1
         losses.append(total / steps_per_epoch)
+        if on_epoch is not None:
+            model.eval()
+            on_epoch(len(losses))
+            model.train()
     model.eval()
     return {"loss": losses[-1] if losses else float("nan"), "epoch_losses": losses,
             "steps": step, "seconds": time.perf_counter() - started}
