@@ -324,6 +324,7 @@ ADAPTATION_PANELS = (
     ("self-supervised loss (DINO or MAE)", lambda d: (1, d.get("loss"))),
     ("teacher target entropy / ln K", lambda d: (1, d.get("target_entropy"))),
     ("prototype usage / ln K", lambda d: (1, d.get("target_usage"))),
+    ("feature-alignment loss", lambda d: (1, d.get("feature_alignment_loss"))),
     ("weight movement ‖Δθ‖/‖θ‖", lambda d: (0, [r["weight_movement_total"] for r in d["epochs"]])),
     ("CKA of class tokens to step 1", lambda d: (0, [r["cka_to_start"] for r in d["epochs"]])),
     ("share of predictions changed", lambda d: (0, [r["changed_predictions"] for r in d["epochs"]])),
