@@ -17,7 +17,7 @@ import click
 import numpy as np
 import pandas as pd
 
-from hcibench.report import _md_table, load_records
+from hcibench.report import _load, _md_table, load_records
 from hcibench.statistics import wilcoxon
 
 
@@ -71,6 +71,45 @@ def _comparisons(frame: pd.DataFrame, baselines: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _diagnostics(label: str, folder: str) -> pd.DataFrame:
+    """Per method, the label-free diagnostics after the last adaptation epoch (out of domain,
+    mean over cells and seeds), beside the same before adapting where it differs."""
+    _, _, records = _load(folder)
+    rows = []
+    for record in records:
+        if record["source"] == record["target"]:
+            continue
+        for adaptation in (record.get("info") or {}).get("adaptations") or []:
+            diagnostics = adaptation.get("diagnostics") or {}
+            epochs = diagnostics.get("epochs") or []
+            if not epochs:
+                continue
+            loss = diagnostics.get("loss") or [np.nan]
+            rows.append({"name": f"{label}:{record['method']}",
+                         "ssl loss first": loss[0], "ssl loss last": loss[-1],
+                         "weight moved": epochs[-1]["weight_movement_total"],
+                         "CKA to step 1": epochs[-1]["cka_to_start"],
+                         "predictions changed": epochs[-1]["changed_predictions"],
+                         "classes before": epochs[0]["predicted_classes"],
+                         "classes after": epochs[-1]["predicted_classes"]})
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).groupby("name").mean().round(3)
+
+
+def _oracle(label: str, folder: str) -> pd.DataFrame:
+    """ORACLE (target labels; for analysis only): out-of-domain accuracy (%) after each
+    adaptation epoch, mean over cells and seeds."""
+    frame = load_records(folder)
+    frame = frame[frame["metric"].astype(str).str.startswith("accuracy@adapt_epoch=")].copy()
+    frame = frame[frame["source"].astype(str) != frame["target"].astype(str)]
+    if frame.empty:
+        return pd.DataFrame()
+    frame["epoch"] = frame["metric"].astype(str).str.split("=").str[1].astype(int)
+    frame["name"] = label + ":" + frame["method"].astype(str)
+    return (frame.groupby(["name", "epoch"])["value"].mean().unstack("epoch") * 100).round(1)
+
+
 def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
     frame = frame.reset_index() if index else frame
     rows = [["" if isinstance(v, float) and np.isnan(v) else str(v) for v in row]
@@ -82,7 +121,10 @@ def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
 @click.argument("folders", nargs=-1, required=True)
 @click.option("--baseline", "baselines", multiple=True,
               help="label:method of the DINO family's baseline, then of the CB family's.")
-def main(folders, baselines):
+@click.option("--diagnostics", is_flag=True, help="Also the adaptations' label-free diagnostics.")
+@click.option("--oracle", is_flag=True,
+              help="Also the oracle curve: accuracy by adaptation epoch (analysis only).")
+def main(folders, baselines, diagnostics, oracle):
     frames = []
     for item in folders:
         label, _, folder = item.partition("=")
@@ -92,6 +134,17 @@ def main(folders, baselines):
     comparisons = _comparisons(frame, list(baselines))
     if not comparisons.empty:
         click.echo("\n" + _markdown(comparisons, index=False))
+    if diagnostics:
+        tables = [_diagnostics(*item.partition("=")[::2]) for item in folders]
+        tables = [t for t in tables if not t.empty]
+        if tables:
+            click.echo("\n" + _markdown(pd.concat(tables)))
+    if oracle:
+        tables = [_oracle(*item.partition("=")[::2]) for item in folders]
+        tables = [t for t in tables if not t.empty]
+        if tables:
+            click.echo("\nORACLE (uses target labels, for analysis only): accuracy (%) by "
+                       "adaptation epoch\n" + _markdown(pd.concat(tables)))
 
 
 if __name__ == "__main__":
