@@ -19,13 +19,16 @@ class FolderDataset(FileDataset):
     name = "folder"
     description = "Images listed in an index CSV (path(s), source, batch, plate, well, compound, label)"
 
-    EXTRA_OPTIONS = {"index": INDEX_FILE, "strip_channels": None}
+    # channel_columns: the index's per-channel path columns under other names than path_<CH>
+    # (a list in channel order, or an object channel -> column); CellProfiler's FileName_<CH>
+    # and PathName_<CH> pairs are recognised without it.
+    EXTRA_OPTIONS = {"index": INDEX_FILE, "strip_channels": None, "channel_columns": None}
     FIELDS = list(FIELDS)
 
     def build_index(self):
         return read_index(self.root, self.renames, self.settings["channels"],
                           self.settings["strip_channels"], str(self.settings["index"]),
-                          self.map_path)
+                          self.map_path, self.settings["channel_columns"])
 
     def default_classes_file(self):
         path = index_path(self.root, str(self.settings["index"])).parent / CLASSES_FILE

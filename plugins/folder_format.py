@@ -130,8 +130,47 @@ def index_path(data, name: str = INDEX_FILE) -> Path:
     return csv
 
 
+CELLPROFILER_FILE, CELLPROFILER_FOLDER = "FileName_", "PathName_"
+
+
+def _named_channel_columns(table: pd.DataFrame, csv, channel_columns) -> list[str]:
+    """Add a ``path_<CHANNEL>`` column per channel that the index names otherwise, and return
+    the columns it came from (they are not metadata).
+
+    ``channel_columns`` maps channel names to columns (a JSON object) or lists the columns in
+    channel order (named after the columns); without it, CellProfiler's ``FileName_<CH>`` (and
+    ``PathName_<CH>`` folder) pairs are recognised when the index has no ``path`` columns."""
+    columns = [str(c) for c in table.columns]
+    if channel_columns in (None, "", [], {}):
+        if any(c.startswith(CHANNEL_PREFIX) for c in columns) or "path" in columns:
+            return []
+        files = [c for c in columns if c.startswith(CELLPROFILER_FILE)]
+        mapping = {c[len(CELLPROFILER_FILE):]: c for c in files}
+    elif isinstance(channel_columns, dict):
+        mapping = {str(k): str(v) for k, v in channel_columns.items()}
+    elif isinstance(channel_columns, (list, tuple)):
+        mapping = {str(c): str(c) for c in channel_columns}
+    else:
+        raise UsageError(f"dataset option 'channel_columns' must be a list of column names "
+                         f"(e.g. [\"img_c1\", \"img_c2\"]) or an object channel -> column, got "
+                         f"{channel_columns!r}")
+    used = []
+    for channel, column in mapping.items():
+        if column not in columns:
+            raise UsageError(f"{csv}: no column '{column}' (dataset.channel_columns, channel "
+                             f"{channel}); its columns are: {', '.join(columns)}")
+        paths = table[column].astype("string")
+        folder = CELLPROFILER_FOLDER + column[len(CELLPROFILER_FILE):]
+        if column.startswith(CELLPROFILER_FILE) and folder in columns:
+            paths = table[folder].astype("string").str.rstrip("/") + "/" + paths
+            used.append(folder)
+        table[CHANNEL_PREFIX + channel] = paths.astype(object).where(paths.notna(), None)
+        used.append(column)
+    return used
+
+
 def read_index(data, renames: dict | None = None, channels=None, strip_channels=None,
-               name: str = INDEX_FILE, map_path=None) -> ImageIndex:
+               name: str = INDEX_FILE, map_path=None, channel_columns=None) -> ImageIndex:
     """The generic index CSV at ``data`` (a folder holding ``name``, or the CSV) as an
     :class:`ImageIndex`: metadata (``META_COLUMNS``, then the CSV's other columns), the file
     paths of every row (relative paths are relative to the CSV's folder) and the problems of
@@ -140,7 +179,13 @@ def read_index(data, renames: dict | None = None, channels=None, strip_channels=
     csv = index_path(data, name)
     text = [c for field, names in FIELDS.items() if field != "site" for c in names]
     text += [c for field, c in renames.items() if field != "site"]
+    if isinstance(channel_columns, dict):
+        text += [str(c) for c in channel_columns.values()]
+    elif isinstance(channel_columns, (list, tuple)):
+        text += [str(c) for c in channel_columns]
     table = read_table(csv, text)
+    named = _named_channel_columns(table, csv, channel_columns)
+    table = table.drop(columns=named)
     columns = [str(c) for c in table.columns]
     found = resolve_columns(columns, FIELDS, renames, str(csv), required=["source", "plate"])
     channel_columns = [c for c in columns if c.startswith(CHANNEL_PREFIX)]

@@ -247,3 +247,28 @@ def test_on_error_skip_completes_and_reports_the_skips(tmp_path):
     assert manifest["data_problems"]["skipped_images"] == 3
     assert any("does not exist" in p["message"] for p in manifest["data_problems"]["problems"])
     assert "3 image(s) were left out" in render(out)
+
+
+def test_channel_columns_under_other_names_and_cellprofiler_pairs(tmp_path):
+    index, arrays = make_folder(tmp_path, layout="png")
+    expected = torch.from_numpy(arrays[5].astype(np.float32)) / 255
+    channels = ("DNA", "ER", "Mito")
+    index.rename(columns={f"path_{c}": f"img_c{i + 1}" for i, c in enumerate(channels)}).to_csv(
+        tmp_path / "renamed.csv", index=False)
+    listed = FolderDataset(str(tmp_path / "renamed.csv"),
+                           **options(channel_columns=["img_c1", "img_c2", "img_c3"]))
+    assert torch.equal(listed.domain("A").images[5], expected)
+    named = FolderDataset(str(tmp_path / "renamed.csv"),
+                          **options(channel_columns={"DNA": "img_c1", "Mito": "img_c3"}))
+    assert torch.equal(named.domain("A").images[5], expected[[0, 2]])
+    assert "img_c1" not in named.domain("A").meta.columns
+    cellprofiler = index.copy()
+    for channel in channels:
+        paths = cellprofiler.pop(f"path_{channel}")
+        cellprofiler[f"PathName_{channel}"] = [str(tmp_path / p.rsplit("/", 1)[0]) for p in paths]
+        cellprofiler[f"FileName_{channel}"] = [p.rsplit("/", 1)[1] for p in paths]
+    cellprofiler.to_csv(tmp_path / "cp.csv", index=False)
+    found = FolderDataset(str(tmp_path / "cp.csv"), **options())
+    assert torch.equal(found.domain("A").images[5], expected)
+    with pytest.raises(hcibench.UsageError, match="no column 'img_c9'"):
+        FolderDataset(str(tmp_path / "renamed.csv"), **options(channel_columns=["img_c9"]))
