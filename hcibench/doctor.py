@@ -45,6 +45,10 @@ def _temp_files(out: Path) -> list[Finding]:
         alive = bool(match) and process_alive(int(match.group(1)))
         if not alive:
             findings.append(Finding(path, "temporary file of an interrupted write", True))
+    for path in out.glob(".write-test-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and process_alive(int(pid))):
+            findings.append(Finding(path, "write probe of an interrupted command", True))
     return findings
 
 
