@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import tomllib
 from pathlib import Path
@@ -118,6 +119,14 @@ def merge_grid_file(options: dict) -> dict:
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"grid file {path} is not valid TOML: {error}") from None
     merged = dict(options)
+    sweep = grid.pop("sweep", {})
+    if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
+        raise UsageError(f"grid file {path}: [sweep] maps settings to lists of values, e.g. "
+                         f"\"adapt.lr\" = [1e-5, 1e-4]")
+    # A [sweep] table is the same as --set SETTING=a,b,c (see hcibench.sweep).
+    merged["overrides"] = [*merged["overrides"], *(
+        f"{setting}={','.join(v if isinstance(v, str) else json.dumps(v) for v in values)}"
+        for setting, values in sweep.items())]
     for key, value in grid.items():
         name = {"data": "data_path", "set": "overrides"}.get(key, key)
         if name not in merged:
@@ -197,8 +206,6 @@ def report(run_dir, fmt, metric, stats, baseline, compare, plots_dir, output, di
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def settings(methods, dataset, data_path, preset, overrides, as_json):
     """The resolved settings of a run: each value, where it came from and what it may be."""
-    import json
-
     from .runner import Grid, RunSpec
     from .settings_view import resolved_settings
 

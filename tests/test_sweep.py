@@ -41,3 +41,16 @@ def test_a_sweep_shares_unchanged_stages_and_reports_each_variant(cli, tmp_path)
     assert report.returncode == 0, report.stderr
     assert "dual-dino [adapt.lr=1e-4],S8,S8,accuracy" in report.stdout
     assert "dual-dino [adapt.lr=5e-4],S8,S8,accuracy" in report.stdout
+
+
+def test_a_sweep_table_in_a_grid_file_is_a_comma_list(tmp_path):
+    from hcibench.cli import merge_grid_file
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text('methods = ["oda"]\n[sweep]\n"adapt.lr" = [1e-5, 1e-4]\n'
+                    '"adapt.trainable" = ["all", "norm"]\n')
+    merged = merge_grid_file({"grid_file": str(grid), "methods": None, "overrides": ["a.b=1"]})
+    assert merged["overrides"] == ["a.b=1", "adapt.lr=1e-05,0.0001", "adapt.trainable=all,norm"]
+    grid.write_text('[sweep]\n"adapt.lr" = 3\n')
+    with pytest.raises(UsageError, match="sweep"):
+        merge_grid_file({"grid_file": str(grid), "overrides": []})

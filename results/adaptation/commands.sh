@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The adaptation experiments of results/adaptation/README.md, in the order they were run.
+# Each line is one run folder; stages are shared through the base runs' stage folders, so a
+# later line computes only what differs (step 3, or only predictions). Two at a time on a
+# 2-core machine, one torch thread each. Summaries: results/adaptation/summarise.py.
+set -euo pipefail
+H=".venv/bin/hcibench"
+GRID="--sources S3 --targets S3,S5,S8,S11 --seeds 0,1,2 --set threads=1"
+for c in 0 1; do
+  # Steps 1-2 (and Supervised) on S3, with (1, the default) and without (0) the culture shift.
+  $H run --methods supervised,dual-dino,dual-cb $GRID --set dataset.culture=$c \
+    --out runs/adapt/base-culture$c
+  # What adapts: all weights (the paper, the preset's step 3), normalisation layers, early layers.
+  $H run --methods oda,coda $GRID --set dataset.culture=$c --set adapt.trainable=all,norm,early \
+    --cache runs/adapt/base-culture$c/stages --out runs/adapt/scope-culture$c
+  # Token alignment before the frozen task model, with and without the DINO adaptation.
+  $H run --methods dual-dino,oda,dual-cb,coda $GRID --set dataset.culture=$c \
+    --set adapt.align_tokens=true --cache runs/adapt/base-culture$c/stages \
+    --out runs/adapt/align-culture$c
+  # Feature alignment added to the DINO adaptation (weight 1, fixed before any run).
+  $H run --methods oda,coda $GRID --set dataset.culture=$c --set adapt.feature_alignment=1 \
+    --cache runs/adapt/base-culture$c/stages --out runs/adapt/falign1-culture$c
+done
+# Another training source (S5), culture shift on: does token alignment hold there?
+$H run --methods supervised,dual-dino,dual-cb --sources S5 --targets S3,S5,S8,S11 --seeds 0,1,2 \
+  --set threads=1 --cache runs/adapt/base-culture1/stages --out runs/adapt/base-S5-culture1
+$H run --methods dual-dino,dual-cb --sources S5 --targets S3,S5,S8,S11 --seeds 0,1,2 \
+  --set threads=1 --set adapt.align_tokens=true --cache runs/adapt/base-culture1/stages \
+  --out runs/adapt/align-S5-culture1
