@@ -10,9 +10,9 @@ for c in 0 1; do
   # Steps 1-2 (and Supervised) on S3, with (1, the default) and without (0) the culture shift.
   $H run --methods supervised,dual-dino,dual-cb $GRID --set dataset.culture=$c \
     --out runs/adapt/base-culture$c
-  # What adapts: all weights (the paper, the preset's step 3), normalisation layers, early layers.
-  $H run --methods oda,coda $GRID --set dataset.culture=$c --set adapt.trainable=all,norm,early \
-    --cache runs/adapt/base-culture$c/stages --out runs/adapt/scope-culture$c
+  # ODA and CODA as shipped (the quick preset's step 3: all weights, 5 epochs, step 1's lr).
+  $H run --methods oda,coda $GRID --set dataset.culture=$c \
+    --cache runs/adapt/base-culture$c/stages --out runs/adapt/default-culture$c
   # Token alignment before the frozen task model, with and without the DINO adaptation.
   $H run --methods dual-dino,oda,dual-cb,coda $GRID --set dataset.culture=$c \
     --set adapt.align_tokens=true --cache runs/adapt/base-culture$c/stages \
@@ -21,9 +21,20 @@ for c in 0 1; do
   $H run --methods oda,coda $GRID --set dataset.culture=$c --set adapt.feature_alignment=1 \
     --cache runs/adapt/base-culture$c/stages --out runs/adapt/falign1-culture$c
 done
+# What adapts, without the culture shift: all weights (= default-culture0, shared stages),
+# the normalisation layers only, the early layers only.
+$H run --methods oda,coda $GRID --set dataset.culture=0 --set adapt.trainable=all,norm,early \
+  --cache runs/adapt/base-culture0/stages --out runs/adapt/scope-culture0
 # Another training source (S5), culture shift on: does token alignment hold there?
 $H run --methods supervised,dual-dino,dual-cb --sources S5 --targets S3,S5,S8,S11 --seeds 0,1,2 \
   --set threads=1 --cache runs/adapt/base-culture1/stages --out runs/adapt/base-S5-culture1
 $H run --methods dual-dino,dual-cb --sources S5 --targets S3,S5,S8,S11 --seeds 0,1,2 \
   --set threads=1 --set adapt.align_tokens=true --cache runs/adapt/base-culture1/stages \
   --out runs/adapt/align-S5-culture1
+# The two sources no experiment above looked at (S7, S10: test-only in the paper), culture on:
+# the token alignment, decided on S5/S8/S11, checked where it was not chosen.
+$H run --methods supervised,dual-dino,dual-cb --sources S3 --targets S7,S10 --seeds 0,1,2 \
+  --set threads=1 --cache runs/adapt/base-culture1/stages --out runs/adapt/heldout-culture1
+$H run --methods dual-dino,dual-cb --sources S3 --targets S7,S10 --seeds 0,1,2 --set threads=1 \
+  --set adapt.align_tokens=true --cache runs/adapt/base-culture1/stages \
+  --out runs/adapt/heldout-align-culture1
