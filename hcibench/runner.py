@@ -356,56 +356,86 @@ def _execute(run: Run, progress: Progress | None, on_cell) -> dict:
     open_run_folder(run)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     stages = StageCache(run.out, store=run.spec.cache, log=progress.log)
+    claims = StageStore(run.out, log=progress.log)
     # Checking the folder's settings and writing the manifest are one step for concurrent
     # commands on the same folder: of two with different settings, one is always refused.
-    with StageStore(run.out).exclusive("run"):
+    with claims.exclusive("run"):
         open_run_folder(run)
         write_manifest(run, stages, started)
     domains = DomainCache(run)
+    done = 0
+    # Each (method, source, seed) group is computed under its claim, so that commands sharing
+    # the folder split the groups between them; a group another process holds is left for
+    # last, then waited for (and found finished).
+    deferred = []
+    for group in pending_cells(run):
+        claim = claims.try_claim(_group_claim(*group[:3]))
+        if claim is None:
+            deferred.append(group)
+            continue
+        with claim:
+            done += _run_group(run, group, domains, stages, progress, on_cell)
+        with claims.exclusive("run"):
+            write_manifest(run, stages, started)
+    for group in deferred:
+        with claims.exclusive(_group_claim(*group[:3])):
+            done += _run_group(run, group, domains, stages, progress, on_cell)
+    with claims.exclusive("run"):
+        write_manifest(run, stages, started)
+    return {"computed_cells": done}
+
+
+def _group_claim(method: str, source: str, seed: int) -> str:
+    return f"cells-{method}-{source}-seed{seed}"
+
+
+def _run_group(run: Run, group, domains: DomainCache, stages: StageCache, progress: Progress,
+               on_cell) -> int:
+    """Fit one (method, source, seed) and score its unfinished targets; returns how many."""
+    method_name, source, seed, _ = group
+    targets = [t for t in run.grid.targets
+               if not record_is_valid(record_path(run.out, method_name, source, t, seed))]
+    if not targets:  # finished by another process meanwhile
+        return 0
+    split = domains.split(source)
     dataset_identity = {"name": run.spec.dataset, "data": run.spec.data,
                         "options": run.config["dataset"]}
-    done = 0
-    for method_name, source, seed, targets in pending_cells(run):
-        split = domains.split(source)
-        context = Context(run.config, seed=seed, source=source, dataset=dataset_identity,
-                          stages=stages, progress=progress)
-        method = run.method_classes[method_name](context)
-        seed_everything(int(digest([method_name, source, seed, "fit"]), 16) % 2**31)
-        fit_started = time.perf_counter()
-        method.fit(split.train, split.val)
-        fit_seconds = time.perf_counter() - fit_started
-        train_labels = split.train.labels
-        seen = torch.unique(train_labels[train_labels >= 0])
-        for target in targets:
-            domain = domains.target(source, target)
-            seed_everything(int(digest([method_name, source, target, seed]), 16) % 2**31)
-            cell_started = time.perf_counter()
-            prediction = method.predict(domain)
-            labels, scoring = scored_labels(domain, seen)
-            metrics = score(run, prediction.logits, domain, labels=labels,
-                            embeddings=prediction.embeddings)
-            for variant, logits in prediction.variants.items():
-                metrics.update(score(run, logits, domain, variant, labels=labels))
-            record = {
-                "method": method_name, "source": source, "target": target, "seed": seed,
-                "dataset": run.spec.dataset, "in_domain": source == target,
-                "metrics": metrics, "n_images": len(domain),
-                "fit_seconds": round(fit_seconds, 3),
-                "seconds": round(time.perf_counter() - cell_started, 3),
-                "info": {**prediction.info, "scoring": scoring,
-                         "skipped_images": skipped_images(run.dataset, source, target)},
-                "computed_with": conditions(),
-                "settings_digest": run.method_digests[method_name],
-                "run_digest": run.settings_digest,
-            }
-            storage.write_json(record_path(run.out, method_name, source, target, seed), record)
-            fit_seconds = 0.0  # the fit is charged to the first target only
-            done += 1
-            if on_cell:
-                on_cell(record)
-        write_manifest(run, stages, started)
-    write_manifest(run, stages, started)
-    return {"computed_cells": done}
+    context = Context(run.config, seed=seed, source=source, dataset=dataset_identity,
+                      stages=stages, progress=progress)
+    method = run.method_classes[method_name](context)
+    seed_everything(int(digest([method_name, source, seed, "fit"]), 16) % 2**31)
+    fit_started = time.perf_counter()
+    method.fit(split.train, split.val)
+    fit_seconds = time.perf_counter() - fit_started
+    train_labels = split.train.labels
+    seen = torch.unique(train_labels[train_labels >= 0])
+    for target in targets:
+        domain = domains.target(source, target)
+        seed_everything(int(digest([method_name, source, target, seed]), 16) % 2**31)
+        cell_started = time.perf_counter()
+        prediction = method.predict(domain)
+        labels, scoring = scored_labels(domain, seen)
+        metrics = score(run, prediction.logits, domain, labels=labels,
+                        embeddings=prediction.embeddings)
+        for variant, logits in prediction.variants.items():
+            metrics.update(score(run, logits, domain, variant, labels=labels))
+        record = {
+            "method": method_name, "source": source, "target": target, "seed": seed,
+            "dataset": run.spec.dataset, "in_domain": source == target,
+            "metrics": metrics, "n_images": len(domain),
+            "fit_seconds": round(fit_seconds, 3),
+            "seconds": round(time.perf_counter() - cell_started, 3),
+            "info": {**prediction.info, "scoring": scoring,
+                     "skipped_images": skipped_images(run.dataset, source, target)},
+            "computed_with": conditions(),
+            "settings_digest": run.method_digests[method_name],
+            "run_digest": run.settings_digest,
+        }
+        storage.write_json(record_path(run.out, method_name, source, target, seed), record)
+        fit_seconds = 0.0  # the fit is charged to the first target only
+        if on_cell:
+            on_cell(record)
+    return len(targets)
 
 
 def count_cells(run: Run) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """A run folder that nothing corrupts: damaged files, leftovers, concurrent commands."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -65,8 +66,9 @@ def test_two_commands_at_once_on_one_folder(tmp_path):
     stage_files = list((same / "stages").glob("*.pt"))
     assert len(stage_files) == 1
     counts = json.loads((same / "stages.json").read_text())
-    assert [(c["computed"], c["reused"]) for c in counts.values()] == [(1, 1)]
-    assert sum("being computed by another process" in e for e in errors) <= 1
+    assert [c["computed"] for c in counts.values()] == [1]
+    computed = [int(re.search(r"(\d+) cell\(s\) computed", e).group(1)) for e in errors]
+    assert sorted(computed) == [0, 2]  # each cell by one of the two
     single = tmp_path / "single"
     assert subprocess.run(_command(single), capture_output=True).returncode == 0
     assert _metrics(same) == _metrics(single)
