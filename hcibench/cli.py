@@ -65,6 +65,9 @@ def cli():
 @click.option("--cache", type=click.Path(),
               help="Stage folder shared between run folders: stages with equal settings are "
                    "computed once [default: OUT/stages; OUT/cache for a sweep].")
+@click.option("--strict", is_flag=True,
+              help="Refuse to reuse a stage computed with another thread count or torch version "
+                   "(by default a warning: results may differ in the last digits).")
 def run(**options):
     """Run a methods × sources × targets × seeds grid; finished cells are never recomputed."""
     from .runner import Grid, RunSpec, prepare
@@ -92,6 +95,7 @@ def run(**options):
         dataset=dataset, data=options["data_path"], preset=preset, overrides=overrides,
         evaluators=parse_list(options["evaluators"]),
         cache=Path(options["cache"]) if options["cache"] else None,
+        strict=options["strict"],
     )
     variants = sweep_variants(spec)
     if variants is None:

@@ -51,6 +51,8 @@ class RunSpec:
     evaluators: list[str] = field(default_factory=list)
     # A stage folder shared with other run folders (content-addressed); None: OUT/stages.
     cache: Path | None = None
+    # Refuse to reuse a stage computed under other numeric conditions (thread count, torch).
+    strict: bool = False
 
 
 @dataclass
@@ -355,7 +357,7 @@ def _execute(run: Run, progress: Progress | None, on_cell) -> dict:
     progress = progress or Progress()
     open_run_folder(run)
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    stages = StageCache(run.out, store=run.spec.cache, log=progress.log)
+    stages = StageCache(run.out, store=run.spec.cache, log=progress.log, strict=run.spec.strict)
     claims = StageStore(run.out, log=progress.log)
     # Checking the folder's settings and writing the manifest are one step for concurrent
     # commands on the same folder: of two with different settings, one is always refused.

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import storage
+from .errors import UsageError
 from .progress import Progress
 from .stage_store import StageStore
 
@@ -58,13 +59,14 @@ class StageCache:
     in ``folder/stages.json``."""
 
     def __init__(self, folder: Path | None = None, keep_in_memory: int = 6,
-                 store: Path | None = None, log=None):
+                 store: Path | None = None, log=None, strict: bool = False):
         self.folder = Path(folder) if folder else None
         self.memory: OrderedDict[str, Any] = OrderedDict()
         self.keep_in_memory = keep_in_memory
         self.counts: dict[str, dict] = {}
         self.store = None
         self.log = log
+        self.strict = strict  # refuse, rather than warn about, a reuse under other conditions
         self.warned: set[str] = set()
         if self.folder:
             self.store = StageStore(Path(store) if store else self.folder / "stages", log=log)
@@ -124,6 +126,10 @@ class StageCache:
         are bitwise repeatable only at equal thread counts (and precision, device)."""
         then = value.get(CONDITIONS) if isinstance(value, dict) else None
         now = conditions()
+        if then and then != now and self.strict:
+            raise UsageError(f"stage {stage_id} was computed with {then}, this process runs with "
+                             f"{now}; run with the same settings (e.g. --set threads=...) or "
+                             f"without --strict")
         if then and then != now and stage_id not in self.warned and self.log:
             self.warned.add(stage_id)
             self.log(f"stage {stage_id} was computed with {then}, this process runs with {now}: "

@@ -5,9 +5,11 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import tiny_args
 
+from hcibench.errors import UsageError
 from hcibench.stages import StageCache
 
 RUN = ["run", "--methods", "supervised", "--sources", "S8", "--targets", "S8,S11"]
@@ -89,6 +91,8 @@ def test_a_stage_reused_with_another_thread_count_says_so(tmp_path):
         StageCache(tmp_path).get("fe", {"k": 1}, lambda: {"w": torch.ones(2)})
         torch.set_num_threads(2)
         value = StageCache(tmp_path, log=said.append).get("fe", {"k": 1}, lambda: {"w": None})
+        with pytest.raises(UsageError, match="without --strict"):
+            StageCache(tmp_path, strict=True).get("fe", {"k": 1}, lambda: {"w": None})
     finally:
         torch.set_num_threads(threads)
     assert value["computed_with"]["threads"] == 1 and torch.equal(value["w"], torch.ones(2))
