@@ -65,18 +65,28 @@ def block_of(name: str) -> str:
     return parts[0]
 
 
-def weight_movement(start: dict[str, torch.Tensor], now: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Per block, ||now - start|| / ||start|| over the block's floating-point weights."""
-    moved: dict[str, list[float]] = {}
+def _squared_changes(start: dict[str, torch.Tensor],
+                     now: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
+    """Per block, (sum of squared changes, sum of squared start values) over the block's
+    floating-point weights."""
+    sums: dict[str, tuple[float, float]] = {}
     for name, before in start.items():
         if not torch.is_floating_point(before):
             continue
         delta = float((now[name].float() - before.float()).pow(2).sum())
         size = float(before.float().pow(2).sum())
-        acc = moved.setdefault(block_of(name), [0.0, 0.0])
-        acc[0] += delta
-        acc[1] += size
-    return {block: math.sqrt(d / s) if s > 0 else 0.0 for block, (d, s) in moved.items()}
+        old_delta, old_size = sums.get(block_of(name), (0.0, 0.0))
+        sums[block_of(name)] = (old_delta + delta, old_size + size)
+    return sums
+
+
+def _relative(delta: float, size: float) -> float:
+    return math.sqrt(delta / size) if size > 0 else 0.0
+
+
+def weight_movement(start: dict[str, torch.Tensor], now: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per block, ||now - start|| / ||start|| over the block's floating-point weights."""
+    return {block: _relative(*sums) for block, sums in _squared_changes(start, now).items()}
 
 
 def effective_classes(predicted: torch.Tensor, num_classes: int) -> float:
@@ -113,14 +123,15 @@ class AdaptationMonitor:
         if self._start_weights is None:
             self._start_weights, self._start_tokens = weights, tokens
             self._start_predicted = predicted
-        moved = weight_movement(self._start_weights, weights)
+        sums = _squared_changes(self._start_weights, weights)
+        total = [sum(column) for column in zip(*sums.values())] or [0.0, 0.0]
         row = {
             "epoch": epoch,
             "cka_to_start": linear_cka(self._start_tokens, tokens),
             "changed_predictions": float((predicted != self._start_predicted).double().mean()),
             "predicted_classes": effective_classes(predicted, self.num_classes) / self.num_classes,
-            "weight_movement": moved,
-            "weight_movement_total": _total_movement(self._start_weights, weights),
+            "weight_movement": {block: _relative(*pair) for block, pair in sums.items()},
+            "weight_movement_total": _relative(*total),
         }
         self.rows.append(row)
         self.logits.append(logits.detach().clone())
@@ -129,15 +140,6 @@ class AdaptationMonitor:
     def result(self) -> dict:
         """The per-epoch diagnostics and logits (``epochs`` rows, the first before adapting)."""
         return {"diagnostics": self.rows, "epoch_logits": self.logits}
-
-
-def _total_movement(start: dict[str, torch.Tensor], now: dict[str, torch.Tensor]) -> float:
-    delta = size = 0.0
-    for name, before in start.items():
-        if torch.is_floating_point(before):
-            delta += float((now[name].float() - before.float()).pow(2).sum())
-            size += float(before.float().pow(2).sum())
-    return math.sqrt(delta / size) if size > 0 else 0.0
 
 
 # ----------------------------------------------------------------------------- token alignment

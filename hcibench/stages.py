@@ -86,17 +86,17 @@ class StageCache:
     def _count(self, stage_id: str, name: str, key: dict, computed: bool) -> None:
         """Add one use to ``stages.json``: read, add and write under the folder's claim, so
         that processes sharing the folder lose no count."""
-        field = "computed" if computed else "reused"
+        def add(counts: dict) -> None:
+            entry = counts.setdefault(stage_id, {"name": name, "key": key, "computed": 0,
+                                                 "reused": 0})
+            entry["computed" if computed else "reused"] += 1
+
         if not self.folder:
-            entry = self.counts.setdefault(stage_id, {"name": name, "key": key, "computed": 0,
-                                                      "reused": 0})
-            entry[field] += 1
+            add(self.counts)
             return
         with StageStore(self.folder).exclusive("stage-counts"):
             self.counts = self._read_counts()
-            entry = self.counts.setdefault(stage_id, {"name": name, "key": key, "computed": 0,
-                                                      "reused": 0})
-            entry[field] += 1
+            add(self.counts)
             storage.write_json(self.folder / "stages.json", self.counts)
 
     def get(self, name: str, key: dict, compute: Callable[[], Any]) -> Any:
