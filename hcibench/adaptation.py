@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .accelerator import device_of
 from .analysis import linear_cka
 from .errors import UsageError
 
@@ -169,10 +170,11 @@ class AlignedFE(nn.Module):
         super().__init__()
         self.fe = fe
         self.embed_dim = getattr(fe, "embed_dim", None)
-        self.scale = {k: (source[f"{k}_std"] / target[f"{k}_std"]).float()
+        device = device_of(fe)
+        self.scale = {k: (source[f"{k}_std"] / target[f"{k}_std"]).float().to(device)
                       for k in ("cls", "patch") if f"{k}_std" in source}
         self.shift = {k: (source[f"{k}_mean"] - target[f"{k}_mean"] * source[f"{k}_std"]
-                          / target[f"{k}_std"]).float() for k in self.scale}
+                          / target[f"{k}_std"]).float().to(device) for k in self.scale}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.fe.forward_features(x)

@@ -14,12 +14,12 @@ an MLP on its output and the DINO views are feature noise and dropout (``hcibenc
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, fields
 
 import torch
 from torch import nn
 
+from .accelerator import cpu_state, device_of, precision_key
 from .adaptation import AdaptationMonitor, AlignedFE, FeatureAlignment, restrict_to_scope, token_moments
 from .backbones import backbone_settings, create_backbone, create_vit
 from .data import Domain, TensorImages
@@ -58,7 +58,8 @@ def create_task(config: dict, token_dim: int, num_classes: int) -> nn.Module:
 
 
 def dino_settings(section: dict, **changes) -> DinoSettings:
-    """DinoSettings from a config section, ignoring keys that are not DINO settings."""
+    """DinoSettings from a config section, ignoring keys that are not DINO settings (pass the
+    run's resolved ``precision`` as a change: the section has none)."""
     names = {f.name for f in fields(DinoSettings)}
     changes = {k: v for k, v in changes.items() if v is not None}  # None: keep the section's
     values = {k: v for k, v in {**section, **changes}.items() if k in names}
@@ -77,7 +78,7 @@ def build_fe_pair(config: dict, channels: int, settings: DinoSettings):
 
 
 def _state(modules) -> dict:
-    return {name: copy.deepcopy(module.state_dict()) for name, module in modules.items()}
+    return {name: cpu_state(module) for name, module in modules.items()}
 
 
 def _alignment(config, settings, student, source: Domain, weight: float, seed: int):
@@ -85,7 +86,7 @@ def _alignment(config, settings, student, source: Domain, weight: float, seed: i
     on the source's images under the first global view."""
     make_views = dino_views(config, settings.n_local) or default_views(settings)
     generator = torch.Generator().manual_seed(seed)  # its own stream: training's is untouched
-    batches = (make_views(as_float(images, torch.device("cpu")), None, generator)[0]
+    batches = (make_views(as_float(images, device_of(student)), None, generator)[0]
                for images, _, _ in source.batches(settings.batch_size))
     return FeatureAlignment(student, FeatureAlignment.measure(student, batches), weight)
 
@@ -99,9 +100,10 @@ def _run_dino(config, channels, domain, settings, context, init, description, sc
     student, teacher, student_head, teacher_head = build_fe_pair(config, channels, settings)
     modules = {"student": student, "teacher": teacher, "student_head": student_head,
                "teacher_head": teacher_head}
-    if init is not None:
-        for name, module in modules.items():
+    for name, module in modules.items():
+        if init is not None:
             module.load_state_dict(init[name])
+        module.to(context.device)
     if scope is not None:
         restrict_to_scope(student, *scope)
     predictor = config["adapt"].get("predict_with", "teacher")
@@ -142,7 +144,7 @@ def pretrain_fe(context: Context, train: Domain, cross_batch: bool) -> tuple[dic
 
     Returns the stage result and the stage settings (the key that step 2 and 3 build on)."""
     config = context.config
-    settings = dino_settings(config["dino"], cross_batch=cross_batch)
+    settings = dino_settings(config["dino"], cross_batch=cross_batch, precision=context.precision)
     key = {"backbone": backbone_settings(config), "dino": asdict(settings)}
     channels = train.images[0].shape[0]
     result = context.stage(
@@ -152,13 +154,15 @@ def pretrain_fe(context: Context, train: Domain, cross_batch: bool) -> tuple[dic
     return result, key
 
 
-def load_fe(config: dict, channels: int, state: dict) -> nn.Module:
-    """A frozen FE in eval mode from a stage result: its ``predictor`` entry names the weights
-    that predict (the DINO teacher by default, the MAE encoder)."""
+def load_fe(config: dict, channels: int, state: dict,
+            device: torch.device | None = None) -> nn.Module:
+    """A frozen FE in eval mode (on ``device``, default the CPU) from a stage result: its
+    ``predictor`` entry names the weights that predict (the DINO teacher by default, the MAE
+    encoder)."""
     fe = create_backbone(config, channels)
     fe.load_state_dict(state[state.get("predictor", "teacher")])
     fe.eval().requires_grad_(False)
-    return fe
+    return fe.to(device or torch.device("cpu"))
 
 
 def tokens_forward(fe: nn.Module, task: TaskModel):
@@ -178,7 +182,7 @@ def train_task(context: Context, train: Domain, val: Domain, fe_state: dict, fe_
     channels = train.images[0].shape[0]
 
     def compute():
-        fe = load_fe(config, channels, fe_state)
+        fe = load_fe(config, channels, fe_state, context.device)
         task = create_task(config, fe.embed_dim, len(train.classes))
         description = f"step 2 task model {context.source}"
         if config["task"].get("cache_tokens"):
@@ -193,7 +197,8 @@ def train_task(context: Context, train: Domain, val: Domain, fe_state: dict, fe_
         return {"state": result["state"], "val_accuracy": result["val_accuracy"],
                 "best_epoch": result["best_epoch"]}
 
-    return context.stage("task", task_key(config, fe_key), compute)
+    return context.stage("task", {**task_key(config, fe_key), **precision_key(context.precision)},
+                         compute)
 
 
 def task_key(config: dict, fe_key: dict) -> dict:
@@ -204,21 +209,22 @@ def task_key(config: dict, fe_key: dict) -> dict:
 def fe_moments(config: dict, fe: nn.Module, domain: Domain) -> dict[str, torch.Tensor]:
     """The FE's output moments on a domain (see :func:`hcibench.adaptation.token_moments`)."""
     return token_moments(predict_logits(fe.forward_features, domain, config["eval_batch_size"],
-                                        config["input_size"]))
+                                        config["input_size"], device_of(fe)))
 
 
 def token_domain(fe: nn.Module, domain: Domain, config: dict) -> Domain:
     """The same samples with the frozen FE's tokens (N×T×D) in place of the images."""
     tokens = predict_logits(fe.forward_features, domain, config["eval_batch_size"],
-                            config["input_size"])
+                            config["input_size"], device_of(fe))
     return Domain(domain.name, domain.meta, TensorImages(tokens), domain.classes)
 
 
-def load_task(config: dict, token_dim: int, num_classes: int, state: dict) -> nn.Module:
+def load_task(config: dict, token_dim: int, num_classes: int, state: dict,
+              device: torch.device | None = None) -> nn.Module:
     task = create_task(config, token_dim, num_classes)
     task.load_state_dict(state)
     task.eval().requires_grad_(False)
-    return task
+    return task.to(device or torch.device("cpu"))
 
 
 def adapt_fe(context: Context, target: Domain, fe_state: dict, fe_key: dict,
@@ -234,7 +240,7 @@ def adapt_fe(context: Context, target: Domain, fe_state: dict, fe_key: dict,
     config = context.config
     adapt = config["adapt"]
     settings = dino_settings(config["dino"], cross_batch=cross_batch,
-                             **{k: v for k, v in adapt.items()})
+                             **{k: v for k, v in adapt.items()}, precision=context.precision)
     channels = target.images[0].shape[0]
     scope = (adapt.get("trainable", "all"), int(adapt.get("early_blocks", 1)))
     watching = bool(adapt.get("monitor")) and task is not None
@@ -268,7 +274,7 @@ def aligned(config: dict, fe: nn.Module, source_moments: dict | None, target: Do
 
 def predict(config: dict, fe: nn.Module, task: TaskModel, target: Domain) -> torch.Tensor:
     return predict_logits(tokens_forward(fe, task), target, config["eval_batch_size"],
-                          config["input_size"])
+                          config["input_size"], device_of(fe))
 
 
 def embedding(features: torch.Tensor) -> torch.Tensor:
@@ -285,4 +291,5 @@ def predict_with_embeddings(config: dict, fe: nn.Module, task: nn.Module,
         features = fe.forward_features(x)
         return task(features), embedding(features)
 
-    return predict_outputs(forward, target, config["eval_batch_size"], config["input_size"])
+    return predict_outputs(forward, target, config["eval_batch_size"], config["input_size"],
+                           device_of(fe))

@@ -5,11 +5,11 @@ is masked-feature reconstruction (``hcibench.profiles.ProfileMAE``)."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, fields
 
 import torch
 
+from .accelerator import cpu_state, precision_key
 from .adaptation import AdaptationMonitor
 from .backbones import backbone_settings, create_backbone
 from .data import Domain
@@ -46,7 +46,7 @@ def _run_mae(config, channels, domain, settings, context, init, description,
              watch=None) -> dict:
     """MAE from ``init`` (or random weights); ``watch(fe) -> (logits, tokens)`` turns on the
     adaptation monitor of the encoder (see :class:`hcibench.adaptation.AdaptationMonitor`)."""
-    model = build_mae(config, channels, settings, init)
+    model = build_mae(config, channels, settings, init).to(context.device)
     monitor, on_epoch = None, None
     if watch is not None:
         monitor = AdaptationMonitor(watch, num_classes=len(domain.classes))
@@ -57,9 +57,8 @@ def _run_mae(config, channels, domain, settings, context, init, description,
 
     generator = torch.Generator().manual_seed(context.seed)
     stats = train_mae(model, domain, settings, config["input_size"], context.progress, generator,
-                      description, on_epoch=on_epoch)
-    result = {"encoder": copy.deepcopy(model.encoder.state_dict()),
-              "decoder": copy.deepcopy(model.decoder.state_dict()),
+                      description, on_epoch=on_epoch, precision=context.precision)
+    result = {"encoder": cpu_state(model.encoder), "decoder": cpu_state(model.decoder),
               "predictor": "encoder", "stats": stats}
     if monitor is not None:
         result["monitor"] = monitor.result()
@@ -71,7 +70,7 @@ def pretrain_mae(context: Context, train: Domain) -> tuple[dict, dict]:
     config = context.config
     settings = mae_settings(config["mae"])
     key = {"backbone": backbone_settings(config), "mae": asdict(settings),
-           "input_size": config["input_size"]}
+           "input_size": config["input_size"], **precision_key(context.precision)}
     channels = train.images[0].shape[0]
     result = context.stage("fe-mae", key, lambda: _run_mae(
         config, channels, train, settings, context, None, f"step 1 MAE {context.source}"))
@@ -89,7 +88,8 @@ def adapt_mae(context: Context, target: Domain, fe_state: dict, fe_key: dict,
     lr = config["adapt"].get("lr") or config["mae"].get("adapt_lr")
     settings = mae_settings(config["mae"], **{**config["adapt"], "lr": lr})
     channels = target.images[0].shape[0]
-    key = {"fe": fe_key, "adapt": asdict(settings), "target": target.name, "n": len(target)}
+    key = {"fe": fe_key, "adapt": asdict(settings), "target": target.name, "n": len(target),
+           **precision_key(context.precision)}
     watch = None
     if config["adapt"].get("monitor") and task is not None:
         key["monitor"] = {"task": task_key}

@@ -105,13 +105,17 @@ class TaskMLP(nn.Module):
 
 def perturb(x: torch.Tensor, noise_std: float, dropout: float,
             generator: torch.Generator | None) -> torch.Tensor:
-    """``x`` with each feature zeroed with probability ``dropout`` and Gaussian noise added."""
+    """``x`` with each feature zeroed with probability ``dropout`` and Gaussian noise added.
+    The numbers are drawn on the generator's device (a CPU generator gives the same
+    perturbations whatever device ``x`` is on)."""
+    draw_on = generator.device if generator is not None else x.device
     out = x
     if dropout > 0:
-        keep = torch.rand(x.shape, generator=generator, device=x.device) >= dropout
+        keep = torch.rand(x.shape, generator=generator, device=draw_on).to(x.device) >= dropout
         out = out * keep
     if noise_std > 0:
-        out = out + noise_std * torch.randn(x.shape, generator=generator, device=x.device)
+        noise = torch.randn(x.shape, generator=generator, device=draw_on).to(x.device)
+        out = out + noise_std * noise
     return out
 
 

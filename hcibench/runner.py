@@ -8,6 +8,7 @@ Expensive stages are shared and cached through ``hcibench.stages``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import plugins, presets, profiles, storage
+from . import accelerator, distributed, plugins, presets, profiles, storage
 from .data import Dataset, Domain
 from .doctor import record_is_valid
 from .errors import UsageError, unknown_name
@@ -109,7 +110,10 @@ def prepare(spec: RunSpec) -> Run:
                 [int(s) for s in grid.seeds])
     # A method's own section (e.g. ``supervised``) concerns its cells only, so a later command
     # may add or drop methods in the same folder; everything else must stay equal.
-    shared = {key: value for key, value in config.items() if key not in method_classes}
+    # Where a run computes (``device``) does not change what it computes, so workers on a CPU
+    # and on a GPU may share a folder; the conditions stored with each stage tell them apart.
+    shared = {key: value for key, value in config.items()
+              if key not in method_classes and key not in RUNTIME_ONLY}
     settings = {"config": shared, "dataset": spec.dataset, "data": spec.data,
                 "evaluators": evaluator_names}
     run_digest = digest(settings)
@@ -117,6 +121,9 @@ def prepare(spec: RunSpec) -> Run:
                       for name in method_classes}
     return Run(spec, grid, config, dataset, method_classes, evaluators, run_digest,
                method_digests)
+
+
+RUNTIME_ONLY = ("device",)
 
 
 def resolve_config(spec: RunSpec, method_classes: dict[str, type],
@@ -212,14 +219,17 @@ def open_run_folder(run: Run) -> None:
             f"options as before (methods, sources, targets and seeds may change)")
 
 
-def write_manifest(run: Run, stages: StageCache, started: str) -> None:
+def write_manifest(run: Run, stages: StageCache, started: str | None = None) -> None:
+    """Write ``manifest.json``; ``started`` None keeps the start time already recorded."""
     manifest_path = run.out / "manifest.json"
     grid = asdict(run.grid)
     try:  # a later command may extend the grid of the same run
         previous = storage.read_json(manifest_path)
         old, old_digests = previous.get("grid", {}), previous.get("method_digests") or {}
+        started = started or previous.get("started")
     except (OSError, ValueError, AttributeError):  # absent or damaged: written anew
         old, old_digests = {}, {}
+    started = started or datetime.now(UTC).isoformat(timespec="seconds")
     for key, values in old.items():
         grid[key] = list(dict.fromkeys([*values, *grid[key]]))
     storage.write_json(manifest_path, {
@@ -355,21 +365,74 @@ def execute(run: Run, progress: Progress | None = None, on_cell=None) -> dict:
 
 def _execute(run: Run, progress: Progress | None, on_cell) -> dict:
     progress = progress or Progress()
-    open_run_folder(run)
+    device = accelerator.resolve_device(run.config.get("device"))  # before anything is written
+    device = distributed.init_from_environment(device)  # under torchrun: this rank's GPU
+    main = distributed.is_main()  # under torchrun, rank 0 alone writes to the folder
+    if main:
+        open_run_folder(run)
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    stages = StageCache(run.out, store=run.spec.cache, log=progress.log, strict=run.spec.strict)
+    stages = StageCache(run.out, store=run.spec.cache, log=progress.log, strict=run.spec.strict,
+                        device=device)
     claims = StageStore(run.out, log=progress.log)
     # Checking the folder's settings and writing the manifest are one step for concurrent
     # commands on the same folder: of two with different settings, one is always refused.
-    with claims.exclusive("run"):
+    if main:
+        with claims.exclusive("run"):
+            open_run_folder(run)
+            write_manifest(run, stages, started)
+    distributed.barrier()
+    domains = DomainCache(run)
+    if distributed.active():
+        done = _execute_together(run, domains, stages, claims, progress, on_cell, started)
+    else:
+        done = _execute_alone(run, domains, stages, claims, progress, on_cell, started)
+    if main:
+        with claims.exclusive("run"):
+            write_manifest(run, stages, started)
+    return {"computed_cells": done}
+
+
+def start_run_folder(run: Run, stages: StageCache | None = None) -> str:
+    """Create or check the run folder and write its manifest, under the folder's claim (of two
+    commands with different settings, one is refused). Returns the start time it recorded."""
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    stages = stages or StageCache(run.out, store=run.spec.cache)
+    open_run_folder(run)
+    with StageStore(run.out).exclusive("run"):
         open_run_folder(run)
         write_manifest(run, stages, started)
-    domains = DomainCache(run)
-    done = 0
-    # Each (method, source, seed) group is computed under its claim, so that commands sharing
-    # the folder split the groups between them; a group another process holds is left for
-    # last, then waited for (and found finished).
-    deferred = []
+    return started
+
+
+def execute_group(run: Run, method: str, source: str, seed: int,
+                  progress: Progress | None = None) -> int:
+    """Compute one (method, source, seed) group of a started run folder in this process, under
+    the group's claim (waiting while another process holds it), and update the manifest.
+    Returns the cells computed (0 when another process finished them)."""
+    progress = progress or Progress()
+    device = accelerator.resolve_device(run.config.get("device"))
+    device = distributed.init_from_environment(device)  # a job of several tasks
+    main = distributed.is_main()
+    stages = StageCache(run.out, store=run.spec.cache, log=progress.log, strict=run.spec.strict,
+                        device=device)
+    claims = StageStore(run.out, log=progress.log)
+    held = claims.exclusive(_group_claim(method, source, seed)) if main else contextlib.nullcontext()
+    with held:
+        group = next((g for g in pending_cells(run) if g[:3] == (method, source, seed)), None)
+        group = distributed.broadcast_object(group)
+        done = 0 if group is None else _run_group(run, group, DomainCache(run), stages,
+                                                   progress, None)
+    if main:
+        with claims.exclusive("run"):
+            write_manifest(run, stages)
+    return done
+
+
+def _execute_alone(run, domains, stages, claims, progress, on_cell, started) -> int:
+    """Each (method, source, seed) group is computed under its claim, so that commands sharing
+    the folder split the groups between them; a group another process holds is left for last,
+    then waited for (and found finished)."""
+    done, deferred = 0, []
     for group in pending_cells(run):
         claim = claims.try_claim(_group_claim(*group[:3]))
         if claim is None:
@@ -382,9 +445,23 @@ def _execute(run: Run, progress: Progress | None, on_cell) -> dict:
     for group in deferred:
         with claims.exclusive(_group_claim(*group[:3])):
             done += _run_group(run, group, domains, stages, progress, on_cell)
-    with claims.exclusive("run"):
-        write_manifest(run, stages, started)
-    return {"computed_cells": done}
+    return done
+
+
+def _execute_together(run, domains, stages, claims, progress, on_cell, started) -> int:
+    """Under torchrun: every rank works on the same group at the same time (each stage's
+    training is spread over the ranks); rank 0 holds the group's claim against other commands
+    sharing the folder and writes what the group produces."""
+    main = distributed.is_main()
+    done = 0
+    for group in distributed.broadcast_object(pending_cells(run) if main else None):
+        held = claims.exclusive(_group_claim(*group[:3])) if main else contextlib.nullcontext()
+        with held:
+            done += _run_group(run, group, domains, stages, progress, on_cell)
+        if main:
+            with claims.exclusive("run"):
+                write_manifest(run, stages, started)
+    return done
 
 
 def _group_claim(method: str, source: str, seed: int) -> str:
@@ -397,13 +474,16 @@ def _run_group(run: Run, group, domains: DomainCache, stages: StageCache, progre
     method_name, source, seed, _ = group
     targets = [t for t in run.grid.targets
                if not record_is_valid(record_path(run.out, method_name, source, t, seed))]
+    targets = distributed.broadcast_object(targets)  # under torchrun: rank 0's view
     if not targets:  # finished by another process meanwhile
         return 0
     split = domains.split(source)
     dataset_identity = {"name": run.spec.dataset, "data": run.spec.data,
                         "options": run.config["dataset"]}
+    device = stages.device or torch.device("cpu")
     context = Context(run.config, seed=seed, source=source, dataset=dataset_identity,
-                      stages=stages, progress=progress)
+                      stages=stages, progress=progress, device=device,
+                      precision=accelerator.resolve_precision(run.config.get("precision"), device))
     method = run.method_classes[method_name](context)
     seed_everything(int(digest([method_name, source, seed, "fit"]), 16) % 2**31)
     fit_started = time.perf_counter()
@@ -429,12 +509,14 @@ def _run_group(run: Run, group, domains: DomainCache, stages: StageCache, progre
             "seconds": round(time.perf_counter() - cell_started, 3),
             "info": {**prediction.info, "scoring": scoring,
                      "skipped_images": skipped_images(run.dataset, source, target)},
-            "computed_with": conditions(),
+            "computed_with": conditions(stages.device),
             "settings_digest": run.method_digests[method_name],
             "run_digest": run.settings_digest,
         }
-        storage.write_json(record_path(run.out, method_name, source, target, seed), record)
         fit_seconds = 0.0  # the fit is charged to the first target only
+        if not distributed.is_main():
+            continue
+        storage.write_json(record_path(run.out, method_name, source, target, seed), record)
         if on_cell:
             on_cell(record)
     return len(targets)

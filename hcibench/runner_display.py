@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -12,12 +14,18 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .accelerator import resolve_device
+from .progress import Progress as SilentProgress
 from .progress import RichProgress
 from .runner import RunSpec, count_cells, execute, open_run_folder, prepare
 
 
 def run_with_progress(spec: RunSpec, console: Console) -> None:
     run = prepare(spec)
+    resolve_device(run.config.get("device"))  # a GPU asked for but absent: before any writing
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 alone reports
+        execute(run, SilentProgress(), None)
+        return
     open_run_folder(run)  # an unwritable folder is reported before anything is printed
     total, finished = count_cells(run)
     console.print(

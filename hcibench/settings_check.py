@@ -46,7 +46,8 @@ RANGES: dict[str, tuple[str, float, float]] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "clip_mode": ("global", "parameter"), "trainable": ("all", "early", "norm"),
     "predict_with": ("teacher", "student"), "granularity": ("source", "batch", "plate"),
-    "eval_on": ("subset", "full"), "precision": ("fp32", "bf16"), "pair_key": ("batch", "plate"),
+    "eval_on": ("subset", "full"), "precision": ("auto", "fp32", "bf16"),
+    "pair_key": ("batch", "plate"),
 }
 
 # Settings whose default is None and what else they admit.
@@ -168,8 +169,20 @@ def _vit_shape(section: dict | None, where: str) -> None:
                          f"{where}.num_heads={heads}")
 
 
+def check_device(value: Any) -> None:
+    """``device``: auto, cpu, cuda or cuda:N (whether that GPU exists is checked when a run
+    starts, on the machine that computes)."""
+    if value is None:
+        return
+    ok = isinstance(value, str) and (value in ("auto", "cpu", "cuda") or (
+        value.startswith("cuda:") and value[5:].isdigit()))
+    if not ok:
+        raise UsageError(f"bad setting device={_show(value)}: expected auto, cpu, cuda or cuda:N")
+
+
 def check_shapes(config: dict) -> None:
     """Constraints between settings that would otherwise fail deep inside model building."""
+    check_device(config.get("device"))
     _vit_shape(config.get("backbone"), "backbone")
     _vit_shape((config.get("task") or {}).get("model"), "task.model")
     dino, size = config.get("dino") or {}, config.get("input_size")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import storage
+from . import accelerator, distributed, storage
 from .errors import UsageError
 from .progress import Progress
 from .stage_store import StageStore
@@ -41,15 +42,20 @@ def seed_everything(seed: int) -> None:
 CONDITIONS = "computed_with"
 
 
-def conditions() -> dict:
-    """What a computation's last digits depend on besides its inputs."""
-    return {"threads": torch.get_num_threads(), "torch": torch.__version__}
+def conditions(device: torch.device | None = None) -> dict:
+    """What a computation's last digits depend on besides its inputs: the thread count, the
+    torch version and, off the CPU, the device (its kind and model)."""
+    now = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    if device is not None and device.type != "cpu":
+        now["device"] = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                         else device.type)
+    return now
 
 
-def stamped(value: Any) -> Any:
+def stamped(value: Any, device: torch.device | None = None) -> Any:
     """A stage result with the conditions it was computed under (dict results only)."""
     if isinstance(value, dict):
-        value[CONDITIONS] = conditions()
+        value[CONDITIONS] = conditions(device)
     return value
 
 
@@ -59,7 +65,9 @@ class StageCache:
     in ``folder/stages.json``."""
 
     def __init__(self, folder: Path | None = None, keep_in_memory: int = 6,
-                 store: Path | None = None, log=None, strict: bool = False):
+                 store: Path | None = None, log=None, strict: bool = False,
+                 device: torch.device | None = None):
+        self.device = device  # where stages are computed (part of their conditions)
         self.folder = Path(folder) if folder else None
         self.memory: OrderedDict[str, Any] = OrderedDict()
         self.keep_in_memory = keep_in_memory
@@ -91,7 +99,7 @@ class StageCache:
                                                  "reused": 0})
             entry["computed" if computed else "reused"] += 1
 
-        if not self.folder:
+        if not self.folder or not distributed.is_main():
             add(self.counts)
             return
         with StageStore(self.folder).exclusive("stage-counts"):
@@ -111,21 +119,48 @@ class StageCache:
             value = self.memory[stage_id]
             self.memory.move_to_end(stage_id)
             computed = False
+        elif distributed.active():
+            value, computed = self._get_together(stage_id,
+                                                 lambda: stamped(seeded_compute(), self.device))
         elif self.store is not None:
-            value, computed = self.store.get(stage_id, lambda: stamped(seeded_compute()))
+            value, computed = self.store.get(stage_id, lambda: stamped(seeded_compute(), self.device))
         else:
-            value, computed = stamped(seeded_compute()), True
+            value, computed = stamped(seeded_compute(), self.device), True
         if not computed:
             self._check_conditions(stage_id, value)
         self._count(stage_id, name, key, computed)
         self._remember(stage_id, value)
         return value
 
+    def _get_together(self, stage_id: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
+        """A stage under torchrun: every rank computes it together (the computation has
+        collectives), or every rank loads it. Rank 0 decides which, holding the stage's claim
+        against other processes while the ranks compute, and alone saves the result."""
+        value, claim = None, None
+        if distributed.is_main() and self.store is not None:
+            value = self.store.load(stage_id)
+            while value is None and (claim := self.store.try_claim(stage_id)) is None:
+                time.sleep(self.store.poll_seconds)  # another process computes it: wait
+                value = self.store.load(stage_id)
+        if distributed.broadcast_object(value is not None):
+            return (value if distributed.is_main() else self.store.load(stage_id)), False
+        try:
+            if claim is not None:
+                claim.__enter__()
+            value = compute()
+            if claim is not None:
+                storage.save_torch(self.store.path(stage_id), value)
+        finally:
+            if claim is not None:
+                claim.__exit__(None, None, None)
+        distributed.barrier()  # the file is there before any rank may look for it
+        return value, True
+
     def _check_conditions(self, stage_id: str, value: Any) -> None:
         """Warn once per stage when it was computed under other numeric conditions: results
         are bitwise repeatable only at equal thread counts (and precision, device)."""
         then = value.get(CONDITIONS) if isinstance(value, dict) else None
-        now = conditions()
+        now = conditions(self.device)
         if then and then != now and self.strict:
             raise UsageError(f"stage {stage_id} was computed with {then}, this process runs with "
                              f"{now}; run with the same settings (e.g. --set threads=...) or "
@@ -144,7 +179,8 @@ class StageCache:
 
 @dataclass
 class Context:
-    """What a method sees of the run: its settings, seed, stage cache and progress reporting."""
+    """What a method sees of the run: its settings, seed, stage cache and progress reporting,
+    and where and in which precision to compute (see :mod:`hcibench.accelerator`)."""
 
     config: dict
     seed: int = 0
@@ -153,6 +189,11 @@ class Context:
     stages: StageCache = field(default_factory=StageCache)
     progress: Progress = field(default_factory=Progress)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"  # resolved: "fp32" or "bf16"
+
+    def autocast(self):
+        """The autocast context of this run's precision on its device."""
+        return accelerator.autocast(self.device, self.precision)
 
     def stage(self, name: str, settings: Any, compute: Callable[[], Any]) -> Any:
         """Compute ``name`` once per (settings, dataset, source, seed) and reuse it afterwards."""

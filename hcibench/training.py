@@ -8,14 +8,14 @@ validation accuracy, where validation is a held-out *source* plate, never target
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import augment
+from . import augment, distributed
+from .accelerator import cpu_state, to_device
 from .data import Domain
 from .stages import Context
 
@@ -47,25 +47,32 @@ def parameter_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[
 
 @torch.no_grad()
 def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], domain: Domain,
-                   batch_size: int, input_size: int) -> torch.Tensor:
-    """Logits for every sample of ``domain``, in order."""
-    outputs = [forward(prepare_images(x, input_size, training=False))
-               for x, _, _ in domain.batches(batch_size)]
-    return torch.cat(outputs) if outputs else torch.empty(0)
+                   batch_size: int, input_size: int,
+                   device: torch.device | None = None) -> torch.Tensor:
+    """Logits for every sample of ``domain``, in order, on the CPU; ``forward`` runs on
+    ``device`` (the device of the model behind it; None: where the data is)."""
+    return predict_outputs(lambda x: (forward(x),), domain, batch_size, input_size, device)[0]
 
 
 @torch.no_grad()
 def predict_outputs(forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], domain: Domain,
-                    batch_size: int, input_size: int) -> tuple[torch.Tensor, ...]:
+                    batch_size: int, input_size: int,
+                    device: torch.device | None = None) -> tuple[torch.Tensor, ...]:
     """Like :func:`predict_logits` for a ``forward`` that returns several tensors per batch
-    (e.g. logits and embeddings): each concatenated over the domain, in order."""
-    outputs = [forward(prepare_images(x, input_size, training=False))
-               for x, _, _ in domain.batches(batch_size)]
-    return tuple(torch.cat(parts) for parts in zip(*outputs))
+    (e.g. logits and embeddings): each concatenated over the domain, in order, on the CPU."""
+    outputs = []
+    for x, _, _ in domain.batches(batch_size):
+        if device is not None:
+            x = to_device(x, device)
+        outputs.append(forward(prepare_images(x, input_size, training=False)))
+    if not outputs:
+        return (torch.empty(0),)
+    return tuple(torch.cat(parts).cpu() for parts in zip(*outputs))
 
 
-def _evaluate(forward, domain: Domain, batch_size: int, input_size: int) -> tuple[float, float]:
-    logits = predict_logits(forward, domain, batch_size, input_size)
+def _evaluate(forward, domain: Domain, batch_size: int, input_size: int,
+              device: torch.device | None = None) -> tuple[float, float]:
+    logits = predict_logits(forward, domain, batch_size, input_size, device)
     labels = domain.labels
     known = labels >= 0
     if known.sum() == 0:
@@ -87,8 +94,12 @@ def train_classifier(
 ) -> dict:
     """Train ``trainable`` (the parameters behind ``forward``) with cross-entropy on ``train``.
 
-    Returns ``{"state": best state_dict of trainable, "history": [...], "best_epoch": k}``.
+    Training runs on ``context.device`` (``trainable`` is moved there) in ``context.precision``.
+    Returns ``{"state": best state_dict of trainable (on the CPU), "history": [...],
+    "best_epoch": k}``.
     """
+    device = context.device
+    trainable.to(device)
     generator = torch.Generator().manual_seed(context.seed)
     optimizer = torch.optim.AdamW(parameter_groups([trainable], settings["weight_decay"]),
                                   lr=settings["lr"])
@@ -107,19 +118,31 @@ def train_classifier(
             scale = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
             for group in optimizer.param_groups:
                 group["lr"] = lr * scale
-            loss = F.cross_entropy(
-                forward(prepare_images(x[known], input_size, True, generator)), y[known])
+            x, y = to_device(x[known], device), to_device(y[known], device)
+            x = prepare_images(x, input_size, True, generator)
+            # Under torchrun each rank takes its share of the global batch (possibly uneven:
+            # batches are not dropped); the loss is normalised by the global batch so that the
+            # averaged gradients are those of one process.
+            local_x, local_y = distributed.share(x), distributed.share(y)
+            with context.autocast():
+                logits = forward(local_x)
+            if distributed.active():
+                loss = F.cross_entropy(logits.float(), local_y, reduction="sum") * (
+                    distributed.world_size() / len(y))
+            else:
+                loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(trainable.parameters(), zero_missing=True)
             optimizer.step()
             step += 1
         trainable.eval()
-        val_loss, val_accuracy = _evaluate(forward, val, settings["batch_size"] * 4, input_size)
+        val_loss, val_accuracy = _evaluate(forward, val, settings["batch_size"] * 4, input_size,
+                                           device)
         history.append({"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_accuracy,
                         "lr": lr})
         if val_accuracy > best["accuracy"]:
-            best = {"accuracy": val_accuracy, "state": copy.deepcopy(trainable.state_dict()),
-                    "epoch": epoch}
+            best = {"accuracy": val_accuracy, "state": cpu_state(trainable), "epoch": epoch}
         # Step decay when the validation loss saturates (after warm-up).
         if val_loss < best_loss - 1e-4:
             best_loss, stale = val_loss, 0

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from .accelerator import device_of, to_device
 from .dual import embedding
 from .progress import Progress
 from .ssl.mae import MaskedAutoencoder
@@ -64,6 +65,7 @@ def image_views(image: torch.Tensor, index: int, seed: int, settings: TTTSetting
     copies = image.unsqueeze(0).expand(settings.steps * settings.copies, *image.shape)
     views = prepare_images(copies.contiguous(), input_size, True, generator)
     noise = torch.rand(settings.steps * settings.copies, n_patches, generator=generator)
+    noise = noise.to(image.device)
     return (views.reshape(settings.steps, settings.copies, *views.shape[1:]),
             noise.reshape(settings.steps, settings.copies, n_patches))
 
@@ -162,12 +164,15 @@ def unfused_attention(*modules: nn.Module):
 def ttt_predict(mae: MaskedAutoencoder, task: nn.Module, images_batches, settings: TTTSettings,
                 input_size: int, seed: int = 0, progress: Progress | None = None,
                 total: int | None = None) -> TTTOutput:
-    """TTT over an iterable of image batches (e.g. ``domain.batches(chunk)``)."""
+    """TTT over an iterable of image batches (e.g. ``domain.batches(chunk)``), on the device of
+    ``mae``; the outputs are on the CPU."""
     run = ttt_batched if settings.batched else ttt_sequential
     progress = progress or Progress()
+    device = device_of(mae)
     outputs, first = [], 0
     for images in progress.track(images_batches, total=total, description="test-time training"):
-        outputs.append(run(mae, task, images, settings, input_size, seed, first))
+        output = run(mae, task, to_device(images, device), settings, input_size, seed, first)
+        outputs.append(TTTOutput([x.cpu() for x in output.logits], output.embeddings.cpu()))
         first += len(images)
     logits = [torch.cat([chunk.logits[k] for chunk in outputs])
               for k in range(settings.steps + 1)]

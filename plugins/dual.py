@@ -34,9 +34,10 @@ class DualModel(hcibench.Method):
         self.fe_stage, self.fe_key = self.pretrain(train)
         task_stage = dual.train_task(self.context, train, val, self.fe_stage, self.fe_key)
         self.task_key = dual.task_key(self.config, self.fe_key)
-        self.fe = dual.load_fe(self.config, self.channels, self.fe_stage)
+        device = self.context.device
+        self.fe = dual.load_fe(self.config, self.channels, self.fe_stage, device)
         self.task = dual.load_task(self.config, self.fe.embed_dim, len(train.classes),
-                                   task_stage["state"])
+                                   task_stage["state"], device)
         # Moments of what the task model was trained on: the step-1 FE on the source.
         self.source_moments = (dual.fe_moments(self.config, self.fe, train)
                                if self.config["adapt"].get("align_tokens") else None)
@@ -65,7 +66,8 @@ class DualModel(hcibench.Method):
             part = target if granularity == "source" else target.subset(
                 positions, f"{target.name}/{name}")
             adapted = self.adapt(part)
-            fe = dual.aligned(self.config, dual.load_fe(self.config, self.channels, adapted),
+            fe = dual.aligned(self.config, dual.load_fe(self.config, self.channels, adapted,
+                                                        self.context.device),
                               self.source_moments, part)
             part_logits, part_embeddings = dual.predict_with_embeddings(self.config, fe,
                                                                         self.task, part)

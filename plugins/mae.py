@@ -43,6 +43,7 @@ class TTT(DualMAE):
         settings = TTTSettings(**{k: v for k, v in self.config[self.name].items() if k in names})
         model = dual_mae.build_mae(self.config, self.channels,
                                    dual_mae.mae_settings(self.config["mae"]), self.fe_stage)
+        model.to(self.context.device)
         model.decoder.requires_grad_(False)  # only the encoder adapts at test time
         images = (x for x, _, _ in target.batches(settings.chunk))
         output = ttt_predict(model, self.task, images, settings, self.config["input_size"],

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hcibench
+from hcibench.accelerator import precision_key
 from hcibench.backbones import backbone_settings, create_backbone
 from hcibench.training import predict_outputs, train_classifier
 
@@ -43,9 +44,10 @@ class Supervised(hcibench.Method):
 
         trained = self.context.stage(
             "supervised", {"backbone": backbone_settings(self.config), "train": settings,
-                           "input_size": self.config["input_size"]}, compute)
+                           "input_size": self.config["input_size"],
+                           **precision_key(self.context.precision)}, compute)
         self.model.load_state_dict(trained["state"])
-        self.model.eval()
+        self.model.to(self.context.device).eval()
         self.fit_info = {"val_accuracy": trained["val_accuracy"], "best_epoch": trained["best_epoch"]}
 
     def predict(self, target: hcibench.Domain) -> hcibench.Prediction:
@@ -56,7 +58,7 @@ class Supervised(hcibench.Method):
             return model.forward_head(features), model.forward_head(features, pre_logits=True)
 
         logits, embeddings = predict_outputs(forward, target, self.config["eval_batch_size"],
-                                             self.config["input_size"])
+                                             self.config["input_size"], self.context.device)
         return hcibench.Prediction(logits, info=self.fit_info, embeddings=embeddings)
 
 

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import augment
+from .. import augment, distributed
+from ..accelerator import PRECISIONS, resolve_precision
 from ..data import Domain, take
 from ..pairs import cross_batch_partners
 from ..progress import Progress
@@ -85,7 +86,7 @@ class DinoSettings:
     jitter: bool = True  # intensity jitter on the global views
     shift_std: float = 0.005
     gamma_std: float = 0.005
-    precision: str = "fp32"  # "fp32" (reference) or "bf16" (autocast)
+    precision: str = "fp32"  # "fp32" (reference), "bf16" (autocast) or "auto" (see accelerator)
 
     @property
     def n_crops(self) -> int:
@@ -257,15 +258,21 @@ def dino_loss(student_output: torch.Tensor, teacher_output: torch.Tensor, center
     q = F.softmax((teacher_output.detach().float() - center) / teacher_temp, dim=-1)
     q = q.view(n_global, batch * dim)
     cross = -(q @ log_p.t()) / batch  # cross[g, v] = mean_b sum_k -q_g · p_v
-    keep = torch.ones_like(cross, dtype=torch.bool)
-    same = torch.arange(min(n_global, n_crops), device=cross.device)
-    keep[same, same] = False
-    return cross[keep].mean()
+    # The mean over the pairs of different views, as a weighted sum: selecting them with a
+    # boolean mask would wait for the GPU to count them.
+    keep = 1.0 - torch.eye(n_global, n_crops, device=cross.device, dtype=cross.dtype)
+    return (cross * keep).sum() / (n_global * n_crops - min(n_global, n_crops))
+
+
+def target_spread(teacher_output: torch.Tensor, center: torch.Tensor,
+                  teacher_temp: float) -> dict[str, float]:
+    """:func:`spread_tensors` as numbers."""
+    return {k: float(v) for k, v in spread_tensors(teacher_output, center, teacher_temp).items()}
 
 
 @torch.no_grad()
-def target_spread(teacher_output: torch.Tensor, center: torch.Tensor,
-                  teacher_temp: float) -> dict[str, float]:
+def spread_tensors(teacher_output: torch.Tensor, center: torch.Tensor,
+                   teacher_temp: float) -> dict[str, torch.Tensor]:
     """How informative the teacher's targets are, as fractions of the largest entropy ln K.
 
     ``entropy``: mean entropy of one image's target. Near 1, every target is uniform: DINO has
@@ -278,7 +285,7 @@ def target_spread(teacher_output: torch.Tensor, center: torch.Tensor,
     per_image = -(q * q.clamp_min(1e-12).log()).sum(-1).mean()
     mean = q.mean(0)
     usage = -(mean * mean.clamp_min(1e-12).log()).sum()
-    return {"entropy": float(per_image / top), "usage": float(usage / top)}
+    return {"entropy": per_image / top, "usage": usage / top}
 
 
 # Above this share of the largest entropy, the teacher's targets count as uniform: collapsed.
@@ -335,17 +342,19 @@ class DINOLoss(nn.Module):
         temperature = self.teacher_temperature(epoch)
         loss = dino_loss(student_output, teacher_output, self.center, self.student_temp,
                          temperature, self.n_crops, self.n_global)
-        self.last_targets = target_spread(teacher_output, self.center, temperature)
+        # 0-d tensors, left on the device: reading them every step would wait for the GPU.
+        self.last_targets = spread_tensors(teacher_output, self.center, temperature)
         self.update_center(teacher_output)
         return loss
 
     @torch.no_grad()
     def update_center(self, teacher_output: torch.Tensor) -> None:
         batch_center = teacher_output.detach().float().sum(dim=0, keepdim=True)
-        count = torch.tensor(float(len(teacher_output)), device=batch_center.device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Every rank holds an equal slice of the global batch (distributed.local_slice), so the
+        # count is known without asking the device.
+        count = len(teacher_output) * distributed.world_size()
+        if distributed.active():
             torch.distributed.all_reduce(batch_center)
-            torch.distributed.all_reduce(count)
         batch_center = batch_center / count
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 
@@ -415,7 +424,10 @@ class DinoTrainer:
                  extra_loss: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None):
         self.settings = settings
         self.extra_loss = extra_loss  # added to the DINO loss (e.g. feature alignment)
-        self.last_extra = float("nan")
+        # Under torchrun: heads' batch-norm synchronised over the ranks on CUDA (in place).
+        distributed.sync_batch_norm(student_head)
+        distributed.sync_batch_norm(teacher_head)
+        self.last_extra = torch.tensor(float("nan"))
         self.student = MultiCropWrapper(student, student_head, features)
         self.teacher = MultiCropWrapper(teacher, teacher_head, features)
         self.student_head = student_head
@@ -446,16 +458,20 @@ class DinoTrainer:
         self.momentum_schedule = cosine_schedule(settings.momentum_teacher, 1.0, epochs, steps)
         if settings.clip_mode not in CLIP_MODES:
             raise ValueError(f"clip_mode must be one of {CLIP_MODES}, not {settings.clip_mode!r}")
-        if settings.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', not {settings.precision!r}")
-        self.autocast = settings.precision == "bf16"
+        if settings.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {settings.precision!r}")
+        self.autocast = resolve_precision(settings.precision, device) == "bf16"
 
     def _schedule_value(self, schedule: np.ndarray, step: int) -> float:
         return float(schedule[min(step, len(schedule) - 1)])
 
-    def step(self, views: Sequence[torch.Tensor], epoch: int, step: int) -> float:
-        """One update on ``views`` (globals first); ``step`` is the global step index."""
+    def step(self, views: Sequence[torch.Tensor], epoch: int, step: int) -> torch.Tensor:
+        """One update on ``views`` (globals first); ``step`` is the global step index. Returns
+        the DINO loss as a 0-d tensor on the device (``float()`` it to read it): nothing in a
+        step waits for the GPU. Under torchrun ``views`` is the global batch, of which this
+        rank trains on its slice (see :mod:`hcibench.distributed`)."""
         settings = self.settings
+        views = distributed.local_views(views)
         for i, group in enumerate(self.optimizer.param_groups):
             group["lr"] = self._schedule_value(self.lr_schedule, step)
             if i == 0:
@@ -471,15 +487,14 @@ class DinoTrainer:
                 teacher_output = self.teacher(views[:2])
             student_output = self.student(views)
         loss = self.loss(student_output, teacher_output, epoch)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"DINO loss is {value} at epoch {epoch}, step {step}")
+        value = loss.detach()
         if self.extra_loss is not None:
             extra = self.extra_loss(views)
-            self.last_extra = extra.item()
+            self.last_extra = extra.detach()
             loss = loss + extra
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.trainable)
         if settings.clip_grad:
             clip_gradients(self.trainable, settings.clip_grad, settings.clip_mode)
         if epoch < settings.freeze_last_layer_epochs:
@@ -580,6 +595,7 @@ def train_dino(
                             f"another plate, {stats['fallback_self']} with themselves "
                             f"({stats['fallback_compounds']} compounds without a partner in "
                             f"another {stats['key']})")
+            # Sums stay on the device during the epoch and are read once at its end.
             total, entropy, usage, extra = 0.0, 0.0, 0.0, 0.0
             for images, _, positions in domain.batches(batch_size, shuffle=True,
                                                        generator=generator, drop_last=True):
@@ -587,16 +603,24 @@ def train_dino(
                 partner = None
                 if partners is not None:
                     partner = as_float(take(domain.images, partners[positions]), trainer.device)
-                last_loss = trainer.step(make_views(anchor, partner, generator), epoch, step)
-                total += last_loss
+                loss = trainer.step(make_views(anchor, partner, generator), epoch, step)
+                total += loss
                 entropy += trainer.loss.last_targets["entropy"]
                 usage += trainer.loss.last_targets["usage"]
                 extra += trainer.last_extra
                 step += 1
-            epoch_losses.append(total / max(steps_per_epoch, 1))
-            epoch_entropy.append(entropy / max(steps_per_epoch, 1))
-            epoch_usage.append(usage / max(steps_per_epoch, 1))
-            epoch_extra.append(extra / max(steps_per_epoch, 1))
+            # Under torchrun each rank saw its slice: the epoch's figures are their means.
+            total, entropy, usage, extra, loss = (
+                distributed.mean_over_ranks(torch.as_tensor(v, device=trainer.device))
+                for v in (total, entropy, usage, extra, loss))
+            last_loss = float(loss)
+            epoch_loss = float(total) / max(steps_per_epoch, 1)
+            if not math.isfinite(epoch_loss):
+                raise FloatingPointError(f"DINO loss is {epoch_loss} in epoch {epoch}")
+            epoch_losses.append(epoch_loss)
+            epoch_entropy.append(float(entropy) / max(steps_per_epoch, 1))
+            epoch_usage.append(float(usage) / max(steps_per_epoch, 1))
+            epoch_extra.append(float(extra) / max(steps_per_epoch, 1))
             if on_epoch is not None:
                 for module in (student, student_head, teacher, teacher_head):
                     module.eval()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import distributed
+from ..accelerator import autocast, device_of, to_device
 from ..backbones import timm
 from ..data import Domain
 from ..progress import Progress
@@ -94,7 +96,8 @@ class MAEDecoder(nn.Module):
         b, n = restore.shape
         filled = torch.cat([kept, self.mask_token.expand(b, n - kept.shape[1], -1)], dim=1)
         filled = torch.gather(filled, 1, restore.unsqueeze(-1).expand(-1, -1, self.dim))
-        positions = build_sincos2d_pos_embed(list(grid), dim=self.dim, dtype=x.dtype)
+        positions = build_sincos2d_pos_embed(list(grid), dim=self.dim, device=x.device,
+                                             dtype=x.dtype)
         x = torch.cat([prefix, filled + positions.unsqueeze(0)], dim=1)
         return self.pred(self.norm(self.blocks(x)))[:, self.prefix_tokens:]
 
@@ -143,11 +146,12 @@ def build_decoder(encoder: nn.Module, settings: MaeSettings, in_chans: int) -> M
 
 def train_mae(model: nn.Module, domain: Domain, settings: MaeSettings, input_size: int,
               progress: Progress | None = None, generator: torch.Generator | None = None,
-              description: str = "MAE", on_epoch=None) -> dict:
+              description: str = "MAE", on_epoch=None, precision: str = "fp32") -> dict:
     """Train encoder and decoder with the MAE loss on ``domain`` (no labels used). ``model`` is
     a :class:`MaskedAutoencoder` or any module with the same ``forward(x, noise) -> loss`` and
     ``noise_size(input_size)`` (e.g. ``hcibench.profiles.ProfileMAE``). ``on_epoch(k)`` is
-    called after epoch ``k`` (counting from 1) with the model in eval mode."""
+    called after epoch ``k`` (counting from 1) with the model in eval mode. Training runs on the
+    model's device, in ``precision`` (bf16: autocast, the loss in float32)."""
     progress = progress or Progress()
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     batch_size = min(settings.batch_size, len(domain))
@@ -158,21 +162,26 @@ def train_mae(model: nn.Module, domain: Domain, settings: MaeSettings, input_siz
     model.train()
     step, losses, started = 0, [], time.perf_counter()
     n_patches = model.noise_size(input_size)
+    device = device_of(model)
     for _ in progress.track(range(settings.epochs), description=description):
         total = 0.0
         for images, _, _ in domain.batches(batch_size, shuffle=True, generator=generator,
                                            drop_last=True):
             for group in optimizer.param_groups:
                 group["lr"] = float(lr[min(step, len(lr) - 1)])
-            x = prepare_images(images, input_size, True, generator)
-            noise = torch.rand(len(x), n_patches, generator=generator)
-            loss = model(x, noise)
+            x = prepare_images(to_device(images, device), input_size, True, generator)
+            noise = torch.rand(len(x), n_patches, generator=generator).to(device)
+            # Under torchrun: the global batch is drawn on every rank, each trains on its slice.
+            x, noise = distributed.local_slice(x), distributed.local_slice(noise)
+            with autocast(device, precision):
+                loss = model(x, noise).float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(model.parameters())
             optimizer.step()
-            total += loss.item()
+            total += loss.detach()  # summed on the device: no host round-trip per step
             step += 1
-        losses.append(total / steps_per_epoch)
+        losses.append(float(distributed.mean_over_ranks(torch.as_tensor(total))) / steps_per_epoch)
         if on_epoch is not None:
             model.eval()
             on_epoch(len(losses))
