@@ -68,10 +68,18 @@ def cli():
 @click.option("--strict", is_flag=True,
               help="Refuse to reuse a stage computed with another thread count or torch version "
                    "(by default a warning: results may differ in the last digits).")
+@click.option("--executor", type=click.Choice(["local", "dask", "slurm"]),
+              help="Where the (method, source, seed) groups are computed: in this process "
+                   "[local], on a Dask cluster, or as SLURM jobs through submitit.")
+@click.option("--workers", help="dask: worker processes [one per GPU, else one per 2 cores].")
+@click.option("--scheduler", help="dask: address of a running scheduler (tcp://host:8786) "
+                                  "instead of a local cluster.")
+@click.option("--slurm", "slurm_options", multiple=True, metavar="KEY=VALUE",
+              help="slurm: a submitit parameter, e.g. --slurm slurm_partition=gpu "
+                   "--slurm timeout_min=600 --slurm gpus_per_node=1 (repeatable).")
 def run(**options):
     """Run a methods × sources × targets × seeds grid; finished cells are never recomputed."""
     from .runner import Grid, RunSpec, prepare
-    from .runner_display import run_with_progress
     from .sweep import sweep_variants, write_sweep
 
     options = merge_grid_file(options)
@@ -97,16 +105,62 @@ def run(**options):
         cache=Path(options["cache"]) if options["cache"] else None,
         strict=options["strict"],
     )
+    executor = executor_options(options)
     variants = sweep_variants(spec)
     if variants is None:
-        run_with_progress(spec, console)
+        dispatch(spec, executor)
         return
     for variant in variants:  # every variant checked before the first one runs
         prepare(variant)
     write_sweep(spec, variants)
     for variant in variants:
         console.print(f"[bold]sweep variant[/] {variant.out.name}")
-        run_with_progress(variant, console)
+        dispatch(variant, executor)
+
+
+def executor_options(options: dict):
+    from .executors import ExecutorOptions, parse_slurm_options
+
+    name = options.get("executor") or "local"
+    workers = options.get("workers")
+    if workers not in (None, ""):
+        try:
+            workers = int(workers)
+        except ValueError:
+            workers = 0
+        if workers < 1:
+            raise UsageError(f"bad --workers '{options['workers']}': expected a whole number >= 1")
+    else:
+        workers = None
+    for flag in ("workers", "scheduler"):
+        if options.get(flag) not in (None, "") and name != "dask":
+            raise UsageError(f"--{flag} is an option of --executor dask")
+    if options.get("slurm_options") and name != "slurm":
+        raise UsageError("--slurm is an option of --executor slurm")
+    return ExecutorOptions(name, workers=workers, scheduler=options.get("scheduler") or None,
+                           slurm=parse_slurm_options(options.get("slurm_options") or ()))
+
+
+def dispatch(spec, executor) -> None:
+    """Run ``spec`` on the chosen executor, reporting on the console."""
+    from .runner_display import run_with_progress
+
+    if executor.name == "local":
+        run_with_progress(spec, console)
+        return
+    from . import executors
+
+    if executor.name == "dask":
+        def on_group(group, cells):
+            console.print(f"{group[0]:<11} {group[1]:>4} seed {group[2]}: {cells} cell(s)")
+
+        cells = executors.run_with_dask(spec, executor, on_group)
+        console.print(f"{cells} cell(s) computed on Dask. Report: hcibench report {spec.out}")
+        return
+    jobs = executors.submit_to_slurm(spec, executor)
+    console.print(f"{len(jobs)} SLURM job(s) submitted ({', '.join(j for j in jobs[:5])}"
+                  f"{', ...' if len(jobs) > 5 else ''}); `hcibench status {spec.out}` shows "
+                  f"progress, `hcibench report {spec.out}` the results so far.")
 
 
 def merge_grid_file(options: dict) -> dict:
@@ -250,6 +304,15 @@ def latest_run() -> Path:
         raise UsageError("no run folder given and none found under runs/: "
                          "give one, e.g. `hcibench report runs/synthetic-quick`")
     return manifests[-1].parent
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def status(run_dir):
+    """How far a run folder is: cells finished per method and what is being computed now."""
+    from .status import render_status
+
+    click.echo(render_status(run_dir))
 
 
 @cli.command(name="plugins")

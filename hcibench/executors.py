@@ -1,0 +1,175 @@
+"""Where the cells of a grid are computed: in this process (``local``, the default), on a Dask
+cluster (``dask``) or as SLURM jobs through submitit (``slurm``).
+
+The unit of work is one (method, source, seed) group: its fit and its predictions on every
+unfinished target (:func:`run_group`). A group runs wherever it is sent and may run twice or
+at the same time in two places: it takes the group's claim in the run folder, every stage it
+needs is computed once under the stage's own claim, and finished records are never recomputed.
+So a lost Dask worker's group is simply run again elsewhere, and a stage two groups share (the
+DINO feature extractor of Dual-model-DINO and ODA) is computed by the first to ask while the
+other waits for its file.
+
+Both engines are optional: ``pip install hcibench[dask]`` or ``hcibench[slurm]``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import UsageError
+from .runner import (
+    RunSpec,
+    execute_group,
+    open_run_folder,
+    pending_cells,
+    prepare,
+    start_run_folder,
+)
+
+EXECUTORS = ("local", "dask", "slurm")
+
+
+@dataclass
+class ExecutorOptions:
+    name: str = "local"
+    workers: int | None = None  # dask: worker processes [one per GPU, else one per 2 cores]
+    scheduler: str | None = None  # dask: address of a running scheduler instead of a local one
+    threads: int | None = None  # torch threads per worker [cores / workers]
+    retries: int = 2  # dask: times a group is run again after its worker is lost
+    slurm: dict = field(default_factory=dict)  # submitit parameters (--slurm KEY=VALUE)
+
+
+# What a SLURM job asks for unless --slurm says otherwise.
+SLURM_DEFAULTS = {"timeout_min": 24 * 60, "tasks_per_node": 1, "cpus_per_task": 8}
+
+
+def parse_slurm_options(items) -> dict:
+    """``KEY=VALUE`` items as submitit parameters; numbers become numbers."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"bad --slurm '{item}': expected KEY=VALUE, e.g. "
+                             f"slurm_partition=gpu or timeout_min=600")
+        try:
+            options[key.strip()] = int(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
+
+
+def default_workers() -> int:
+    """One worker per GPU, else one per 2 cores."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return gpus or max(1, (os.cpu_count() or 2) // 2)
+
+
+def run_group(spec: RunSpec, method: str, source: str, seed: int,
+              threads: int | None = None) -> int:
+    """One (method, source, seed) group of ``spec``'s run folder, in the calling process (a Dask
+    worker, a SLURM job); returns the number of cells it computed."""
+    if threads:
+        torch.set_num_threads(threads)
+    run = prepare(spec)
+    open_run_folder(run)
+    return execute_group(run, method, source, seed)
+
+
+def _require(module: str, extra: str):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        raise UsageError(f"--executor {extra} needs the {extra} extra: pip install "
+                         f"'hcibench[{extra}]'") from None
+
+
+def run_with_dask(spec: RunSpec, options: ExecutorOptions,
+                  on_group: Callable[[tuple, int], None] | None = None) -> int:
+    """Every pending group as a Dask task, on a ``LocalCluster`` of ``options.workers``
+    processes or on the scheduler at ``options.scheduler``. GPUs are worker resources: a group
+    asks for one when the run computes on CUDA. Returns the cells computed."""
+    distributed = _require("distributed", "dask")
+    run = prepare(spec)
+    start_run_folder(run)
+    groups = [group[:3] for group in pending_cells(run)]
+    if not groups:
+        return 0
+    workers = options.workers or default_workers()
+    threads = options.threads or run.config.get("threads") or max(
+        1, (os.cpu_count() or 1) // workers)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cluster = None
+    if options.scheduler:
+        client = distributed.Client(options.scheduler)
+    else:
+        resources = {"GPU": 1} if gpus else None
+        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
+                                           processes=True, resources=resources,
+                                           dashboard_address=None)
+        client = distributed.Client(cluster)
+    wants_gpu = gpus > 0 and run.config.get("device") != "cpu"
+    try:
+        futures = {
+            client.submit(run_group, spec, *group, threads=threads, pure=False,
+                          retries=options.retries, key=f"group-{'-'.join(map(str, group))}",
+                          resources={"GPU": 1} if wants_gpu else None): group
+            for group in groups
+        }
+        done = 0
+        for future in distributed.as_completed(futures):
+            cells = future.result()
+            done += cells
+            if on_group:
+                on_group(futures[future], cells)
+        return done
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+
+def _slurm_job_class(submitit):
+    class GroupJob(submitit.helpers.Checkpointable):
+        """One group as a SLURM job. On a time-out or a pre-emption submitit calls
+        ``checkpoint``, which requeues the same group: its finished stages and records are in
+        the run folder, so the requeued job goes on from there. A job of several tasks
+        (``--slurm tasks_per_node=N``) trains each stage over its N tasks, as torchrun does."""
+
+        def __call__(self, spec, method, source, seed, threads=None):
+            if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+                submitit.helpers.TorchDistributedEnvironment().export(
+                    set_cuda_visible_devices=False)
+            return run_group(spec, method, source, seed, threads)
+
+    return GroupJob
+
+
+def submit_to_slurm(spec: RunSpec, options: ExecutorOptions) -> list[str]:
+    """One SLURM job per pending group through submitit; returns their job ids at once (the
+    jobs write into the run folder as they finish). ``options.slurm`` holds submitit's
+    parameters; ``cluster=local`` runs the jobs as local processes instead (no SLURM)."""
+    submitit = _require("submitit", "slurm")
+    run = prepare(spec)
+    start_run_folder(run)
+    groups = [group[:3] for group in pending_cells(run)]
+    if not groups:
+        return []
+    parameters = {**SLURM_DEFAULTS, **options.slurm}
+    cluster = parameters.pop("cluster", "slurm")
+    executor = submitit.AutoExecutor(folder=run.out / "slurm" / "%j", cluster=cluster)
+    if cluster == "local":  # the local executor knows no SLURM-only or CPU-count parameters
+        parameters = {k: v for k, v in parameters.items()
+                      if k in ("timeout_min", "tasks_per_node", "gpus_per_node", "name")}
+    try:
+        executor.update_parameters(name=f"hcibench-{run.out.name}", **parameters)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"bad --slurm option: {error}") from None
+    job_class = _slurm_job_class(submitit)
+    threads = run.config.get("threads") or parameters.get("cpus_per_task")
+    jobs = [executor.submit(job_class(), spec, *group, threads) for group in groups]
+    return [str(job.job_id) for job in jobs]

@@ -1,0 +1,153 @@
+"""The grid on other engines: a Dask cluster and SLURM through submitit give the records of the
+in-process run, each stage computed once."""
+
+import json
+import os
+import stat
+import sys
+import time
+
+import pytest
+from conftest import run_cli, tiny_args
+from test_dual import TINY_DUAL
+
+SETTINGS = tiny_args(*TINY_DUAL, "threads=1", supervised=False)
+# Two groups (dual-dino and oda) sharing their first two stages.
+GRID = ["--methods", "dual-dino,oda", "--sources", "S3", "--targets", "S3,S5", "--seeds", "0",
+        *SETTINGS]
+
+
+def _records(out):
+    return {p.relative_to(out).as_posix(): json.loads(p.read_text())["metrics"]
+            for p in out.glob("records/**/*.json")}
+
+
+def _computed(out):
+    stages = json.loads((out / "manifest.json").read_text())["stages"].values()
+    return [stage["computed"] for stage in stages]
+
+
+def test_dask_workers_give_the_records_of_one_process(tmp_path):
+    pytest.importorskip("distributed")
+    alone = run_cli("run", *GRID, "--out", str(tmp_path / "local"))
+    assert alone.returncode == 0, alone.stderr
+    dask = run_cli("run", *GRID, "--executor", "dask", "--workers", "2",
+                   "--out", str(tmp_path / "dask"))
+    assert dask.returncode == 0, dask.stderr
+    assert _records(tmp_path / "dask") == _records(tmp_path / "local")
+    # dual-dino and oda share step 1 and step 2 per seed: each computed once across workers.
+    assert _computed(tmp_path / "dask") and set(_computed(tmp_path / "dask")) == {1}
+    status = run_cli("status", str(tmp_path / "dask"))
+    assert "4 of 4 cells" in status.stdout
+
+
+def test_a_dask_worker_lost_mid_grid_still_completes_it(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from hcibench.cli import executor_options  # noqa: F401  (the CLI's import path works)
+    from hcibench.executors import run_group
+    from hcibench.runner import Grid, RunSpec, pending_cells, prepare, start_run_folder
+
+    overrides = [item for item in SETTINGS if item != "--set"]
+    spec = RunSpec(Grid(["dual-dino", "oda"], ["S3"], ["S3", "S5"], [0, 1]), tmp_path / "run",
+                   overrides=overrides)
+    run = prepare(spec)
+    start_run_folder(run)
+    groups = [g[:3] for g in pending_cells(run)]
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        futures = [client.submit(run_group, spec, *g, threads=1, pure=False, retries=2)
+                   for g in groups]
+        time.sleep(4)  # both workers are inside their first group
+        victim = next(iter(cluster.workers.values()))
+        os.kill(victim.process.pid, 9)
+        client.gather(futures)
+    assert not pending_cells(prepare(spec))
+    assert len(_records(tmp_path / "run")) == 8
+
+
+def _fake_sbatch(folder):
+    """A stand-in ``sbatch`` that records each submission and answers with a job id."""
+    log = folder / "sbatch.log"
+    script = folder / "sbatch"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"n=$(ls {folder}/submitted 2>/dev/null | wc -l)\n"
+        f"mkdir -p {folder}/submitted\n"
+        f"cp \"$1\" {folder}/submitted/job$n.sh\n"
+        f"echo \"$@\" >> {log}\n"
+        "echo \"Submitted batch job $((4242 + n))\"\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return folder / "submitted"
+
+
+def test_slurm_submits_one_job_per_group_with_its_resources(tmp_path):
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    submitted = _fake_sbatch(bin_dir)
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    out = tmp_path / "run"
+    result = run_cli("run", *GRID, "--executor", "slurm", "--slurm", "slurm_partition=gpu",
+                     "--slurm", "gpus_per_node=1", "--slurm", "timeout_min=90",
+                     "--out", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    said = " ".join((result.stdout + result.stderr).split())
+    assert "2 SLURM job(s) submitted (4242, 4243)" in said
+    scripts = sorted(submitted.glob("job*.sh"))
+    assert len(scripts) == 2
+    for script in scripts:
+        text = script.read_text()
+        assert "#SBATCH --partition=gpu" in text
+        assert "#SBATCH --gpus-per-node=1" in text
+        assert "#SBATCH --time=90" in text
+        assert "#SBATCH --signal=USR2@" in text  # requeued with its work on a time-out
+    assert not _records(out)  # submitted only: the jobs write the records
+
+
+def test_slurm_jobs_run_end_to_end_through_the_local_executor(tmp_path):
+    pytest.importorskip("submitit")
+    out = tmp_path / "run"
+    result = run_cli("run", *GRID, "--executor", "slurm", "--slurm", "cluster=local",
+                     "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    deadline = time.time() + 300
+    while time.time() < deadline and len(_records(out)) < 4:
+        time.sleep(1)
+    assert len(_records(out)) == 4, run_cli("status", str(out)).stdout
+    assert "4 of 4 cells" in run_cli("status", str(out)).stdout
+
+
+def test_a_missing_engine_says_which_extra_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    from hcibench.errors import UsageError
+    from hcibench.executors import ExecutorOptions, run_with_dask
+    from hcibench.runner import Grid, RunSpec
+
+    spec = RunSpec(Grid(["dual-dino"], ["S3"], ["S3"], [0]), tmp_path / "run")
+    with pytest.raises(UsageError, match=r"pip install 'hcibench\[dask\]'"):
+        run_with_dask(spec, ExecutorOptions("dask"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"workers": "2"}, "--workers is an option of --executor dask"),
+    ({"executor": "dask", "workers": "0"}, "bad --workers '0'"),
+    ({"executor": "slurm", "slurm_options": ["partition"]}, "bad --slurm 'partition'"),
+])
+def test_bad_executor_options_are_refused(options, message):
+    from hcibench.cli import executor_options
+    from hcibench.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        executor_options(options)
+
+
+def test_a_bad_executor_option_is_one_line_and_writes_nothing(tmp_path):
+    result = run_cli("run", *GRID, "--workers", "2", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --workers is an option of --executor dask"]
+    assert not (tmp_path / "run").exists()
