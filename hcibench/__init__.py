@@ -13,7 +13,7 @@ try:  # torch takes seconds to load: a Ctrl-C then ends with one line and status
     from .evaluator import Evaluator  # noqa: E402
     from .hookspecs import hookimpl  # noqa: E402
     from .method import Method, Prediction  # noqa: E402
-    from .stages import Context  # noqa: E402
+    from .stages import Context, StageSpec  # noqa: E402
 except KeyboardInterrupt:
     import sys
 
@@ -22,5 +22,5 @@ except KeyboardInterrupt:
 
 __all__ = [
     "META_COLUMNS", "UNLABELLED", "Context", "Dataset", "Domain", "Evaluator", "Method",
-    "Prediction", "TensorImages", "UsageError", "hookimpl",
+    "Prediction", "StageSpec", "TensorImages", "UsageError", "hookimpl",
 ]

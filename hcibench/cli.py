@@ -43,31 +43,43 @@ def cli():
     """Benchmark domain adaptation for High Content Imaging across sources, batches and plates."""
 
 
+GRID_OPTIONS = [
+    click.option("--methods", help="Comma-separated method names (see `hcibench list methods`)."),
+    click.option("--sources", help="Training sources, comma-separated [default: every source]."),
+    click.option("--targets", help="Target sources [default: every source, the training one included]."),
+    click.option("--seeds", help="Seeds: 0,1,2 or a range 0-2 [default: 0]."),
+    click.option("--dataset", help="Dataset plugin [default: synthetic]."),
+    click.option("--data", "data_path", help="Path to the dataset on disk, for datasets that read one."),
+    click.option("--preset", type=click.Choice(["quick", "paper"]), help="Settings bundle [default: quick]."),
+    click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+        help="Override one setting, e.g. --set supervised.epochs=5 (repeatable)."),
+    click.option("--evaluators",
+        help="Comma-separated evaluators [default: the dataset's, else accuracy,f1]."),
+    click.option("--pretrained", type=click.Path(), help="Local weights file for the backbones."),
+    click.option("--granularity", type=click.Choice(["source", "batch", "plate"]),
+        help="Adapt one feature extractor per target source, batch or plate [source]."),
+    click.option("--eval-on", "eval_on", type=click.Choice(["subset", "full"]),
+        help="Score each adapted FE on its own part of the target or on all of it [subset]."),
+    click.option("--grid", "grid_file", type=click.Path(), help="TOML file with any of the options above."),
+    click.option("--out", type=click.Path(), help="Run folder [default: runs/<dataset>-<preset>]."),
+    click.option("--cache", type=click.Path(),
+        help="Stage folder shared between run folders: stages with equal settings are "
+              "computed once [default: OUT/stages; OUT/cache for a sweep]."),
+    click.option("--strict", is_flag=True,
+        help="Refuse to reuse a stage computed with another thread count or torch version "
+              "(by default a warning: results may differ in the last digits)."),
+]
+
+
+def grid_options(command):
+    """The options that describe a run (shared by `run` and `plan`)."""
+    for option in reversed(GRID_OPTIONS):
+        command = option(command)
+    return command
+
+
 @cli.command()
-@click.option("--methods", help="Comma-separated method names (see `hcibench list methods`).")
-@click.option("--sources", help="Training sources, comma-separated [default: every source].")
-@click.option("--targets", help="Target sources [default: every source, the training one included].")
-@click.option("--seeds", help="Seeds: 0,1,2 or a range 0-2 [default: 0].")
-@click.option("--dataset", help="Dataset plugin [default: synthetic].")
-@click.option("--data", "data_path", help="Path to the dataset on disk, for datasets that read one.")
-@click.option("--preset", type=click.Choice(["quick", "paper"]), help="Settings bundle [default: quick].")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override one setting, e.g. --set supervised.epochs=5 (repeatable).")
-@click.option("--evaluators",
-              help="Comma-separated evaluators [default: the dataset's, else accuracy,f1].")
-@click.option("--pretrained", type=click.Path(), help="Local weights file for the backbones.")
-@click.option("--granularity", type=click.Choice(["source", "batch", "plate"]),
-              help="Adapt one feature extractor per target source, batch or plate [source].")
-@click.option("--eval-on", "eval_on", type=click.Choice(["subset", "full"]),
-              help="Score each adapted FE on its own part of the target or on all of it [subset].")
-@click.option("--grid", "grid_file", type=click.Path(), help="TOML file with any of the options above.")
-@click.option("--out", type=click.Path(), help="Run folder [default: runs/<dataset>-<preset>].")
-@click.option("--cache", type=click.Path(),
-              help="Stage folder shared between run folders: stages with equal settings are "
-                   "computed once [default: OUT/stages; OUT/cache for a sweep].")
-@click.option("--strict", is_flag=True,
-              help="Refuse to reuse a stage computed with another thread count or torch version "
-                   "(by default a warning: results may differ in the last digits).")
+@grid_options
 @click.option("--executor", type=click.Choice(["local", "dask", "slurm"]),
               help="Where the (method, source, seed) groups are computed: in this process "
                    "[local], on a Dask cluster, or as SLURM jobs through submitit.")
@@ -79,8 +91,61 @@ def cli():
                    "--slurm timeout_min=600 --slurm gpus_per_node=1 (repeatable).")
 def run(**options):
     """Run a methods × sources × targets × seeds grid; finished cells are never recomputed."""
-    from .runner import Grid, RunSpec, prepare
+    from .runner import prepare
     from .sweep import sweep_variants, write_sweep
+
+    spec = spec_from_options(options)
+    executor = executor_options(options)
+    variants = sweep_variants(spec)
+    if variants is None:
+        dispatch(spec, executor)
+        return
+    for variant in variants:  # every variant checked before the first one runs
+        prepare(variant)
+    write_sweep(spec, variants)
+    for variant in variants:
+        console.print(f"[bold]sweep variant[/] {variant.out.name}")
+        dispatch(variant, executor)
+
+
+@cli.command()
+@grid_options
+@click.option("--json", "as_json", is_flag=True, help="The plan as JSON.")
+def plan(as_json, **options):
+    """The grid's jobs as a graph: each stage (its id is its file's name), the stages it needs,
+    the methods whose cells use it, and what it asks a cluster for; one `cells` job per
+    (method, source, seed) writes the records once its stages exist. Nothing is computed."""
+    from dataclasses import asdict as as_dict
+
+    from .plan import build_plan, render_plan
+    from .runner import prepare
+
+    built = build_plan(prepare(spec_from_options(options)))
+    if as_json:
+        click.echo(json.dumps([as_dict(job) for job in built.jobs.values()], indent=2))
+    else:
+        click.echo(render_plan(built))
+
+
+@cli.group()
+def stage():
+    """Work on single jobs of a run folder's plan."""
+
+
+@stage.command(name="run")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("job_id")
+def stage_run(run_dir, job_id):
+    """Compute one job of RUN_DIR's plan (a stage id or cells-METHOD-SOURCE-seedN) in this
+    process; a stage whose file exists is not computed again."""
+    from .plan import run_stage_in_folder
+
+    click.echo(f"{job_id}: {run_stage_in_folder(run_dir, job_id)}")
+
+
+def spec_from_options(options: dict):
+    """The RunSpec of `run` / `plan` options (a --grid file fills what is not given)."""
+    from .runner import Grid, RunSpec
 
     options = merge_grid_file(options)
     dataset = options["dataset"] or "synthetic"
@@ -105,17 +170,7 @@ def run(**options):
         cache=Path(options["cache"]) if options["cache"] else None,
         strict=options["strict"],
     )
-    executor = executor_options(options)
-    variants = sweep_variants(spec)
-    if variants is None:
-        dispatch(spec, executor)
-        return
-    for variant in variants:  # every variant checked before the first one runs
-        prepare(variant)
-    write_sweep(spec, variants)
-    for variant in variants:
-        console.print(f"[bold]sweep variant[/] {variant.out.name}")
-        dispatch(variant, executor)
+    return spec
 
 
 def executor_options(options: dict):
@@ -151,10 +206,10 @@ def dispatch(spec, executor) -> None:
     from . import executors
 
     if executor.name == "dask":
-        def on_group(group, cells):
-            console.print(f"{group[0]:<11} {group[1]:>4} seed {group[2]}: {cells} cell(s)")
+        def on_job(job, said):
+            console.print(f"{job.id:<40} {said}")
 
-        cells = executors.run_with_dask(spec, executor, on_group)
+        cells = executors.run_with_dask(spec, executor, on_job)
         console.print(f"{cells} cell(s) computed on Dask. Report: hcibench report {spec.out}")
         return
     jobs = executors.submit_to_slurm(spec, executor)

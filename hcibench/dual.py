@@ -139,16 +139,24 @@ def _run_dino(config, channels, domain, settings, context, init, description, sc
     return result
 
 
+def fe_stage(context: Context, cross_batch: bool) -> tuple[str, dict]:
+    """Step 1's stage name and key (computed from the settings alone, so a plan can name it)."""
+    settings = dino_settings(context.config["dino"], cross_batch=cross_batch,
+                             precision=context.precision)
+    key = {"backbone": backbone_settings(context.config), "dino": asdict(settings)}
+    return ("fe-dino-cb" if cross_batch else "fe-dino"), key
+
+
 def pretrain_fe(context: Context, train: Domain, cross_batch: bool) -> tuple[dict, dict]:
     """Step 1: the FE trained with DINO (with cross-batch pairs if asked) on the source.
 
     Returns the stage result and the stage settings (the key that step 2 and 3 build on)."""
     config = context.config
     settings = dino_settings(config["dino"], cross_batch=cross_batch, precision=context.precision)
-    key = {"backbone": backbone_settings(config), "dino": asdict(settings)}
+    name, key = fe_stage(context, cross_batch)
     channels = train.images[0].shape[0]
     result = context.stage(
-        "fe-dino-cb" if cross_batch else "fe-dino", key,
+        name, key,
         lambda: _run_dino(config, channels, train, settings, context, None,
                           f"step 1 {'DINO+CB' if cross_batch else 'DINO'} {context.source}"))
     return result, key
@@ -197,13 +205,17 @@ def train_task(context: Context, train: Domain, val: Domain, fe_state: dict, fe_
         return {"state": result["state"], "val_accuracy": result["val_accuracy"],
                 "best_epoch": result["best_epoch"]}
 
-    return context.stage("task", {**task_key(config, fe_key), **precision_key(context.precision)},
-                         compute)
+    return context.stage(*task_stage(context, fe_key), compute)
 
 
 def task_key(config: dict, fe_key: dict) -> dict:
     """The settings the step-2 stage depends on."""
     return {"fe": fe_key, "task": config["task"], "input_size": config["input_size"]}
+
+
+def task_stage(context: Context, fe_key: dict) -> tuple[str, dict]:
+    """Step 2's stage name and key."""
+    return "task", {**task_key(context.config, fe_key), **precision_key(context.precision)}
 
 
 def fe_moments(config: dict, fe: nn.Module, domain: Domain) -> dict[str, torch.Tensor]:
@@ -227,6 +239,33 @@ def load_task(config: dict, token_dim: int, num_classes: int, state: dict,
     return task.to(device or torch.device("cpu"))
 
 
+def adapt_settings(context: Context, cross_batch: bool) -> DinoSettings:
+    """Step 3's DINO settings: step 1's, with the ``adapt`` section's where it sets them."""
+    return dino_settings(context.config["dino"], cross_batch=cross_batch,
+                         **dict(context.config["adapt"]), precision=context.precision)
+
+
+def adapt_stage(context: Context, target: Domain, fe_key: dict, cross_batch: bool,
+                monitor_task_key: dict | None, source_n: int) -> tuple[str, dict]:
+    """Step 3's stage name and key for one target (part); ``monitor_task_key`` when the stage
+    keeps the diagnostics (which need the step-2 model), ``source_n`` the source's training
+    images (measured by feature alignment)."""
+    adapt = context.config["adapt"]
+    key = {"fe": fe_key, "adapt": asdict(adapt_settings(context, cross_batch)),
+           "target": target.name, "n": len(target)}
+    scope = (adapt.get("trainable", "all"), int(adapt.get("early_blocks", 1)))
+    if scope[0] != "all":
+        key["scope"] = scope
+    if adapt.get("predict_with", "teacher") != "teacher":
+        key["predict_with"] = adapt["predict_with"]
+    if monitor_task_key is not None:
+        key["monitor"] = {"task": monitor_task_key}
+    align_weight = float(adapt.get("feature_alignment") or 0)
+    if align_weight > 0:
+        key["feature_alignment"] = {"weight": align_weight, "source_n": source_n}
+    return ("adapt-cb" if cross_batch else "adapt"), key
+
+
 def adapt_fe(context: Context, target: Domain, fe_state: dict, fe_key: dict,
              cross_batch: bool, task: nn.Module | None = None, task_key: dict | None = None,
              source: Domain | None = None) -> dict:
@@ -239,26 +278,18 @@ def adapt_fe(context: Context, target: Domain, fe_state: dict, fe_key: dict,
     training images; see :class:`hcibench.adaptation.FeatureAlignment`)."""
     config = context.config
     adapt = config["adapt"]
-    settings = dino_settings(config["dino"], cross_batch=cross_batch,
-                             **{k: v for k, v in adapt.items()}, precision=context.precision)
+    settings = adapt_settings(context, cross_batch)
     channels = target.images[0].shape[0]
     scope = (adapt.get("trainable", "all"), int(adapt.get("early_blocks", 1)))
     watching = bool(adapt.get("monitor")) and task is not None
-    key = {"fe": fe_key, "adapt": asdict(settings), "target": target.name, "n": len(target)}
-    if scope[0] != "all":
-        key["scope"] = scope
-    if adapt.get("predict_with", "teacher") != "teacher":
-        key["predict_with"] = adapt["predict_with"]
-    if watching:
-        key["monitor"] = {"task": task_key}
     align_weight = float(adapt.get("feature_alignment") or 0)
-    if align_weight > 0:
-        if source is None:
-            raise ValueError("feature alignment needs the source's training images")
-        key["feature_alignment"] = {"weight": align_weight, "source_n": len(source)}
+    if align_weight > 0 and source is None:
+        raise ValueError("feature alignment needs the source's training images")
+    name, key = adapt_stage(context, target, fe_key, cross_batch, task_key if watching else None,
+                            len(source) if source is not None else 0)
     watch = (lambda fe: predict_with_embeddings(config, fe, task, target)) if watching else None
     return context.stage(
-        "adapt-cb" if cross_batch else "adapt", key,
+        name, key,
         lambda: _run_dino(config, channels, target, settings, context, fe_state,
                           f"step 3 adapt to {target.name}", scope, watch,
                           source if align_weight > 0 else None))

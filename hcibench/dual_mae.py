@@ -65,14 +65,37 @@ def _run_mae(config, channels, domain, settings, context, init, description,
     return result
 
 
+def mae_fe_stage(context: Context) -> tuple[str, dict]:
+    """Step 1's stage name and key."""
+    config = context.config
+    return "fe-mae", {"backbone": backbone_settings(config), "mae": asdict(mae_settings(config["mae"])),
+                      "input_size": config["input_size"], **precision_key(context.precision)}
+
+
+def mae_adapt_settings(config: dict) -> MaeSettings:
+    # Re-using step 1's learning rate from a trained encoder wrecks it (every prediction
+    # collapses to one class in the quick preset), so MAE adaptation has its own default.
+    lr = config["adapt"].get("lr") or config["mae"].get("adapt_lr")
+    return mae_settings(config["mae"], **{**config["adapt"], "lr": lr})
+
+
+def mae_adapt_stage(context: Context, target: Domain, fe_key: dict,
+                    monitor_task_key: dict | None) -> tuple[str, dict]:
+    """Step 3's stage name and key for one target (part)."""
+    key = {"fe": fe_key, "adapt": asdict(mae_adapt_settings(context.config)),
+           "target": target.name, "n": len(target), **precision_key(context.precision)}
+    if monitor_task_key is not None:
+        key["monitor"] = {"task": monitor_task_key}
+    return "adapt-mae", key
+
+
 def pretrain_mae(context: Context, train: Domain) -> tuple[dict, dict]:
     """Step 1: the FE trained as a masked autoencoder on the source images."""
     config = context.config
     settings = mae_settings(config["mae"])
-    key = {"backbone": backbone_settings(config), "mae": asdict(settings),
-           "input_size": config["input_size"], **precision_key(context.precision)}
+    name, key = mae_fe_stage(context)
     channels = train.images[0].shape[0]
-    result = context.stage("fe-mae", key, lambda: _run_mae(
+    result = context.stage(name, key, lambda: _run_mae(
         config, channels, train, settings, context, None, f"step 1 MAE {context.source}"))
     return result, key
 
@@ -83,20 +106,15 @@ def adapt_mae(context: Context, target: Domain, fe_state: dict, fe_key: dict,
     With ``task`` and ``adapt.monitor``, the stage keeps the label-free diagnostics and logits
     of every epoch, as the DINO adaptation does."""
     config = context.config
-    # Re-using step 1's learning rate from a trained encoder wrecks it (every prediction
-    # collapses to one class in the quick preset), so MAE adaptation has its own default.
-    lr = config["adapt"].get("lr") or config["mae"].get("adapt_lr")
-    settings = mae_settings(config["mae"], **{**config["adapt"], "lr": lr})
+    settings = mae_adapt_settings(config)
     channels = target.images[0].shape[0]
-    key = {"fe": fe_key, "adapt": asdict(settings), "target": target.name, "n": len(target),
-           **precision_key(context.precision)}
+    watching = bool(config["adapt"].get("monitor")) and task is not None
+    name, key = mae_adapt_stage(context, target, fe_key, task_key if watching else None)
     watch = None
-    if config["adapt"].get("monitor") and task is not None:
-        key["monitor"] = {"task": task_key}
-
+    if watching:
         def watch(fe):
             return predict_with_embeddings(config, fe, task, target)
 
-    return context.stage("adapt-mae", key, lambda: _run_mae(
+    return context.stage(name, key, lambda: _run_mae(
         config, channels, target, settings, context, fe_state, f"step 3 MAE on {target.name}",
         watch))

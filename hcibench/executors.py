@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
 from .errors import UsageError
+from .plan import Job, Plan, build_plan, run_job
 from .runner import (
+    DomainCache,
     RunSpec,
     execute_group,
     open_run_folder,
@@ -29,6 +31,7 @@ from .runner import (
     prepare,
     start_run_folder,
 )
+from .stages import digest
 
 EXECUTORS = ("local", "dask", "slurm")
 
@@ -88,15 +91,17 @@ def _require(module: str, extra: str):
 
 
 def run_with_dask(spec: RunSpec, options: ExecutorOptions,
-                  on_group: Callable[[tuple, int], None] | None = None) -> int:
-    """Every pending group as a Dask task, on a ``LocalCluster`` of ``options.workers``
-    processes or on the scheduler at ``options.scheduler``. GPUs are worker resources: a group
-    asks for one when the run computes on CUDA. Returns the cells computed."""
+                  on_job: Callable[[Job, str], None] | None = None) -> int:
+    """The plan's jobs (:mod:`hcibench.plan`) as Dask tasks with their dependencies, on a
+    ``LocalCluster`` of ``options.workers`` processes or on the scheduler at
+    ``options.scheduler``: the stages of a group run as soon as what they build on exists (the
+    adaptations to several targets at once), each group's cells after its stages. GPUs are
+    worker resources. Returns the cells computed."""
     distributed = _require("distributed", "dask")
     run = prepare(spec)
     start_run_folder(run)
-    groups = [group[:3] for group in pending_cells(run)]
-    if not groups:
+    plan = build_plan(run, pending_only=True)
+    if not plan.jobs:
         return 0
     workers = options.workers or default_workers()
     threads = options.threads or run.config.get("threads") or max(
@@ -106,31 +111,60 @@ def run_with_dask(spec: RunSpec, options: ExecutorOptions,
     if options.scheduler:
         client = distributed.Client(options.scheduler)
     else:
-        resources = {"GPU": 1} if gpus else None
         cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
-                                           processes=True, resources=resources,
-                                           dashboard_address=None)
+                                           processes=True, dashboard_address=None,
+                                           resources={"GPU": 1} if gpus else None)
         client = distributed.Client(cluster)
-    wants_gpu = gpus > 0 and run.config.get("device") != "cpu"
     try:
-        futures = {
-            client.submit(run_group, spec, *group, threads=threads, pure=False,
-                          retries=options.retries, key=f"group-{'-'.join(map(str, group))}",
-                          resources={"GPU": 1} if wants_gpu else None): group
-            for group in groups
-        }
+        futures = submit_plan(client, spec, plan, threads, options.retries)
+        jobs = {future: plan.jobs[job_id] for job_id, future in futures.items()}
         done = 0
-        for future in distributed.as_completed(futures):
-            cells = future.result()
-            done += cells
-            if on_group:
-                on_group(futures[future], cells)
+        for future in distributed.as_completed(list(futures.values())):
+            job, said = jobs[future], future.result()
+            if job.kind == "cells":
+                done += int(said.split()[0])
+            if on_job:
+                on_job(job, said)
         return done
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
 
+
+def submit_plan(client, spec: RunSpec, plan: Plan, threads: int | None, retries: int) -> dict:
+    """Submit every job of ``plan`` to a Dask ``client``, each after the jobs it needs;
+    returns the futures by job id."""
+    futures = {}
+    for job in plan.jobs.values():
+        needs = [futures[need] for need in job.needs if need in futures]
+        futures[job.id] = client.submit(
+            run_plan_job, spec, job, threads, *needs, pure=False, retries=retries,
+            key=f"{job.id}@{spec.out}", resources={"GPU": job.gpus} if job.gpus else None)
+    return futures
+
+
+# Per worker process: the prepared run and its loaded domains, so that the many jobs of one
+# grid that reach the same worker load the data once.
+_PREPARED: dict[str, tuple] = {}
+
+
+def prepared(spec: RunSpec):
+    key = digest(asdict(spec))
+    if key not in _PREPARED:
+        run = prepare(spec)
+        _PREPARED.clear()  # one grid at a time per worker
+        _PREPARED[key] = (run, DomainCache(run))
+    return _PREPARED[key]
+
+
+def run_plan_job(spec: RunSpec, job: Job, threads: int | None = None, *needs) -> str:
+    """One job of the plan, in the calling process (a Dask worker); ``needs`` are the results
+    of the jobs it depends on (only their being finished matters)."""
+    if threads:
+        torch.set_num_threads(threads)
+    run, domains = prepared(spec)
+    return run_job(run, job, domains=domains)
 
 
 def _slurm_job_class(submitit):

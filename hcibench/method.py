@@ -16,7 +16,7 @@ import torch
 
 if TYPE_CHECKING:
     from .data import Domain
-    from .stages import Context
+    from .stages import Context, StageSpec
 
 
 @dataclass
@@ -54,6 +54,13 @@ class Method:
     def predict(self, target: Domain) -> Prediction:
         """Class scores for every sample of ``target`` (whose labels must not be used)."""
         raise NotImplementedError
+
+    def stages(self, train: Domain, val: Domain, targets: list[Domain]) -> list[StageSpec] | None:
+        """The stages ``fit`` and ``predict`` will ask for on these domains, in an order where
+        each comes after those it ``needs``, for ``hcibench plan`` and the executors to run
+        them as separate jobs. ``None`` (the default): the method's work is one job per
+        (method, source, seed)."""
+        return None
 
     @classmethod
     def default_settings(cls, preset: str) -> dict:

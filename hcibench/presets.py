@@ -31,8 +31,12 @@ ADAPT_SCOPE = {"trainable": "all", "early_blocks": 1, "predict_with": "teacher",
 # the GPU when there is one. The quick preset stays in fp32: its models are too small for bf16
 # to pay on a CPU (a DINO step 5 % faster on an AVX512-BF16 CPU, slower on others), and fp32
 # keeps its figures comparable between machines. The paper preset takes bf16 where it pays.
-QUICK_RUNTIME = {"device": "auto", "precision": "fp32"}
-PAPER_RUNTIME = {"device": "auto", "precision": "auto"}
+# ``resources``: what each stage's job asks a cluster for (hcibench plan, the executors): GPUs
+# (null: one where the run computes on a GPU, else none) and hours.
+QUICK_RUNTIME = {"device": "auto", "precision": "fp32",
+                 "resources": {"gpus": None, "hours": 1.0}}
+PAPER_RUNTIME = {"device": "auto", "precision": "auto",
+                 "resources": {"gpus": None, "hours": 24.0}}
 
 
 def _dino_defaults() -> dict:

@@ -110,8 +110,9 @@ def prepare(spec: RunSpec) -> Run:
                 [int(s) for s in grid.seeds])
     # A method's own section (e.g. ``supervised``) concerns its cells only, so a later command
     # may add or drop methods in the same folder; everything else must stay equal.
-    # Where a run computes (``device``) does not change what it computes, so workers on a CPU
-    # and on a GPU may share a folder; the conditions stored with each stage tell them apart.
+    # Where a run computes (``device``) and what its jobs ask a cluster for (``resources``) do
+    # not change what it computes, so workers on a CPU and on a GPU may share a folder; the
+    # conditions stored with each stage tell them apart.
     shared = {key: value for key, value in config.items()
               if key not in method_classes and key not in RUNTIME_ONLY}
     settings = {"config": shared, "dataset": spec.dataset, "data": spec.data,
@@ -123,7 +124,7 @@ def prepare(spec: RunSpec) -> Run:
                method_digests)
 
 
-RUNTIME_ONLY = ("device",)
+RUNTIME_ONLY = ("device", "resources")
 
 
 def resolve_config(spec: RunSpec, method_classes: dict[str, type],
@@ -405,7 +406,7 @@ def start_run_folder(run: Run, stages: StageCache | None = None) -> str:
 
 
 def execute_group(run: Run, method: str, source: str, seed: int,
-                  progress: Progress | None = None) -> int:
+                  progress: Progress | None = None, domains: DomainCache | None = None) -> int:
     """Compute one (method, source, seed) group of a started run folder in this process, under
     the group's claim (waiting while another process holds it), and update the manifest.
     Returns the cells computed (0 when another process finished them)."""
@@ -420,8 +421,8 @@ def execute_group(run: Run, method: str, source: str, seed: int,
     with held:
         group = next((g for g in pending_cells(run) if g[:3] == (method, source, seed)), None)
         group = distributed.broadcast_object(group)
-        done = 0 if group is None else _run_group(run, group, DomainCache(run), stages,
-                                                   progress, None)
+        done = 0 if group is None else _run_group(run, group, domains or DomainCache(run),
+                                                   stages, progress, None)
     if main:
         with claims.exclusive("run"):
             write_manifest(run, stages)
@@ -468,6 +469,17 @@ def _group_claim(method: str, source: str, seed: int) -> str:
     return f"cells-{method}-{source}-seed{seed}"
 
 
+def group_context(run: Run, source: str, seed: int, stages: StageCache,
+                  progress: Progress | None = None) -> Context:
+    """What a method of ``run`` sees when trained on ``source`` with ``seed``."""
+    dataset_identity = {"name": run.spec.dataset, "data": run.spec.data,
+                        "options": run.config["dataset"]}
+    device = stages.device or torch.device("cpu")
+    return Context(run.config, seed=seed, source=source, dataset=dataset_identity,
+                   stages=stages, progress=progress or Progress(), device=device,
+                   precision=accelerator.resolve_precision(run.config.get("precision"), device))
+
+
 def _run_group(run: Run, group, domains: DomainCache, stages: StageCache, progress: Progress,
                on_cell) -> int:
     """Fit one (method, source, seed) and score its unfinished targets; returns how many."""
@@ -478,13 +490,7 @@ def _run_group(run: Run, group, domains: DomainCache, stages: StageCache, progre
     if not targets:  # finished by another process meanwhile
         return 0
     split = domains.split(source)
-    dataset_identity = {"name": run.spec.dataset, "data": run.spec.data,
-                        "options": run.config["dataset"]}
-    device = stages.device or torch.device("cpu")
-    context = Context(run.config, seed=seed, source=source, dataset=dataset_identity,
-                      stages=stages, progress=progress, device=device,
-                      precision=accelerator.resolve_precision(run.config.get("precision"), device))
-    method = run.method_classes[method_name](context)
+    method = run.method_classes[method_name](group_context(run, source, seed, stages, progress))
     seed_everything(int(digest([method_name, source, seed, "fit"]), 16) % 2**31)
     fit_started = time.perf_counter()
     method.fit(split.train, split.val)

@@ -40,7 +40,7 @@ RANGES: dict[str, tuple[str, float, float]] = {
     "teacher_temp": (FLOAT, 0, 100), "warmup_teacher_temp": (FLOAT, 0, 100),
     "student_temp": (FLOAT, 0, 100), "clip_grad": (FLOAT, 0, 1e6),
     "shift_std": (FLOAT, 0, 10), "gamma_std": (FLOAT, 0, 10),
-    "feature_alignment": (FLOAT, 0, 1e6),
+    "feature_alignment": (FLOAT, 0, 1e6), "gpus": (INT, 0, 1_024), "hours": (FLOAT, 0, 100_000),
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -54,7 +54,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 NULLABLE: dict[str, str] = {
     "lr": FLOAT, "adapt_lr": FLOAT, "momentum_teacher": FLOAT, "threads": INT,
     "clip_grad": FLOAT, "epochs": INT, "steps": INT, "pair_key": "a name", "clip_mode": "a name",
-    "pretrained": "a name",
+    "pretrained": "a name", "gpus": INT,
 }
 
 
@@ -83,7 +83,7 @@ def _matches(value: Any, kind: str) -> bool:
 
 
 # Settings whose lowest value is excluded (a learning rate or temperature of 0 is no setting).
-ABOVE_LOWEST = {"lr", "adapt_lr", "teacher_temp", "warmup_teacher_temp", "student_temp"}
+ABOVE_LOWEST = {"lr", "adapt_lr", "teacher_temp", "warmup_teacher_temp", "student_temp", "hours"}
 
 
 def _number(value: float) -> str:

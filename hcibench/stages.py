@@ -178,6 +178,19 @@ class StageCache:
 
 
 @dataclass
+class StageSpec:
+    """A stage a method will ask for, declared before anything is computed
+    (:meth:`hcibench.Method.stages`): its name and settings as :meth:`Context.stage` receives
+    them, the stages it builds on, and ``compute()``, which makes it exist in this process
+    (loading the stages it builds on, computing what is missing)."""
+
+    name: str
+    settings: Any
+    compute: Callable[[], Any]
+    needs: list[StageSpec] = field(default_factory=list)
+
+
+@dataclass
 class Context:
     """What a method sees of the run: its settings, seed, stage cache and progress reporting,
     and where and in which precision to compute (see :mod:`hcibench.accelerator`)."""
@@ -195,10 +208,17 @@ class Context:
         """The autocast context of this run's precision on its device."""
         return accelerator.autocast(self.device, self.precision)
 
+    def stage_key(self, settings: Any) -> dict:
+        return {"settings": settings, "dataset": self.dataset, "source": self.source,
+                "seed": self.seed}
+
+    def stage_id(self, name: str, settings: Any) -> str:
+        """The id (file name) of stage ``name`` with ``settings`` in this context."""
+        return f"{name}-{digest(self.stage_key(settings))}"
+
     def stage(self, name: str, settings: Any, compute: Callable[[], Any]) -> Any:
         """Compute ``name`` once per (settings, dataset, source, seed) and reuse it afterwards."""
-        key = {"settings": settings, "dataset": self.dataset, "source": self.source, "seed": self.seed}
-        return self.stages.get(name, key, compute)
+        return self.stages.get(name, self.stage_key(settings), compute)
 
     def track(self, items, total=None, description=""):
         return self.progress.track(items, total, description)

@@ -28,6 +28,40 @@ class DualModel(hcibench.Method):
         return dual.adapt_fe(self.context, part, self.fe_stage, self.fe_key, self.cross_batch,
                              task=self.task, task_key=self.task_key, source=self.source)
 
+    # The names and keys of the stages above, from the settings alone (for ``stages``).
+    def pretrain_stage(self) -> tuple[str, dict]:
+        return dual.fe_stage(self.context, self.cross_batch)
+
+    def adapt_stage(self, part: hcibench.Domain, fe_key: dict, monitor_task_key: dict | None,
+                    source_n: int) -> tuple[str, dict]:
+        return dual.adapt_stage(self.context, part, fe_key, self.cross_batch, monitor_task_key,
+                                source_n)
+
+    def stages(self, train, val, targets):
+        """Step 1, step 2 and, for a method that adapts, step 3 on each target part."""
+        fe_name, fe_key = self.pretrain_stage()
+        fe = hcibench.StageSpec(fe_name, fe_key, lambda: self.pretrain(train))
+        task = hcibench.StageSpec(*dual.task_stage(self.context, fe_key),
+                                  lambda: self.fit(train, val), needs=[fe])
+        specs = [fe, task]
+        if not self.adapts:
+            return specs
+        monitor = dual.task_key(self.config, fe_key) if self.config["adapt"].get("monitor") else None
+        for target in targets:
+            for part in self.parts(target).values():
+                specs.append(hcibench.StageSpec(
+                    *self.adapt_stage(part, fe_key, monitor, len(train)),
+                    lambda part=part: (self.fit(train, val), self.adapt(part)), needs=[task]))
+        return specs
+
+    def parts(self, target: hcibench.Domain) -> dict[str, hcibench.Domain]:
+        """The parts of ``target`` that get an FE each (``adapt.granularity``), by name."""
+        granularity = self.config["adapt"]["granularity"]
+        if granularity == "source":
+            return {target.name: target}
+        return {name: target.subset(positions, f"{target.name}/{name}")
+                for name, positions in target.positions_by(granularity).items()}
+
     def fit(self, train: hcibench.Domain, val: hcibench.Domain) -> None:
         self.channels = train.images[0].shape[0]
         self.source = train  # for step-3 settings that measure the source (feature alignment)
@@ -58,13 +92,13 @@ class DualModel(hcibench.Method):
         eval_on = self.config["adapt"]["eval_on"]
         groups = ({target.name: np.arange(len(target))} if granularity == "source"
                   else target.positions_by(granularity))
+        parts = self.parts(target)
         logits = torch.empty(len(target), len(target.classes))
         embeddings = None
         variants, adaptations = {}, []
         epoch_logits: list[torch.Tensor] = []
         for name, positions in groups.items():
-            part = target if granularity == "source" else target.subset(
-                positions, f"{target.name}/{name}")
+            part = parts[name]
             adapted = self.adapt(part)
             fe = dual.aligned(self.config, dual.load_fe(self.config, self.channels, adapted,
                                                         self.context.device),

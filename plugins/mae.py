@@ -21,6 +21,12 @@ class DualMAE(DualModel):
         return dual_mae.adapt_mae(self.context, part, self.fe_stage, self.fe_key,
                                   task=self.task, task_key=self.task_key)
 
+    def pretrain_stage(self):
+        return dual_mae.mae_fe_stage(self.context)
+
+    def adapt_stage(self, part, fe_key, monitor_task_key, source_n):
+        return dual_mae.mae_adapt_stage(self.context, part, fe_key, monitor_task_key)
+
 
 class ODAMAE(DualMAE):
     name = "oda-mae"

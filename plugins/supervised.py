@@ -42,13 +42,17 @@ class Supervised(hcibench.Method):
             return {"state": result["state"], "val_accuracy": result["val_accuracy"],
                     "best_epoch": result["best_epoch"]}
 
-        trained = self.context.stage(
-            "supervised", {"backbone": backbone_settings(self.config), "train": settings,
-                           "input_size": self.config["input_size"],
-                           **precision_key(self.context.precision)}, compute)
+        trained = self.context.stage("supervised", self.stage_key(), compute)
         self.model.load_state_dict(trained["state"])
         self.model.to(self.context.device).eval()
         self.fit_info = {"val_accuracy": trained["val_accuracy"], "best_epoch": trained["best_epoch"]}
+
+    def stage_key(self) -> dict:
+        return {"backbone": backbone_settings(self.config), "train": self.config[self.name],
+                "input_size": self.config["input_size"], **precision_key(self.context.precision)}
+
+    def stages(self, train, val, targets):
+        return [hcibench.StageSpec("supervised", self.stage_key(), lambda: self.fit(train, val))]
 
     def predict(self, target: hcibench.Domain) -> hcibench.Prediction:
         model = self.model

@@ -43,8 +43,8 @@ def test_dask_workers_give_the_records_of_one_process(tmp_path):
 
 def test_a_dask_worker_lost_mid_grid_still_completes_it(tmp_path):
     distributed = pytest.importorskip("distributed")
-    from hcibench.cli import executor_options  # noqa: F401  (the CLI's import path works)
-    from hcibench.executors import run_group
+    from hcibench.executors import submit_plan
+    from hcibench.plan import build_plan
     from hcibench.runner import Grid, RunSpec, pending_cells, prepare, start_run_folder
 
     overrides = [item for item in SETTINGS if item != "--set"]
@@ -52,18 +52,18 @@ def test_a_dask_worker_lost_mid_grid_still_completes_it(tmp_path):
                    overrides=overrides)
     run = prepare(spec)
     start_run_folder(run)
-    groups = [g[:3] for g in pending_cells(run)]
+    plan = build_plan(run, pending_only=True)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
-        futures = [client.submit(run_group, spec, *g, threads=1, pure=False, retries=2)
-                   for g in groups]
-        time.sleep(4)  # both workers are inside their first group
+        futures = submit_plan(client, spec, plan, threads=1, retries=2)
+        time.sleep(6)  # both workers are inside their first jobs
         victim = next(iter(cluster.workers.values()))
         os.kill(victim.process.pid, 9)
-        client.gather(futures)
+        client.gather(list(futures.values()))
     assert not pending_cells(prepare(spec))
     assert len(_records(tmp_path / "run")) == 8
+    assert set(_computed(tmp_path / "run")) == {1}  # no stage computed twice
 
 
 def _fake_sbatch(folder):
