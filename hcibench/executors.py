@@ -1,13 +1,13 @@
-"""Where the cells of a grid are computed: in this process (``local``, the default), on a Dask
+"""Where the jobs of a grid are computed: in this process (``local``, the default), on a Dask
 cluster (``dask``) or as SLURM jobs through submitit (``slurm``).
 
-The unit of work is one (method, source, seed) group: its fit and its predictions on every
-unfinished target (:func:`run_group`). A group runs wherever it is sent and may run twice or
-at the same time in two places: it takes the group's claim in the run folder, every stage it
-needs is computed once under the stage's own claim, and finished records are never recomputed.
-So a lost Dask worker's group is simply run again elsewhere, and a stage two groups share (the
-DINO feature extractor of Dual-model-DINO and ODA) is computed by the first to ask while the
-other waits for its file.
+The jobs are those of the grid's plan (:mod:`hcibench.plan`): a job per stage the methods
+declare, after the stages it builds on, and a ``cells`` job per (method, source, seed) that
+predicts and writes the records. A job runs wherever it is sent and may run twice or at the
+same time in two places: every stage is computed once under its own claim in the run folder
+(the others wait for its file), a group's cells under the group's claim, and finished records
+are never recomputed. So a lost Dask worker's job is simply run again elsewhere, and a job
+that starts before what it needs is there computes it or waits for it.
 
 Both engines are optional: ``pip install hcibench[dask]`` or ``hcibench[slurm]``.
 """
@@ -27,7 +27,6 @@ from .runner import (
     RunSpec,
     execute_group,
     open_run_folder,
-    pending_cells,
     prepare,
     start_run_folder,
 )
@@ -46,8 +45,8 @@ class ExecutorOptions:
     slurm: dict = field(default_factory=dict)  # submitit parameters (--slurm KEY=VALUE)
 
 
-# What a SLURM job asks for unless --slurm says otherwise.
-SLURM_DEFAULTS = {"timeout_min": 24 * 60, "tasks_per_node": 1, "cpus_per_task": 8}
+# What a SLURM job asks for unless --slurm says otherwise (its time: the plan's hours).
+SLURM_DEFAULTS = {"tasks_per_node": 1, "cpus_per_task": 8}
 
 
 def parse_slurm_options(items) -> dict:
@@ -168,42 +167,57 @@ def run_plan_job(spec: RunSpec, job: Job, threads: int | None = None, *needs) ->
 
 
 def _slurm_job_class(submitit):
-    class GroupJob(submitit.helpers.Checkpointable):
-        """One group as a SLURM job. On a time-out or a pre-emption submitit calls
-        ``checkpoint``, which requeues the same group: its finished stages and records are in
-        the run folder, so the requeued job goes on from there. A job of several tasks
-        (``--slurm tasks_per_node=N``) trains each stage over its N tasks, as torchrun does."""
+    class PlanJob(submitit.helpers.Checkpointable):
+        """One job of the plan as a SLURM job. On a time-out or a pre-emption submitit calls
+        ``checkpoint``, which requeues the same job: the stages and records already in the run
+        folder stay, so the requeued job goes on from there. A job of several tasks
+        (``--slurm tasks_per_node=N``) trains its stage over the N tasks, as torchrun does."""
 
-        def __call__(self, spec, method, source, seed, threads=None):
+        def __call__(self, spec, job, threads=None):
             if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
                 submitit.helpers.TorchDistributedEnvironment().export(
                     set_cuda_visible_devices=False)
-            return run_group(spec, method, source, seed, threads)
+            return run_plan_job(spec, job, threads)
 
-    return GroupJob
+    return PlanJob
 
 
 def submit_to_slurm(spec: RunSpec, options: ExecutorOptions) -> list[str]:
-    """One SLURM job per pending group through submitit; returns their job ids at once (the
-    jobs write into the run folder as they finish). ``options.slurm`` holds submitit's
-    parameters; ``cluster=local`` runs the jobs as local processes instead (no SLURM)."""
+    """One SLURM job per job of the plan, through submitit, each held until the jobs it needs
+    have succeeded (``--dependency=afterok``); returns their job ids at once (the jobs write
+    into the run folder as they finish). A job asks for the plan's GPUs and hours unless
+    ``options.slurm`` (submitit's parameters) says otherwise; ``cluster=local`` runs the jobs as
+    local processes instead (no SLURM, no dependencies: a job whose stages are missing computes
+    them, or waits for the job computing them)."""
     submitit = _require("submitit", "slurm")
     run = prepare(spec)
     start_run_folder(run)
-    groups = [group[:3] for group in pending_cells(run)]
-    if not groups:
+    plan = build_plan(run, pending_only=True)
+    if not plan.jobs:
         return []
     parameters = {**SLURM_DEFAULTS, **options.slurm}
     cluster = parameters.pop("cluster", "slurm")
     executor = submitit.AutoExecutor(folder=run.out / "slurm" / "%j", cluster=cluster)
-    if cluster == "local":  # the local executor knows no SLURM-only or CPU-count parameters
+    local = cluster == "local"
+    if local:  # the local executor knows no SLURM-only or CPU-count parameters
         parameters = {k: v for k, v in parameters.items()
                       if k in ("timeout_min", "tasks_per_node", "gpus_per_node", "name")}
-    try:
-        executor.update_parameters(name=f"hcibench-{run.out.name}", **parameters)
-    except (TypeError, ValueError) as error:
-        raise UsageError(f"bad --slurm option: {error}") from None
     job_class = _slurm_job_class(submitit)
     threads = run.config.get("threads") or parameters.get("cpus_per_task")
-    jobs = [executor.submit(job_class(), spec, *group, threads) for group in groups]
-    return [str(job.job_id) for job in jobs]
+    extra = dict(parameters.pop("slurm_additional_parameters", None) or {})
+    ids: dict[str, str] = {}
+    for job in plan.jobs.values():
+        asked = {"timeout_min": max(1, round(job.hours * 60)), **parameters,
+                 "name": f"hcibench-{job.id}"}
+        if job.gpus and "gpus_per_node" not in parameters:
+            asked["gpus_per_node"] = job.gpus
+        needs = [ids[need] for need in job.needs if need in ids]
+        if not local:
+            dependency = {"dependency": "afterok:" + ":".join(needs)} if needs else {}
+            asked["slurm_additional_parameters"] = {**extra, **dependency}
+        try:
+            executor.update_parameters(**asked)
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"bad --slurm option: {error}") from None
+        ids[job.id] = str(executor.submit(job_class(), spec, job, threads).job_id)
+    return list(ids.values())

@@ -81,7 +81,7 @@ def _fake_sbatch(folder):
     return folder / "submitted"
 
 
-def test_slurm_submits_one_job_per_group_with_its_resources(tmp_path):
+def test_slurm_submits_the_plan_with_its_dependencies_and_resources(tmp_path):
     pytest.importorskip("submitit")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -91,19 +91,35 @@ def test_slurm_submits_one_job_per_group_with_its_resources(tmp_path):
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     out = tmp_path / "run"
     result = run_cli("run", *GRID, "--executor", "slurm", "--slurm", "slurm_partition=gpu",
-                     "--slurm", "gpus_per_node=1", "--slurm", "timeout_min=90",
+                     "--slurm", "gpus_per_node=1", "--set", "resources.hours=1.5",
                      "--out", str(out), env=env)
     assert result.returncode == 0, result.stderr
     said = " ".join((result.stdout + result.stderr).split())
-    assert "2 SLURM job(s) submitted (4242, 4243)" in said
-    scripts = sorted(submitted.glob("job*.sh"))
-    assert len(scripts) == 2
-    for script in scripts:
-        text = script.read_text()
+    # fe-dino, task, adapt on S3 and on S5, cells of dual-dino and of oda
+    assert "6 SLURM job(s) submitted (4242, 4243, 4244, 4245, 4246, ...)" in said
+    scripts = [(submitted / f"job{i}.sh").read_text() for i in range(6)]
+    for text in scripts:
         assert "#SBATCH --partition=gpu" in text
         assert "#SBATCH --gpus-per-node=1" in text
-        assert "#SBATCH --time=90" in text
+        assert "#SBATCH --time=90" in text  # resources.hours
         assert "#SBATCH --signal=USR2@" in text  # requeued with its work on a time-out
+    def dependency(job_name: str) -> str:
+        (text,) = [t for t in scripts if f"--job-name=hcibench-{job_name}" in t]
+        line = [x for x in text.splitlines() if x.startswith("#SBATCH --dependency=")]
+        return line[0].split("=", 1)[1] if line else ""
+
+    ids = {f"hcibench-{name}": str(4242 + i) for i, name in enumerate(
+        t.split("--job-name=hcibench-", 1)[1].split("\n", 1)[0] for t in scripts)}
+    names = [name.removeprefix("hcibench-") for name in ids]
+    fe = next(n for n in names if n.startswith("fe-dino-"))
+    task = next(n for n in names if n.startswith("task-"))
+    adapts = [n for n in names if n.startswith("adapt-")]
+    assert dependency(fe) == ""  # step 1 needs nothing
+    assert dependency(task) == f"afterok:{ids['hcibench-' + fe]}"  # step 2 after step 1
+    assert len(adapts) == 2 and all(  # step 3 on each target after step 2
+        dependency(a) == f"afterok:{ids['hcibench-' + task]}" for a in adapts)
+    assert dependency("cells-oda-S3-seed0") == "afterok:" + ":".join(
+        ids["hcibench-" + n] for n in (fe, task, *adapts))
     assert not _records(out)  # submitted only: the jobs write the records
 
 
@@ -117,6 +133,7 @@ def test_slurm_jobs_run_end_to_end_through_the_local_executor(tmp_path):
     while time.time() < deadline and len(_records(out)) < 4:
         time.sleep(1)
     assert len(_records(out)) == 4, run_cli("status", str(out)).stdout
+    assert set(_computed(out)) == {1}
     assert "4 of 4 cells" in run_cli("status", str(out)).stdout
 
 
