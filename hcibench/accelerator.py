@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import queue
+import threading
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -110,3 +113,56 @@ def precision_key(precision: str) -> dict:
     """What a stage key adds for its precision: nothing for fp32, so that fp32 stages keep the
     keys they have always had; ``{"precision": "bf16"}`` otherwise."""
     return {} if precision == "fp32" else {"precision": precision}
+
+
+def prefetch(batches: Iterable[tuple], device: torch.device, depth: int = 2) -> Iterator[tuple]:
+    """``batches`` read ``depth`` ahead in a background thread into pinned memory, when the
+    device is a GPU: reading and decoding the next batch (file datasets) overlaps the GPU's
+    work on this one, and the copy to the GPU does not wait. On the CPU, ``batches`` as they
+    are. The batches must draw no random numbers while they are read (``Domain.batches`` draws
+    its order before the first)."""
+    if device.type != "cuda":
+        return iter(batches)
+    return read_ahead(batches, depth, lambda batch: tuple(
+        x.pin_memory() if isinstance(x, torch.Tensor) else x for x in batch))
+
+
+def read_ahead(items: Iterable, depth: int, prepare=lambda item: item) -> Iterator:
+    """``prepare(item)`` for each of ``items``, in order, computed up to ``depth`` items ahead
+    in a background thread. An error there is raised here, at the item it happened at; leaving
+    the loop early stops the thread."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for item in items:
+                if not offer((prepare(item),)):
+                    return
+            offer(done)
+        except BaseException as error:  # handed to the consumer, raised there
+            offer(error)
+
+    def consume() -> Iterator:
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        try:
+            while (item := ready.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item[0]
+        finally:
+            stop.set()
+            thread.join()
+
+    return consume()

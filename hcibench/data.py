@@ -125,9 +125,15 @@ class Domain:
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
         drop_last: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
-        """Yield ``(samples, labels, positions)`` mini-batches."""
+        """``(samples, labels, positions)`` mini-batches. The order is drawn from ``generator``
+        here, before the first batch is read, so that reading ahead in another thread
+        (:func:`hcibench.accelerator.prefetch`) draws nothing from it."""
         order = (torch.randperm(len(self), generator=generator).numpy() if shuffle
                  else np.arange(len(self)))
+        return self._batches(order, batch_size, drop_last)
+
+    def _batches(self, order: np.ndarray, batch_size: int,
+                 drop_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
         labels = self.labels
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
         for start in range(0, stop, batch_size):

@@ -24,7 +24,7 @@ from .adaptation import AdaptationMonitor, AlignedFE, FeatureAlignment, restrict
 from .backbones import backbone_settings, create_backbone, create_vit
 from .data import Domain, TensorImages
 from .profiles import TaskMLP, dino_views, is_profile
-from .ssl.dino import DinoSettings, as_float, default_views, train_dino
+from .ssl.dino import DinoSettings, MultiCropWrapper, as_float, default_views, train_dino
 from .stages import Context
 from .training import predict_logits, predict_outputs, train_classifier
 
@@ -91,8 +91,26 @@ def _alignment(config, settings, student, source: Domain, weight: float, seed: i
     return FeatureAlignment(student, FeatureAlignment.measure(student, batches), weight)
 
 
+@torch.no_grad()
+def source_center(config, settings, teacher, teacher_head, source: Domain, seed: int):
+    """The DINO centre the step-1 teacher has on the source: its mean head output over the
+    source's training images under the global views (what the centre's moving average tracked
+    at the end of step 1)."""
+    make_views = dino_views(config, settings.n_local) or default_views(settings)
+    generator = torch.Generator().manual_seed(seed)  # its own stream: training's is untouched
+    device = device_of(teacher)
+    wrapper = MultiCropWrapper(teacher, teacher_head).eval()
+    total, count = None, 0
+    for images, _, _ in source.batches(settings.batch_size):
+        views = make_views(as_float(images, device), None, generator)[:2]
+        out = wrapper(views).float()
+        total = out.sum(0, keepdim=True) if total is None else total + out.sum(0, keepdim=True)
+        count += len(out)
+    return {"center": (total / max(count, 1)).cpu()}
+
+
 def _run_dino(config, channels, domain, settings, context, init, description, scope=None,
-              watch=None, align_to: Domain | None = None):
+              watch=None, align_to: Domain | None = None, center_from: Domain | None = None):
     """DINO from ``init`` (or random weights); ``scope`` = (trainable, early_blocks) freezes the
     rest of the student FE; ``watch(fe) -> (logits, tokens)`` turns on the adaptation monitor,
     which follows the FE that predicts (``adapt.predict_with``); ``align_to`` (a source domain)
@@ -122,10 +140,15 @@ def _run_dino(config, channels, domain, settings, context, init, description, sc
     if align_to is not None:
         alignment = _alignment(config, settings, student, align_to,
                                float(config["adapt"]["feature_alignment"]), context.seed + 1)
+    loss_state = None
+    if center_from is not None:
+        loss_state = source_center(config, settings, teacher, teacher_head, center_from,
+                                   context.seed + 2)
     generator = torch.Generator().manual_seed(context.seed)
     try:
         stats = train_dino(student, teacher, student_head, teacher_head, domain, settings,
-                           context.progress, generator, views=dino_views(config, settings.n_local),
+                           context.progress, generator, loss_state,
+                           views=dino_views(config, settings.n_local),
                            description=description, on_epoch=on_epoch, extra_loss=alignment)
     finally:
         if alignment is not None:
@@ -263,6 +286,8 @@ def adapt_stage(context: Context, target: Domain, fe_key: dict, cross_batch: boo
     align_weight = float(adapt.get("feature_alignment") or 0)
     if align_weight > 0:
         key["feature_alignment"] = {"weight": align_weight, "source_n": source_n}
+    if adapt.get("center", "zero") != "zero":
+        key["center"] = {"from": adapt["center"], "source_n": source_n}
     return ("adapt-cb" if cross_batch else "adapt"), key
 
 
@@ -283,8 +308,9 @@ def adapt_fe(context: Context, target: Domain, fe_state: dict, fe_key: dict,
     scope = (adapt.get("trainable", "all"), int(adapt.get("early_blocks", 1)))
     watching = bool(adapt.get("monitor")) and task is not None
     align_weight = float(adapt.get("feature_alignment") or 0)
-    if align_weight > 0 and source is None:
-        raise ValueError("feature alignment needs the source's training images")
+    center = adapt.get("center", "zero")
+    if (align_weight > 0 or center == "source") and source is None:
+        raise ValueError("feature alignment and the source centre need the source's images")
     name, key = adapt_stage(context, target, fe_key, cross_batch, task_key if watching else None,
                             len(source) if source is not None else 0)
     watch = (lambda fe: predict_with_embeddings(config, fe, task, target)) if watching else None
@@ -292,7 +318,8 @@ def adapt_fe(context: Context, target: Domain, fe_state: dict, fe_key: dict,
         name, key,
         lambda: _run_dino(config, channels, target, settings, context, fe_state,
                           f"step 3 adapt to {target.name}", scope, watch,
-                          source if align_weight > 0 else None))
+                          source if align_weight > 0 else None,
+                          source if center == "source" else None))
 
 
 def aligned(config: dict, fe: nn.Module, source_moments: dict | None, target: Domain) -> nn.Module:

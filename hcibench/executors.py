@@ -25,8 +25,6 @@ from .plan import Job, Plan, build_plan, run_job
 from .runner import (
     DomainCache,
     RunSpec,
-    execute_group,
-    open_run_folder,
     prepare,
     start_run_folder,
 )
@@ -68,17 +66,6 @@ def default_workers() -> int:
     """One worker per GPU, else one per 2 cores."""
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return gpus or max(1, (os.cpu_count() or 2) // 2)
-
-
-def run_group(spec: RunSpec, method: str, source: str, seed: int,
-              threads: int | None = None) -> int:
-    """One (method, source, seed) group of ``spec``'s run folder, in the calling process (a Dask
-    worker, a SLURM job); returns the number of cells it computed."""
-    if threads:
-        torch.set_num_threads(threads)
-    run = prepare(spec)
-    open_run_folder(run)
-    return execute_group(run, method, source, seed)
 
 
 def _require(module: str, extra: str):

@@ -23,9 +23,11 @@ from .ssl.mae import MaeSettings
 # FE's outputs on the target to the moments of its outputs on the source before the task model
 # (hcibench.adaptation.AlignedFE; it applies to the dual models without adaptation too), and the
 # weight of a loss that holds the FE's hidden features on the target at their step-1 moments on
-# the source (hcibench.adaptation.FeatureAlignment; 0: off, as in the paper).
+# the source (hcibench.adaptation.FeatureAlignment; 0: off, as in the paper), and where the DINO
+# centre starts: "zero" (the reference restarts it) or "source" (the step-1 teacher's mean output
+# on the source's training images, where step 1's moving average had brought it).
 ADAPT_SCOPE = {"trainable": "all", "early_blocks": 1, "predict_with": "teacher", "monitor": True,
-               "align_tokens": False, "feature_alignment": 0.0}
+               "align_tokens": False, "feature_alignment": 0.0, "center": "zero"}
 
 # Where and in which precision every stage computes (hcibench.accelerator): ``auto`` takes
 # the GPU when there is one. The quick preset stays in fp32: its models are too small for bf16

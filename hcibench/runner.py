@@ -362,6 +362,9 @@ def execute(run: Run, progress: Progress | None = None, on_cell=None) -> dict:
         return _execute(run, progress, on_cell)
     finally:
         torch.set_num_threads(previous)
+        if distributed.active():  # under torchrun: leave together, then close the group
+            distributed.barrier()
+            distributed.shutdown()
 
 
 def _execute(run: Run, progress: Progress | None, on_cell) -> dict:

@@ -47,7 +47,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "clip_mode": ("global", "parameter"), "trainable": ("all", "early", "norm"),
     "predict_with": ("teacher", "student"), "granularity": ("source", "batch", "plate"),
     "eval_on": ("subset", "full"), "precision": ("auto", "fp32", "bf16"),
-    "pair_key": ("batch", "plate"),
+    "pair_key": ("batch", "plate"), "center": ("zero", "source"),
 }
 
 # Settings whose default is None and what else they admit.

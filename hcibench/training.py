@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment, distributed
-from .accelerator import cpu_state, to_device
+from .accelerator import cpu_state, prefetch, to_device
 from .data import Domain
 from .stages import Context
 
@@ -61,7 +61,7 @@ def predict_outputs(forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
     """Like :func:`predict_logits` for a ``forward`` that returns several tensors per batch
     (e.g. logits and embeddings): each concatenated over the domain, in order, on the CPU."""
     outputs = []
-    for x, _, _ in domain.batches(batch_size):
+    for x, _, _ in prefetch(domain.batches(batch_size), device or torch.device("cpu")):
         if device is not None:
             x = to_device(x, device)
         outputs.append(forward(prepare_images(x, input_size, training=False)))
@@ -111,7 +111,8 @@ def train_classifier(
     history = []
     for epoch in context.track(range(settings["epochs"]), description=description):
         trainable.train()
-        for x, y, _ in train.batches(settings["batch_size"], shuffle=True, generator=generator):
+        for x, y, _ in prefetch(train.batches(settings["batch_size"], shuffle=True,
+                                              generator=generator), device):
             known = y >= 0
             if known.sum() == 0:
                 continue

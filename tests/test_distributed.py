@@ -38,6 +38,7 @@ def _rank(rank: int, world: int, port: int, cross_batch: bool, out: str) -> None
         losses, state = _train(cross_batch)
         if distributed.is_main():
             torch.save({"losses": losses, "state": state}, out)
+        dist.barrier()  # neither rank leaves while the other still talks to the group
     finally:
         dist.destroy_process_group()
 

@@ -7,8 +7,9 @@ import torch
 from conftest import TINY_BACKBONE, tiny_args
 
 import hcibench
-from hcibench import plugins, presets
+from hcibench import dual, plugins, presets
 from hcibench.data import TensorImages
+from hcibench.ssl.dino import MultiCropWrapper
 from hcibench.stages import Context, StageCache
 
 TINY_DUAL = [
@@ -76,3 +77,36 @@ def test_grid_computes_each_shared_stage_once(cli, tmp_path):
     assert len(by_name["fe-dino"]) == len(by_name["fe-dino-cb"]) == 4  # 2 sources × 2 seeds
     assert len(by_name["task"]) == 8  # one per FE
     assert all(s["reused"] >= 1 for s in by_name["fe-dino"] + by_name["fe-dino-cb"])
+
+
+def test_the_source_centre_starts_step_3_where_step_1_left_the_teacher():
+    config = _tiny_config()
+    config["adapt"]["center"] = "source"
+    config["dino"]["batch_size"] = 64  # the 48 source images in one batch
+    method, context = _coda(config)
+    source = _domain("A", 3)
+    method.fit(source, _domain("A-val", 2, n=16))
+    settings = dual.adapt_settings(context, cross_batch=True)
+    teacher = dual.load_fe(config, 3, method.fe_stage)
+    head = settings.build_head(teacher.embed_dim)
+    head.load_state_dict(method.fe_stage["teacher_head"])
+    center = dual.source_center(config, settings, teacher, head, source, seed=5)["center"]
+    assert center.shape == (1, settings.head_out_dim)
+    # The mean head output over the source's images under the first two global views.
+    views = dino_views_or_default(config, settings)(source.stack(), None,
+                                                    torch.Generator().manual_seed(5))[:2]
+    expected = MultiCropWrapper(teacher, head).eval()(views).mean(0, keepdim=True)
+    torch.testing.assert_close(center, expected.detach(), atol=1e-5, rtol=1e-5)
+    zero_key = dual.adapt_stage(Context(_tiny_config(), seed=0, source="A"), source, {}, True,
+                                None, 48)[1]
+    source_key = dual.adapt_stage(context, source, {}, True, None, 48)[1]
+    assert "center" not in zero_key and source_key["center"] == {"from": "source", "source_n": 48}
+    prediction = method.predict(_domain("B", 2, seed=1))  # step 3 runs from that centre
+    assert torch.isfinite(prediction.logits).all()
+
+
+def dino_views_or_default(config, settings):
+    from hcibench.profiles import dino_views
+    from hcibench.ssl.dino import default_views
+
+    return dino_views(config, settings.n_local) or default_views(settings)

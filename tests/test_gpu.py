@@ -66,3 +66,10 @@ def test_the_grid_runs_on_the_gpu_and_says_so(tmp_path, cli):
     records = [json.loads(p.read_text()) for p in out.glob("records/**/*.json")]
     assert records
     assert all(r["computed_with"].get("device") == torch.cuda.get_device_name() for r in records)
+
+
+def test_batches_read_ahead_arrive_pinned_and_in_order():
+    batches = [(torch.full((2, 3), float(i)), i) for i in range(5)]
+    got = list(accelerator.prefetch(iter(batches), CUDA))
+    assert [b[1] for b in got] == list(range(5))
+    assert all(b[0].is_pinned() and b[0][0, 0] == b[1] for b in got)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import augment, distributed
-from ..accelerator import PRECISIONS, resolve_precision
+from ..accelerator import PRECISIONS, prefetch, resolve_precision
 from ..data import Domain, take
 from ..pairs import cross_batch_partners
 from ..progress import Progress
@@ -514,9 +514,10 @@ class DinoTrainer:
 
 
 def as_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    images = images.to(device, non_blocking=images.is_pinned())
     if images.dtype == torch.uint8:
-        return images.to(device).float().div_(255)
-    return images.to(device=device, dtype=torch.float32)
+        return images.float().div_(255)
+    return images.to(dtype=torch.float32)
 
 
 def default_views(settings: DinoSettings) -> ViewFn:
@@ -597,8 +598,9 @@ def train_dino(
                             f"another {stats['key']})")
             # Sums stay on the device during the epoch and are read once at its end.
             total, entropy, usage, extra = 0.0, 0.0, 0.0, 0.0
-            for images, _, positions in domain.batches(batch_size, shuffle=True,
-                                                       generator=generator, drop_last=True):
+            for images, _, positions in prefetch(domain.batches(
+                    batch_size, shuffle=True, generator=generator, drop_last=True),
+                    trainer.device):
                 anchor = as_float(images, trainer.device)
                 partner = None
                 if partners is not None:

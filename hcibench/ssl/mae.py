@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..accelerator import autocast, device_of, to_device
+from ..accelerator import autocast, device_of, prefetch, to_device
 from ..backbones import timm
 from ..data import Domain
 from ..progress import Progress
@@ -165,8 +165,8 @@ def train_mae(model: nn.Module, domain: Domain, settings: MaeSettings, input_siz
     device = device_of(model)
     for _ in progress.track(range(settings.epochs), description=description):
         total = 0.0
-        for images, _, _ in domain.batches(batch_size, shuffle=True, generator=generator,
-                                           drop_last=True):
+        for images, _, _ in prefetch(domain.batches(batch_size, shuffle=True,
+                                                    generator=generator, drop_last=True), device):
             for group in optimizer.param_groups:
                 group["lr"] = float(lr[min(step, len(lr) - 1)])
             x = prepare_images(to_device(images, device), input_size, True, generator)
