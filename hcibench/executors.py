@@ -106,9 +106,8 @@ def run_with_dask(spec: RunSpec, options: ExecutorOptions,
         jobs = {future: plan.jobs[job_id] for job_id, future in futures.items()}
         done = 0
         for future in distributed.as_completed(list(futures.values())):
-            job, said = jobs[future], future.result()
-            if job.kind == "cells":
-                done += int(said.split()[0])
+            job, (said, cells) = jobs[future], future.result()
+            done += cells
             if on_job:
                 on_job(job, said)
         return done
@@ -144,13 +143,32 @@ def prepared(spec: RunSpec):
     return _PREPARED[key]
 
 
-def run_plan_job(spec: RunSpec, job: Job, threads: int | None = None, *needs) -> str:
-    """One job of the plan, in the calling process (a Dask worker); ``needs`` are the results
-    of the jobs it depends on (only their being finished matters)."""
+def run_plan_job(spec: RunSpec, job: Job, threads: int | None = None,
+                 *needs) -> tuple[str, int]:
+    """One job of the plan, in the calling process (a Dask worker, a SLURM job); ``needs`` are
+    the results of the jobs it depends on (only their being finished matters). Returns what
+    happened, in words, and the cells computed."""
     if threads:
         torch.set_num_threads(threads)
+    _own_gpu()
     run, domains = prepared(spec)
     return run_job(run, job, domains=domains)
+
+
+def _own_gpu() -> None:
+    """On a machine with several GPUs, Dask worker k computes on GPU k (modulo their number):
+    a LocalCluster's workers are numbered from 0, and the run's ``cuda`` device is the
+    process's current one."""
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):  # not in a Dask worker
+        return
+    if isinstance(name, int):
+        torch.cuda.set_device(name % torch.cuda.device_count())
 
 
 def _slurm_job_class(submitit):

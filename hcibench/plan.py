@@ -112,12 +112,13 @@ def stage_specs(run: Run, group: tuple[str, str, int], stages: StageCache,
 
 
 def run_job(run: Run, job: Job, progress: Progress | None = None,
-            domains: DomainCache | None = None) -> str:
+            domains: DomainCache | None = None) -> tuple[str, int]:
     """Compute one job of ``run``'s plan in this process: a stage (loaded, not recomputed, when
-    its file is there) or a group's cells. Returns what happened, in words."""
+    its file is there) or a group's cells. Returns what happened, in words, and the number of
+    cells computed."""
     if job.kind == "cells":
         cells = execute_group(run, *job.group, progress=progress, domains=domains)
-        return f"{cells} cell(s) computed"
+        return f"{cells} cell(s) computed", cells
     progress = progress or Progress()
     stages = StageCache(run.out, store=run.spec.cache, log=progress.log, strict=run.spec.strict,
                         device=accelerator.resolve_device(run.config.get("device")))
@@ -126,7 +127,7 @@ def run_job(run: Run, job: Job, progress: Progress | None = None,
         raise UsageError(f"stage {job.id} is not in the plan of its group {job.group}")
     there = stages.store.path(job.id).exists()
     spec.compute()
-    return "already there" if there else "computed"
+    return ("already there" if there else "computed"), 0
 
 
 def spec_from_folder(out: Path) -> RunSpec:
@@ -148,7 +149,7 @@ def spec_from_folder(out: Path) -> RunSpec:
 
 
 def run_stage_in_folder(out: Path, job_id: str, progress: Progress | None = None) -> str:
-    """``hcibench stage run OUT ID``."""
+    """``hcibench stage run OUT ID``: what happened, in words."""
     run = prepare(spec_from_folder(out))
     plan = build_plan(run)
     job = plan.jobs.get(job_id)
@@ -156,7 +157,7 @@ def run_stage_in_folder(out: Path, job_id: str, progress: Progress | None = None
         known = ", ".join(list(plan.jobs)[:6])
         raise UsageError(f"no job '{job_id}' in the plan of {out} (`hcibench plan` lists them; "
                          f"e.g. {known}, ...)")
-    return run_job(run, job, progress)
+    return run_job(run, job, progress)[0]
 
 
 def render_plan(plan: Plan) -> str:
