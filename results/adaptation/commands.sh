@@ -38,3 +38,11 @@ $H run --methods supervised,dual-dino,dual-cb --sources S3 --targets S7,S10 --se
 $H run --methods dual-dino,dual-cb --sources S3 --targets S7,S10 --seeds 0,1,2 --set threads=1 \
   --set adapt.align_tokens=true --cache runs/adapt/base-culture1/stages \
   --out runs/adapt/heldout-align-culture1
+# Where the DINO centre starts in step 3 (culture on): the step-1 teacher's mean output on the
+# source instead of zero; default-culture1 is the control (same stages). Two processes share
+# the folder (their claims split the groups).
+for i in 1 2; do
+  $H run --methods oda,coda $GRID --set dataset.culture=1 --set adapt.center=source \
+    --cache runs/adapt/base-culture1/stages --out runs/adapt/center-culture1 &
+done
+wait
