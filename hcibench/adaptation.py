@@ -138,6 +138,16 @@ class AdaptationMonitor:
         self.logits.append(logits.detach().clone())
         return row
 
+    _STATE = ("rows", "logits", "_start_weights", "_start_tokens", "_start_predicted")
+
+    def state_dict(self) -> dict:
+        """What the monitor has recorded so far (kept with a training's saved progress)."""
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self._STATE:
+            setattr(self, name, state[name])
+
     def result(self) -> dict:
         """The per-epoch diagnostics and logits (``epochs`` rows, the first before adapting)."""
         return {"diagnostics": self.rows, "epoch_logits": self.logits}

@@ -149,7 +149,8 @@ def _run_dino(config, channels, domain, settings, context, init, description, sc
         stats = train_dino(student, teacher, student_head, teacher_head, domain, settings,
                            context.progress, generator, loss_state,
                            views=dino_views(config, settings.n_local),
-                           description=description, on_epoch=on_epoch, extra_loss=alignment)
+                           description=description, on_epoch=on_epoch, extra_loss=alignment,
+                           keep_with_checkpoint={"monitor": monitor} if monitor else None)
     finally:
         if alignment is not None:
             alignment.remove()

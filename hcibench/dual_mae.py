@@ -57,7 +57,8 @@ def _run_mae(config, channels, domain, settings, context, init, description,
 
     generator = torch.Generator().manual_seed(context.seed)
     stats = train_mae(model, domain, settings, config["input_size"], context.progress, generator,
-                      description, on_epoch=on_epoch, precision=context.precision)
+                      description, on_epoch=on_epoch, precision=context.precision,
+                      keep_with_checkpoint={"monitor": monitor} if monitor else None)
     result = {"encoder": cpu_state(model.encoder), "decoder": cpu_state(model.decoder),
               "predictor": "encoder", "stats": stats}
     if monitor is not None:

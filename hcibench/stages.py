@@ -8,8 +8,10 @@ counted, and the counts are kept in ``stages.json`` in the run folder.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
+import os
 import random
 import time
 from collections import OrderedDict
@@ -40,6 +42,50 @@ def seed_everything(seed: int) -> None:
 
 
 CONDITIONS = "computed_with"
+
+# Seconds between two saves of a long computation's progress (HCIBENCH_CHECKPOINT_SECONDS).
+CHECKPOINT_SECONDS = 600.0
+_CHECKPOINT: contextvars.ContextVar = contextvars.ContextVar("stage_checkpoint", default=None)
+
+
+class StageCheckpoint:
+    """Where the stage being computed keeps its progress (``.<id>.partial.pt`` beside the stage
+    files), so that a computation killed, crashed or requeued by a cluster goes on from its last
+    save instead of starting again. A training loop asks for it with :func:`current_checkpoint`
+    and saves at most every ``seconds``; the file goes once the stage's own file is written."""
+
+    def __init__(self, path: Path, seconds: float | None = None):
+        self.path = path
+        if seconds is None:
+            seconds = float(os.environ.get("HCIBENCH_CHECKPOINT_SECONDS", CHECKPOINT_SECONDS))
+        self.seconds = seconds
+        self.saved_at = time.monotonic()
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            return storage.load_torch(self.path)
+        except Exception:  # an unreadable checkpoint: the computation starts again
+            self.path.unlink(missing_ok=True)
+            return None
+
+    def due(self) -> bool:
+        return time.monotonic() - self.saved_at >= self.seconds
+
+    def save(self, state: dict) -> None:
+        if distributed.is_main():
+            storage.save_torch(self.path, state)
+        self.saved_at = time.monotonic()
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def current_checkpoint() -> StageCheckpoint | None:
+    """The checkpoint of the stage being computed in this context (None outside a stage, or
+    for a stage cache in memory only)."""
+    return _CHECKPOINT.get()
 
 
 def conditions(device: torch.device | None = None) -> dict:
@@ -110,10 +156,17 @@ class StageCache:
     def get(self, name: str, key: dict, compute: Callable[[], Any]) -> Any:
         stage_id = f"{name}-{digest(key)}"
 
+        checkpoint = (StageCheckpoint(self.store.folder / f".{stage_id}.partial.pt")
+                      if self.store is not None else None)
+
         def seeded_compute():
             # Seeding from the key makes a stage's result independent of what ran before it.
             seed_everything(int(digest(key), 16) % 2**31)
-            return compute()
+            token = _CHECKPOINT.set(checkpoint)
+            try:
+                return compute()
+            finally:
+                _CHECKPOINT.reset(token)
 
         if stage_id in self.memory:
             value = self.memory[stage_id]
@@ -128,6 +181,8 @@ class StageCache:
             value, computed = stamped(seeded_compute(), self.device), True
         if not computed:
             self._check_conditions(stage_id, value)
+        elif checkpoint is not None and distributed.is_main():
+            checkpoint.remove()  # the stage's file is written: its progress is no longer needed
         self._count(stage_id, name, key, computed)
         self._remember(stage_id, value)
         return value

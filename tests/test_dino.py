@@ -405,3 +405,32 @@ def test_quick_preset_dino_keeps_informative_targets_where_the_reference_head_co
         entropy[name] = stats["target_entropy"]
     assert max(entropy["quick"][1:]) < 0.9, entropy
     assert entropy["reference head"][-1] > 0.95, entropy
+
+
+def test_a_dino_stage_killed_mid_training_goes_on_from_its_saved_progress(tmp_path, monkeypatch):
+    from hcibench.stages import StageCache
+
+    monkeypatch.setenv("HCIBENCH_CHECKPOINT_SECONDS", "0")  # save after every epoch
+    settings = tiny_settings(epochs=4, cross_batch=True)
+
+    def compute(kill_after=None):
+        student, teacher, student_head, teacher_head = models(settings)
+
+        def on_epoch(epoch):
+            if epoch == kill_after:
+                raise KeyboardInterrupt  # as a kill would, before this epoch's save
+
+        stats = train_dino(student, teacher, student_head, teacher_head, domain(), settings,
+                           generator=torch.Generator().manual_seed(3), on_epoch=on_epoch)
+        return {"teacher": teacher.state_dict(), "losses": stats["epoch_losses"]}
+
+    reference = StageCache(tmp_path / "whole").get("fe", {"k": 1}, compute)
+    with pytest.raises(KeyboardInterrupt):
+        StageCache(tmp_path / "killed").get("fe", {"k": 1}, lambda: compute(kill_after=3))
+    partial = list((tmp_path / "killed" / "stages").glob(".*.partial.pt"))
+    assert len(partial) == 1  # the progress of epochs 1 and 2
+    resumed = StageCache(tmp_path / "killed").get("fe", {"k": 1}, compute)
+    assert resumed["losses"] == reference["losses"]
+    for name, value in reference["teacher"].items():
+        assert torch.equal(resumed["teacher"][name], value), name
+    assert not partial[0].exists()  # gone once the stage's file is written

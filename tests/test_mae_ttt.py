@@ -72,3 +72,35 @@ def test_batched_ttt_matches_the_reference_and_never_leaks_between_images():
     assert torch.allclose(alone.logits[-1], reference.logits[-1][2:], atol=1e-6)
     assert torch.allclose(alone.embeddings, reference.embeddings[2:], atol=1e-6)
     assert all(torch.equal(trained[k], v) for k, v in mae.encoder.state_dict().items())
+
+
+def test_an_mae_stage_killed_mid_training_goes_on_from_its_saved_progress(tmp_path, monkeypatch):
+    import pytest
+    from test_dino import domain
+
+    from hcibench.ssl.mae import train_mae
+    from hcibench.stages import StageCache
+
+    monkeypatch.setenv("HCIBENCH_CHECKPOINT_SECONDS", "0")
+    settings = MaeSettings(epochs=4, batch_size=8, warmup_epochs=1, decoder_dim=16,
+                           decoder_depth=1, decoder_heads=2)
+
+    def compute(kill_after=None):
+        torch.manual_seed(0)
+        encoder = create_vit(VIT, drop_path=0.1)  # drop-path draws from the global RNG
+        mae = MaskedAutoencoder(encoder, build_decoder(encoder, settings, 3), settings)
+
+        def on_epoch(epoch):
+            if epoch == kill_after:
+                raise KeyboardInterrupt
+
+        stats = train_mae(mae, domain(), settings, 16, generator=torch.Generator().manual_seed(1),
+                          on_epoch=on_epoch)
+        return {"encoder": mae.encoder.state_dict(), "losses": stats["epoch_losses"]}
+
+    reference = StageCache(tmp_path / "whole").get("fe-mae", {"k": 1}, compute)
+    with pytest.raises(KeyboardInterrupt):
+        StageCache(tmp_path / "killed").get("fe-mae", {"k": 1}, lambda: compute(kill_after=2))
+    resumed = StageCache(tmp_path / "killed").get("fe-mae", {"k": 1}, compute)
+    assert resumed["losses"] == reference["losses"]
+    assert all(torch.equal(resumed["encoder"][k], v) for k, v in reference["encoder"].items())

@@ -36,6 +36,7 @@ from ..accelerator import PRECISIONS, prefetch, resolve_precision
 from ..data import Domain, take
 from ..pairs import cross_batch_partners
 from ..progress import Progress
+from ..stages import current_checkpoint
 
 __all__ = [
     "DINOHead", "DINOLoss", "DinoSettings", "DinoTrainer", "MultiCropWrapper", "as_float",
@@ -543,6 +544,7 @@ def train_dino(
     features: FeatureFn | None = None, views: ViewFn | None = None, description: str = "DINO",
     on_epoch: Callable[[int], None] | None = None,
     extra_loss: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None,
+    keep_with_checkpoint: dict | None = None,
 ) -> dict:
     """Train ``student`` (+ head) with DINO on ``domain``'s images; ``teacher`` follows by EMA.
 
@@ -555,6 +557,12 @@ def train_dino(
     class-token feature function. ``on_epoch(k)`` is called after epoch ``k`` (counting from 1)
     with the modules in eval mode, e.g. to record how the FE changes. ``extra_loss(views)`` is
     added to the DINO loss of every step (its epoch means are returned as ``extra_losses``).
+
+    Inside a stage (:func:`hcibench.stages.current_checkpoint`), the training saves its
+    progress after an epoch when a save is due (modules, optimiser, centre, random states,
+    epoch figures, and the ``state_dict()`` of each object in ``keep_with_checkpoint``, e.g. an
+    adaptation monitor) and, when the stage is computed again after a kill, goes on from there:
+    the result is the one an uninterrupted run gives.
 
     Returns ``{"loss", "last_loss", "epoch_losses", "target_entropy", "target_usage",
     "collapsed_from_epoch", "epochs", "steps", "images", "seconds",
@@ -580,10 +588,31 @@ def train_dino(
     epoch_usage: list[float] = []
     epoch_extra: list[float] = []
     last_loss = float("nan")
-    step = 0
+    step, first_epoch = 0, 0
+    modules = {"student": student, "teacher": teacher, "student_head": student_head,
+               "teacher_head": teacher_head}
+    kept = keep_with_checkpoint or {}
+    checkpoint = current_checkpoint()
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        first_epoch, step = saved["epoch"], saved["step"]
+        for name, module in modules.items():
+            module.load_state_dict(saved["modules"][name])
+        trainer.optimizer.load_state_dict(saved["optimizer"])
+        trainer.loss.center.copy_(saved["center"].to(trainer.device))
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["rng"])
+        if torch.cuda.is_available() and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        (epoch_losses, epoch_entropy, epoch_usage, epoch_extra, pair_stats,
+         last_loss) = saved["figures"]
+        for name, keeper in kept.items():
+            keeper.load_state_dict(saved["kept"][name])
+        progress.log(f"{description}: going on from epoch {first_epoch} of {settings.epochs} "
+                     f"(saved progress)")
     start = time.perf_counter()
     try:
-        for epoch in progress.track(range(settings.epochs), description=description):
+        for epoch in progress.track(range(first_epoch, settings.epochs), description=description):
             partners = None
             if settings.cross_batch:
                 partners, stats = cross_batch_partners(domain.meta, settings.pair_key, generator)
@@ -627,6 +656,19 @@ def train_dino(
                 for module in (student, student_head, teacher, teacher_head):
                     module.eval()
                 on_epoch(epoch + 1)
+            if checkpoint is not None and checkpoint.due() and epoch + 1 < settings.epochs:
+                checkpoint.save({
+                    "epoch": epoch + 1, "step": step,
+                    "modules": {name: m.state_dict() for name, m in modules.items()},
+                    "optimizer": trainer.optimizer.state_dict(),
+                    "center": trainer.loss.center.detach().cpu(),
+                    "generator": generator.get_state(), "rng": torch.get_rng_state(),
+                    "cuda_rng": (torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                                 else None),
+                    "figures": (epoch_losses, epoch_entropy, epoch_usage, epoch_extra,
+                                pair_stats, last_loss),
+                    "kept": {name: keeper.state_dict() for name, keeper in kept.items()},
+                })
     finally:
         for module, mode in zip((student, student_head, teacher, teacher_head), was_training):
             module.train(mode)

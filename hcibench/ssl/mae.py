@@ -19,6 +19,7 @@ from ..accelerator import autocast, device_of, prefetch, to_device
 from ..backbones import timm
 from ..data import Domain
 from ..progress import Progress
+from ..stages import current_checkpoint
 from ..training import parameter_groups, prepare_images
 from .dino import cosine_schedule
 
@@ -146,12 +147,15 @@ def build_decoder(encoder: nn.Module, settings: MaeSettings, in_chans: int) -> M
 
 def train_mae(model: nn.Module, domain: Domain, settings: MaeSettings, input_size: int,
               progress: Progress | None = None, generator: torch.Generator | None = None,
-              description: str = "MAE", on_epoch=None, precision: str = "fp32") -> dict:
+              description: str = "MAE", on_epoch=None, precision: str = "fp32",
+              keep_with_checkpoint: dict | None = None) -> dict:
     """Train encoder and decoder with the MAE loss on ``domain`` (no labels used). ``model`` is
     a :class:`MaskedAutoencoder` or any module with the same ``forward(x, noise) -> loss`` and
     ``noise_size(input_size)`` (e.g. ``hcibench.profiles.ProfileMAE``). ``on_epoch(k)`` is
     called after epoch ``k`` (counting from 1) with the model in eval mode. Training runs on the
-    model's device, in ``precision`` (bf16: autocast, the loss in float32)."""
+    model's device, in ``precision`` (bf16: autocast, the loss in float32). Inside a stage, the
+    progress is saved when due and a killed run goes on from it, as :func:`train_dino` does
+    (with the ``state_dict()`` of the objects in ``keep_with_checkpoint``)."""
     progress = progress or Progress()
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     batch_size = min(settings.batch_size, len(domain))
@@ -160,10 +164,23 @@ def train_mae(model: nn.Module, domain: Domain, settings: MaeSettings, input_siz
                          settings.warmup_epochs)
     optimizer = torch.optim.AdamW(parameter_groups([model], settings.weight_decay), betas=(0.9, 0.95))
     model.train()
-    step, losses, started = 0, [], time.perf_counter()
+    step, losses, started, first_epoch = 0, [], time.perf_counter(), 0
     n_patches = model.noise_size(input_size)
     device = device_of(model)
-    for _ in progress.track(range(settings.epochs), description=description):
+    kept = keep_with_checkpoint or {}
+    checkpoint = current_checkpoint()
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        first_epoch, step, losses = saved["epoch"], saved["step"], saved["losses"]
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["rng"])
+        for name, keeper in kept.items():
+            keeper.load_state_dict(saved["kept"][name])
+        progress.log(f"{description}: going on from epoch {first_epoch} of {settings.epochs} "
+                     f"(saved progress)")
+    for epoch in progress.track(range(first_epoch, settings.epochs), description=description):
         total = 0.0
         for images, _, _ in prefetch(domain.batches(batch_size, shuffle=True,
                                                     generator=generator, drop_last=True), device):
@@ -186,6 +203,11 @@ def train_mae(model: nn.Module, domain: Domain, settings: MaeSettings, input_siz
             model.eval()
             on_epoch(len(losses))
             model.train()
+        if checkpoint is not None and checkpoint.due() and epoch + 1 < settings.epochs:
+            checkpoint.save({"epoch": epoch + 1, "step": step, "losses": losses,
+                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "generator": generator.get_state(), "rng": torch.get_rng_state(),
+                             "kept": {name: keeper.state_dict() for name, keeper in kept.items()}})
     model.eval()
     return {"loss": losses[-1] if losses else float("nan"), "epoch_losses": losses,
             "steps": step, "seconds": time.perf_counter() - started}
