@@ -144,7 +144,7 @@ def stage_listing(run: Path) -> list[str]:
         except (OSError, ValueError):
             described = {}
     lines = []
-    for file in sorted((run / "stages").glob("*.pt")):
+    for file in sorted((run / "stages").glob("[!.]*.pt")):  # not the progress of one underway
         entry = described.get(file.stem, {})
         key = entry.get("key", {}) if isinstance(entry, dict) else {}
         extra = ", ".join(f"{k} {key[k]}" for k in ("source", "seed") if k in key)
