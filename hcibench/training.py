@@ -17,7 +17,7 @@ from torch import nn
 from . import augment, distributed
 from .accelerator import cpu_state, prefetch, to_device
 from .data import Domain
-from .stages import Context
+from .stages import Context, current_checkpoint
 
 
 def prepare_images(x: torch.Tensor, input_size: int, training: bool,
@@ -95,8 +95,9 @@ def train_classifier(
     """Train ``trainable`` (the parameters behind ``forward``) with cross-entropy on ``train``.
 
     Training runs on ``context.device`` (``trainable`` is moved there) in ``context.precision``.
-    Returns ``{"state": best state_dict of trainable (on the CPU), "history": [...],
-    "best_epoch": k}``.
+    Inside a stage, the progress is saved when due and a killed run goes on from it (see
+    :func:`hcibench.ssl.dino.train_dino`). Returns ``{"state": best state_dict of trainable
+    (on the CPU), "history": [...], "best_epoch": k}``.
     """
     device = context.device
     trainable.to(device)
@@ -108,8 +109,18 @@ def train_classifier(
     warmup_steps = settings["warmup_epochs"] * steps_per_epoch
     lr, step, stale, best_loss = settings["lr"], 0, 0, float("inf")
     best = {"accuracy": -1.0, "state": None, "epoch": -1}
-    history = []
-    for epoch in context.track(range(settings["epochs"]), description=description):
+    history, first_epoch = [], 0
+    checkpoint = current_checkpoint()
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        trainable.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["rng"])
+        first_epoch, step, lr, stale, best_loss, best, history = saved["loop"]
+        context.log(f"{description}: going on from epoch {first_epoch} of {settings['epochs']} "
+                    f"(saved progress)")
+    for epoch in context.track(range(first_epoch, settings["epochs"]), description=description):
         trainable.train()
         for x, y, _ in prefetch(train.batches(settings["batch_size"], shuffle=True,
                                               generator=generator), device):
@@ -151,5 +162,9 @@ def train_classifier(
             stale += 1
             if stale >= settings["patience"]:
                 lr, stale = max(lr * settings["decay"], settings["min_lr"]), 0
+        if checkpoint is not None and checkpoint.due() and epoch + 1 < settings["epochs"]:
+            checkpoint.save({"model": trainable.state_dict(), "optimizer": optimizer.state_dict(),
+                             "generator": generator.get_state(), "rng": torch.get_rng_state(),
+                             "loop": (epoch + 1, step, lr, stale, best_loss, best, history)})
     return {"state": best["state"], "history": history, "best_epoch": best["epoch"],
             "val_accuracy": best["accuracy"]}

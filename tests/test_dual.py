@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import pytest
 import torch
 from conftest import TINY_BACKBONE, tiny_args
 
@@ -110,3 +111,41 @@ def dino_views_or_default(config, settings):
     from hcibench.ssl.dino import default_views
 
     return dino_views(config, settings.n_local) or default_views(settings)
+
+
+def test_a_classifier_stage_killed_mid_training_goes_on_from_its_saved_progress(tmp_path,
+                                                                                monkeypatch):
+    from hcibench import training
+    from hcibench.backbones import create_backbone
+
+    monkeypatch.setenv("HCIBENCH_CHECKPOINT_SECONDS", "0")
+    config = _tiny_config()
+    settings = {**config["task"], "epochs": 4, "patience": 1}
+    train, val = _domain("A", 3), _domain("A-val", 2, n=16)
+    evaluate = training._evaluate
+
+    def compute(cache, kill_at=None):
+        calls = []
+
+        def counted(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == kill_at:
+                raise KeyboardInterrupt  # as a kill would, before this epoch's save
+            return evaluate(*args, **kwargs)
+
+        monkeypatch.setattr(training, "_evaluate", counted)
+        torch.manual_seed(0)
+        model = create_backbone(config, 3, num_classes=4, drop_path=0.1)
+        context = Context(config, seed=0, source="A", stages=cache)
+        result = training.train_classifier(model, model, train, val, settings, context, 32)
+        return {"state": result["state"], "history": result["history"]}
+
+    whole = StageCache(tmp_path / "whole")
+    reference = whole.get("supervised", {"k": 1}, lambda: compute(whole))
+    killed = StageCache(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        killed.get("supervised", {"k": 1}, lambda: compute(killed, kill_at=3))
+    again = StageCache(tmp_path / "killed")
+    resumed = again.get("supervised", {"k": 1}, lambda: compute(again))
+    assert resumed["history"] == reference["history"]
+    assert all(torch.equal(resumed["state"][k], v) for k, v in reference["state"].items())
