@@ -24,7 +24,7 @@ from .doctor import record_is_valid
 from .errors import UsageError, unknown_name
 from .progress import Progress
 from .provenance import git_revision, package_versions
-from .settings_check import check_config
+from .settings_check import check_config, normalise_numbers
 from .splits import split_source
 from .stage_store import StageStore
 from .stages import Context, StageCache, conditions, digest, seed_everything
@@ -150,6 +150,7 @@ def resolve_config(spec: RunSpec, method_classes: dict[str, type],
     for item in spec.overrides:
         presets.apply_override(config, item)
     check_config(config, defaults)
+    normalise_numbers(config, defaults)
     layers.append(("--set", config))
     return layers
 

@@ -160,6 +160,19 @@ def check_config(config: dict, defaults: dict, prefix: str = "") -> None:
         check_shapes(config)
 
 
+def normalise_numbers(config: dict, defaults: dict) -> None:
+    """Whole numbers given where a setting is a number (``--set dataset.culture=1`` for a
+    default of 1.0) become floats, in place: equal settings then have equal digests, so that
+    the runs and stages they describe are recognised as the same."""
+    for key, value in config.items():
+        default = defaults.get(key) if isinstance(defaults, dict) else None
+        if isinstance(value, dict):
+            normalise_numbers(value, default if isinstance(default, dict) else {})
+        elif isinstance(value, int) and not isinstance(value, bool) and (
+                _kind_for(key, default) == FLOAT):
+            config[key] = float(value)
+
+
 def _vit_shape(section: dict | None, where: str) -> None:
     if not isinstance(section, dict):
         return

@@ -35,3 +35,17 @@ def test_paper_preset_takes_one_dino_step_with_multi_crop():
                                settings.local_size, settings.n_local, torch.Generator())
     loss = trainer.step(views, epoch=0, step=0)
     assert loss > 0
+
+
+def test_a_whole_number_for_a_number_setting_describes_the_same_run():
+    from hcibench import plugins
+    from hcibench.runner import Grid, RunSpec, prepare
+
+    def digest(*overrides):
+        spec = RunSpec(Grid(["dual-dino"], ["S3"], ["S3"], [0]), out="unused",
+                       overrides=list(overrides))
+        return prepare(spec).settings_digest
+
+    plugins.reset()
+    assert digest("dataset.culture=1") == digest("dataset.culture=1.0") == digest()
+    assert digest("dino.lr=1") == digest("dino.lr=1.0") != digest()
