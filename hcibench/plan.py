@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import accelerator, storage
+from . import accelerator, distributed, storage
 from .errors import UsageError
 from .progress import Progress
 from .runner import (
@@ -120,12 +120,15 @@ def run_job(run: Run, job: Job, progress: Progress | None = None,
         cells = execute_group(run, *job.group, progress=progress, domains=domains)
         return f"{cells} cell(s) computed", cells
     progress = progress or Progress()
+    # A job of several tasks (SLURM, torchrun) trains the stage over all of them.
+    device = distributed.init_from_environment(
+        accelerator.resolve_device(run.config.get("device")))
     stages = StageCache(run.out, store=run.spec.cache, log=progress.log, strict=run.spec.strict,
-                        device=accelerator.resolve_device(run.config.get("device")))
+                        device=device)
     spec = stage_specs(run, job.group, stages, progress, domains).get(job.id)
     if spec is None:
         raise UsageError(f"stage {job.id} is not in the plan of its group {job.group}")
-    there = stages.store.path(job.id).exists()
+    there = distributed.broadcast_object(stages.store.path(job.id).exists())
     spec.compute()
     return ("already there" if there else "computed"), 0
 

@@ -99,3 +99,29 @@ def test_torchrun_runs_a_grid_as_one_process_does(tmp_path):
             record["metrics"]["accuracy"], abs=0.02), path
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert all(stage["computed"] == 1 for stage in manifest["stages"].values())
+
+
+def test_one_stage_job_trained_by_two_torchrun_processes(tmp_path):
+    """``torchrun ... hcibench stage run OUT ID`` (what a SLURM job of two tasks runs): both
+    processes train the stage together and rank 0 writes its file."""
+    from conftest import run_cli, tiny_args
+    from test_dual import TINY_DUAL
+
+    grid = ["--methods", "oda", "--sources", "S3", "--targets", "S5", *tiny_args(
+        *TINY_DUAL, "dino.drop_path=0.0", "dino.head_batch_norm=false", "threads=1",
+        supervised=False)]
+    out = tmp_path / "run"
+    assert run_cli("run", *grid, "--out", str(out)).returncode == 0
+    jobs = json.loads(run_cli("plan", *grid, "--json").stdout)
+    adapt = next(job["id"] for job in jobs if job["name"] == "adapt")
+    stage = out / "stages" / f"{adapt}.pt"
+    stage.unlink()
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "hcibench.cli", "stage", "run", str(out), adapt],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Each rank says what it did: both computed (together); a rank working alone would have
+    # waited for the other's file and said "already there".
+    assert result.stdout.count(f"{adapt}: computed") == 2, result.stdout
+    assert stage.exists()
