@@ -77,14 +77,9 @@ def build_plan(run: Run, stages: StageCache | None = None, pending_only: bool = 
               [(m, s, seed) for seed in run.grid.seeds for s in run.grid.sources
                for m in run.grid.methods])
     for method_name, source, seed in groups:
-        context = group_context(run, source, seed, stages)
-        method = run.method_classes[method_name](context)
-        split = domains.split(source)
-        targets = [domains.target(source, t) for t in run.grid.targets]
-        specs = method.stages(split.train, split.val, targets) or []
-        ids = {id(spec): context.stage_id(spec.name, spec.settings) for spec in specs}
-        for spec in specs:
-            stage_id = ids[id(spec)]
+        specs = stage_specs(run, (method_name, source, seed), stages, domains=domains)
+        ids = {id(spec): stage_id for stage_id, spec in specs.items()}
+        for stage_id, spec in specs.items():
             job = jobs.setdefault(stage_id, Job(
                 stage_id, "stage", spec.name, (method_name, source, seed),
                 needs=[ids[id(need)] for need in spec.needs], gpus=gpus, hours=hours))
