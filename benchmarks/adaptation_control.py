@@ -25,8 +25,9 @@ import pandas as pd
 import torch
 
 import hcibench
-from hcibench import plugins, runner
-from hcibench.stages import Context, StageCache, digest, seed_everything
+from hcibench import plugins
+from hcibench.run import runner
+from hcibench.run.stages import Context, StageCache, digest, seed_everything
 
 METHODS = ("supervised", "dual-dino", "oda", "dual-cb", "coda")
 SOURCE = "S3"

@@ -33,9 +33,11 @@ import torch
 from measure import max_rss_mib, peak_memory
 from torch.utils.flop_counter import FlopCounterMode
 
-from hcibench import augment, dual, presets
 from hcibench.compat import ensure_torchvision_importable
-from hcibench.ssl import DinoTrainer
+from hcibench.train import augment
+from hcibench.train.dino import DinoTrainer
+from hcibench_plugins.methods.dual import settings as dual_settings
+from hcibench_plugins.methods.dual import steps as dual
 
 BATCH = 64  # source images per step, as the quick preset's DINO batch
 MATMUL = (2080, 192, 768)  # tokens×dim @ dim×4·dim of a small ViT's MLP
@@ -44,7 +46,7 @@ MATMUL = (2080, 192, 768)  # tokens×dim @ dim×4·dim of a small ViT's MLP
 def build(precision: str):
     """The quick preset's step-1 DINO (its ViT, head, crops and schedules) on random images."""
     ensure_torchvision_importable()
-    config = presets.build("quick")
+    config = dual_settings.config("quick")
     settings = dual.dino_settings(config["dino"], batch_size=BATCH, precision=precision)
     torch.manual_seed(0)
     student, teacher, student_head, teacher_head = dual.build_fe_pair(config, 3, settings)

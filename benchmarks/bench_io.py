@@ -24,8 +24,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from hcibench_plugins.folder import FolderDataset
-from hcibench_plugins.imagestore import default_workers
+from hcibench_plugins.datasets.files.imagestore import default_workers
+from hcibench_plugins.datasets.folder import FolderDataset
 
 SIZE = 64
 CHANNELS = 3

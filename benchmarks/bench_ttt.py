@@ -13,12 +13,12 @@ import time
 import torch
 from measure import peak_memory
 
-from hcibench.backbones import create_vit
-from hcibench.dual import TaskModel
-from hcibench.dual_mae import mae_settings
-from hcibench.presets import QUICK
-from hcibench.ssl.mae import MaskedAutoencoder, build_decoder
-from hcibench.ttt import TTTSettings, ttt_batched, ttt_sequential
+from hcibench.run.presets import QUICK
+from hcibench.train.backbones import create_vit
+from hcibench.train.mae import MaskedAutoencoder, build_decoder
+from hcibench_plugins.methods.dual.mae_steps import mae_settings
+from hcibench_plugins.methods.dual.steps import TaskModel
+from hcibench_plugins.methods.dual.ttt import TTTSettings, ttt_batched, ttt_sequential
 
 SEQUENTIAL_IMAGES = 8  # the reference is slow; its rate is per image, so fewer images suffice
 

@@ -21,12 +21,14 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hcibench import augment, dual, presets
-from hcibench.dual import TaskModel
-from hcibench.dual_mae import mae_settings
-from hcibench.ssl import DinoTrainer
-from hcibench.ssl.mae import MaskedAutoencoder, build_decoder
-from hcibench.ttt import TTTSettings, ttt_batched, ttt_sequential
+from hcibench.train import augment
+from hcibench.train.dino import DinoTrainer
+from hcibench.train.mae import MaskedAutoencoder, build_decoder
+from hcibench_plugins.methods.dual import settings as dual_settings
+from hcibench_plugins.methods.dual import steps as dual
+from hcibench_plugins.methods.dual.mae_steps import mae_settings
+from hcibench_plugins.methods.dual.steps import TaskModel
+from hcibench_plugins.methods.dual.ttt import TTTSettings, ttt_batched, ttt_sequential
 
 
 def cuda_seconds(fn, repeats: int, warmup: int = 2) -> float:
@@ -52,7 +54,7 @@ def matmul_peak(size: int = 8192) -> float:
 
 
 def dino_step(precision: str, batch: int, peak_tflops: float) -> dict:
-    config = presets.build("paper")
+    config = dual_settings.config("paper")
     settings = dual.dino_settings(config["dino"], batch_size=batch, precision=precision)
     torch.manual_seed(0)
     modules = [m.to("cuda") for m in dual.build_fe_pair(config, 3, settings)]
@@ -78,7 +80,7 @@ def dino_step(precision: str, batch: int, peak_tflops: float) -> dict:
 
 
 def ttt(chunk: int = 32, sequential_images: int = 8) -> dict:
-    quick = presets.QUICK
+    quick = dual_settings.config("quick")
     torch.manual_seed(0)
     encoder = dual.create_vit(quick["backbone"])
     settings = mae_settings(quick["mae"])

@@ -8,12 +8,12 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 try:  # torch takes seconds to load: a Ctrl-C then ends with one line and status 130
-    from .data import META_COLUMNS, UNLABELLED, Dataset, Domain, TensorImages  # noqa: E402
-    from .errors import UsageError  # noqa: E402
-    from .evaluator import Evaluator  # noqa: E402
-    from .hookspecs import hookimpl  # noqa: E402
-    from .method import Method, Prediction  # noqa: E402
-    from .stages import Context, StageSpec  # noqa: E402
+    from hcibench.data import META_COLUMNS, UNLABELLED, Dataset, Domain, TensorImages  # noqa: E402
+    from hcibench.errors import UsageError  # noqa: E402
+    from hcibench.evaluator import Evaluator  # noqa: E402
+    from hcibench.hookspecs import hookimpl  # noqa: E402
+    from hcibench.method import Method, Prediction  # noqa: E402
+    from hcibench.run.stages import Context, StageSpec  # noqa: E402
 except KeyboardInterrupt:
     import sys
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .errors import UsageError
-from .profiles import is_profile
+from hcibench.errors import UsageError
+from hcibench.train.profiles import is_profile
 
 # --------------------------------------------------------------------------- CKA
 
@@ -164,8 +164,8 @@ def _no_stage(run: Path, what: str) -> UsageError:
 def load_stage_fe(run: Path, stage: str | None, config: dict):
     """The feature extractor saved in stage ``stage`` of ``run``, in eval mode: a ViT, or the
     profile MLP in a run on profiles."""
-    from .backbones import create_backbone
-    from .storage import load_torch
+    from hcibench.run.storage import load_torch
+    from hcibench.train.backbones import create_backbone
 
     if not stage:
         raise _no_stage(run, "no stage given")
@@ -200,9 +200,9 @@ def load_images(manifest: dict, source: str, max_images: int, seed: int = 0):
     subset when the source is larger), read with the run's dataset settings."""
     import torch
 
-    from . import plugins
-    from .data import take
-    from .training import prepare_images
+    from hcibench import plugins
+    from hcibench.data import take
+    from hcibench.train.classifier import prepare_images
 
     config = manifest.get("config") or {}
     dataset_entry = manifest.get("dataset") or {}
@@ -213,7 +213,7 @@ def load_images(manifest: dict, source: str, max_images: int, seed: int = 0):
     dataset = plugins.datasets().get(name)(data=dataset_entry.get("data"), **options)
     known = dataset.sources()
     if source not in known:
-        from .errors import unknown_name
+        from hcibench.errors import unknown_name
 
         raise unknown_name("source", source, known)
     domain = dataset.domain(source)

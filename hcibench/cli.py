@@ -10,9 +10,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from . import __version__, plugins
-from .analysis import analyze
-from .errors import UsageError
+from hcibench import __version__, plugins
+from hcibench.analysis import analyze
+from hcibench.errors import UsageError
 
 console = Console(stderr=True)
 
@@ -56,10 +56,6 @@ GRID_OPTIONS = [
     click.option("--evaluators",
         help="Comma-separated evaluators [default: the dataset's, else accuracy,f1]."),
     click.option("--pretrained", type=click.Path(), help="Local weights file for the backbones."),
-    click.option("--granularity", type=click.Choice(["source", "batch", "plate"]),
-        help="Adapt one feature extractor per target source, batch or plate [source]."),
-    click.option("--eval-on", "eval_on", type=click.Choice(["subset", "full"]),
-        help="Score each adapted FE on its own part of the target or on all of it [subset]."),
     click.option("--grid", "grid_file", type=click.Path(), help="TOML file with any of the options above."),
     click.option("--out", type=click.Path(), help="Run folder [default: runs/<dataset>-<preset>]."),
     click.option("--cache", type=click.Path(),
@@ -91,8 +87,8 @@ def grid_options(command):
                    "--slurm timeout_min=600 --slurm gpus_per_node=1 (repeatable).")
 def run(**options):
     """Run a methods × sources × targets × seeds grid; finished cells are never recomputed."""
-    from .runner import prepare
-    from .sweep import sweep_variants, write_sweep
+    from hcibench.run.runner import prepare
+    from hcibench.run.sweep import sweep_variants, write_sweep
 
     spec = spec_from_options(options)
     executor = executor_options(options)
@@ -117,8 +113,8 @@ def plan(as_json, **options):
     (method, source, seed) writes the records once its stages exist. Nothing is computed."""
     from dataclasses import asdict as as_dict
 
-    from .plan import build_plan, render_plan
-    from .runner import prepare
+    from hcibench.run.plan import build_plan, render_plan
+    from hcibench.run.runner import prepare
 
     built = build_plan(prepare(spec_from_options(options)))
     if as_json:
@@ -138,14 +134,14 @@ def stage():
 def stage_run(run_dir, job_id):
     """Compute one job of RUN_DIR's plan (a stage id or cells-METHOD-SOURCE-seedN) in this
     process; a stage whose file exists is not computed again."""
-    from .plan import run_stage_in_folder
+    from hcibench.run.plan import run_stage_in_folder
 
     click.echo(f"{job_id}: {run_stage_in_folder(run_dir, job_id)}")
 
 
 def spec_from_options(options: dict):
     """The RunSpec of `run` / `plan` options (a --grid file fills what is not given)."""
-    from .runner import Grid, RunSpec
+    from hcibench.run.runner import Grid, RunSpec
 
     options = merge_grid_file(options)
     dataset = options["dataset"] or "synthetic"
@@ -153,10 +149,6 @@ def spec_from_options(options: dict):
     overrides = list(options["overrides"])
     if options["pretrained"]:
         overrides.append(f"backbone.pretrained={options['pretrained']}")
-    if options["granularity"]:
-        overrides.append(f"adapt.granularity={options['granularity']}")
-    if options["eval_on"]:
-        overrides.append(f"adapt.eval_on={options['eval_on']}")
     if not options["methods"]:
         raise UsageError("no methods given: use --methods, e.g. --methods supervised,coda "
                          "(see `hcibench list methods`)")
@@ -174,7 +166,7 @@ def spec_from_options(options: dict):
 
 
 def executor_options(options: dict):
-    from .executors import ExecutorOptions, parse_slurm_options
+    from hcibench.run.executors import ExecutorOptions, parse_slurm_options
 
     name = options.get("executor") or "local"
     workers = options.get("workers")
@@ -198,12 +190,12 @@ def executor_options(options: dict):
 
 def dispatch(spec, executor) -> None:
     """Run ``spec`` on the chosen executor, reporting on the console."""
-    from .runner_display import run_with_progress
+    from hcibench.run.display import run_with_progress
 
     if executor.name == "local":
         run_with_progress(spec, console)
         return
-    from . import executors
+    from hcibench.run import executors
 
     if executor.name == "dask":
         def on_job(job, said):
@@ -236,7 +228,7 @@ def merge_grid_file(options: dict) -> dict:
     if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
         raise UsageError(f"grid file {path}: [sweep] maps settings to lists of values, e.g. "
                          f"\"adapt.lr\" = [1e-5, 1e-4]")
-    # A [sweep] table is the same as --set SETTING=a,b,c (see hcibench.sweep).
+    # A [sweep] table is the same as --set SETTING=a,b,c (see hcibench.run.sweep).
     merged["overrides"] = [*merged["overrides"], *(
         f"{setting}={','.join(v if isinstance(v, str) else json.dumps(v) for v in values)}"
         for setting, values in sweep.items())]
@@ -261,8 +253,8 @@ def merge_grid_file(options: dict) -> dict:
 @click.option("--metric", default="accuracy", help="accuracy, f1, or any recorded metric.")
 @click.option("--stats", is_flag=True,
               help="Paired tests (Holm-corrected) and relative improvement against --baseline.")
-@click.option("--baseline", default="supervised", show_default=True,
-              help="Method the others are compared with (--stats, html).")
+@click.option("--baseline", help="Method the others are compared with (--stats, html); default: "
+                                 "the run's baseline method (e.g. supervised), else its first.")
 @click.option("--compare", type=click.Choice(["paper"]),
               help="Our numbers beside the CODA paper's (accuracy: Table 2, f1: Table 4).")
 @click.option("--plots", "plots_dir", type=click.Path(),
@@ -272,29 +264,30 @@ def merge_grid_file(options: dict) -> dict:
                                "records were made with several settings needs it).")
 def report(run_dir, fmt, metric, stats, baseline, compare, plots_dir, output, digest):
     """Print the source × target table of a run (mean ± std over seeds)."""
-    from .report import RunSelection
+    from hcibench.report.tables import RunSelection
 
     run_dir = RunSelection.of(run_dir or latest_run(), digest)
     if stats and compare:
         raise UsageError("--stats and --compare print different tables: give one of them")
     if fmt == "html":
-        from .html_report import render_html
+        from hcibench.paper.comparison import html_section
+        from hcibench.report.html import render_html
 
-        text = render_html(run_dir, metric=metric, baseline=baseline)
+        text = render_html(run_dir, metric=metric, baseline=baseline, extra_sections=[html_section])
     elif stats:
-        from .statistics import render_stats
+        from hcibench.report.statistics import render_stats
 
         text = render_stats(run_dir, fmt=fmt, metric=metric, baseline=baseline)
     elif compare:
-        from .paper import render_comparison
+        from hcibench.paper.comparison import render_comparison
 
         text = render_comparison(run_dir, fmt=fmt, metric=metric)
     else:
-        from .report import render
+        from hcibench.report.tables import render
 
         text = render(run_dir, fmt=fmt, metric=metric)
     if plots_dir:
-        from .plots import write_plots
+        from hcibench.report.plots import write_plots
 
         paths = write_plots(run_dir, plots_dir, metric=metric)
         click.echo(f"wrote {len(paths)} figure files to {plots_dir}", err=True)
@@ -309,8 +302,8 @@ def report(run_dir, fmt, metric, stats, baseline, compare, plots_dir, output, di
 
 
 @cli.command()
-@click.option("--methods", default="supervised", show_default=True,
-              help="Comma-separated methods whose settings to include.")
+@click.option("--methods", help="Comma-separated methods whose settings to include "
+                                "[default: every registered method].")
 @click.option("--dataset", default="synthetic", show_default=True, help="Dataset plugin.")
 @click.option("--data", "data_path", help="Path to the dataset on disk, for datasets that read one.")
 @click.option("--preset", default="quick", show_default=True, type=click.Choice(["quick", "paper"]))
@@ -319,10 +312,11 @@ def report(run_dir, fmt, metric, stats, baseline, compare, plots_dir, output, di
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def settings(methods, dataset, data_path, preset, overrides, as_json):
     """The resolved settings of a run: each value, where it came from and what it may be."""
-    from .runner import Grid, RunSpec
-    from .settings_view import resolved_settings
+    from hcibench.run.runner import Grid, RunSpec
+    from hcibench.run.settings_view import resolved_settings
 
-    spec = RunSpec(Grid(parse_list(methods), []), Path("."), dataset=dataset, data=data_path,
+    names = parse_list(methods) if methods else plugins.methods().names()
+    spec = RunSpec(Grid(names, []), Path("."), dataset=dataset, data=data_path,
                    preset=preset, overrides=list(overrides))
     rows = resolved_settings(spec)
     if as_json:
@@ -340,7 +334,7 @@ def settings(methods, dataset, data_path, preset, overrides, as_json):
                                           "run` then recomputes what they held).")
 def doctor(run_dir, fix):
     """List what in a run folder is damaged, stale or left over by an interrupted process."""
-    from . import doctor as checks
+    from hcibench.run import doctor as checks
 
     findings = checks.examine(Path(run_dir))
     for finding in findings:
@@ -365,7 +359,7 @@ def latest_run() -> Path:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def status(run_dir):
     """How far a run folder is: cells finished per method and what is being computed now."""
-    from .status import render_status
+    from hcibench.run.status import render_status
 
     click.echo(render_status(run_dir))
 

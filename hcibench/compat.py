@@ -8,7 +8,7 @@ they fail too. Defining the two missing operator schemas before torchvision is i
 load; only its compiled ops (nms, roi_align, image decoding) stay unavailable, and hcibench
 uses none of them.
 
-``ensure_torchvision_importable()`` is called once, from ``hcibench.backbones`` and the metric
+``ensure_torchvision_importable()`` is called once, from ``hcibench.train.backbones`` and the metric
 plugin, before anything imports timm or torchmetrics. Where torchvision is healthy, or absent,
 it does nothing.
 """

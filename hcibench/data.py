@@ -127,7 +127,7 @@ class Domain:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
         """``(samples, labels, positions)`` mini-batches. The order is drawn from ``generator``
         here, before the first batch is read, so that reading ahead in another thread
-        (:func:`hcibench.accelerator.prefetch`) draws nothing from it."""
+        (:func:`hcibench.run.accelerator.prefetch`) draws nothing from it."""
         order = (torch.randperm(len(self), generator=generator).numpy() if shuffle
                  else np.arange(len(self)))
         return self._batches(order, batch_size, drop_last)

@@ -20,7 +20,7 @@ hookimpl = pluggy.HookimplMarker("hcibench")
 def register_methods(register):
     """Register method classes: ``register(cls)`` for each subclass of ``hcibench.Method``.
 
-    The class attributes ``name`` (the user-facing name, e.g. ``"coda"``) and ``description``
+    The class attributes ``name`` (the user-facing name, e.g. ``"my-method"``) and ``description``
     (one line, shown by ``hcibench list methods``) are required.
     """
 

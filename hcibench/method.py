@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from .data import Domain
-    from .stages import Context, StageSpec
+    from hcibench.data import Domain
+    from hcibench.run.stages import Context, StageSpec
 
 
 @dataclass
@@ -69,3 +69,17 @@ class Method:
         Users change single entries with ``--set <method>.<key>=<value>``.
         """
         return {}
+
+    @classmethod
+    def settings_sections(cls, preset: str) -> dict[str, dict]:
+        """Further settings sections this method reads, for a preset: ``{section: defaults}``.
+
+        For sections that several methods of a family share (e.g. a self-supervised objective's
+        settings); methods declaring one section must give it the same defaults. A declared
+        section counts among the settings of the methods that declare it, so changing it leaves
+        other methods' records in the same run folder valid."""
+        return {}
+
+    #: The method that others are compared with by default in reports (``report --stats``,
+    #: the HTML page) when it is among a run's methods.
+    baseline: bool = False

@@ -12,8 +12,8 @@ from importlib.metadata import entry_points
 
 import pluggy
 
-from . import hookspecs
-from .errors import UsageError, unknown_name
+from hcibench import hookspecs
+from hcibench.errors import UsageError, unknown_name
 
 GROUP = "hcibench"
 

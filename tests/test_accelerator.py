@@ -5,8 +5,8 @@ import threading
 import pytest
 import torch
 
-from hcibench import accelerator
 from hcibench.errors import UsageError
+from hcibench.run import accelerator
 
 
 def test_auto_is_the_cpu_without_a_gpu_and_a_missing_gpu_is_a_usage_error(monkeypatch):

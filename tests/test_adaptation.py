@@ -4,11 +4,12 @@ import pytest
 import torch
 from test_dual import _domain, _tiny_config
 
-from hcibench import plugins, presets
-from hcibench.adaptation import effective_classes, restrict_to_scope, weight_movement
-from hcibench.backbones import create_backbone
+from hcibench import plugins
 from hcibench.errors import UsageError
-from hcibench.stages import Context, StageCache
+from hcibench.run import presets
+from hcibench.run.stages import Context, StageCache
+from hcibench.train.backbones import create_backbone
+from hcibench_plugins.methods.dual.adaptation import effective_classes, restrict_to_scope, weight_movement
 
 
 def _fitted(method_name="oda", overrides=()):
@@ -104,7 +105,7 @@ def test_monitor_is_off_without_the_setting():
 
 
 def test_aligned_fe_gives_the_target_the_source_moments():
-    from hcibench.adaptation import AlignedFE, token_moments
+    from hcibench_plugins.methods.dual.adaptation import AlignedFE, token_moments
 
     class Shifted(torch.nn.Module):
         embed_dim = 4

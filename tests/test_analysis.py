@@ -19,8 +19,8 @@ from hcibench.analysis import (
     embedding_command,
     linear_cka,
 )
-from hcibench.backbones import create_vit
 from hcibench.errors import UsageError
+from hcibench.train.backbones import create_vit
 
 BACKBONE = {"model": "vit_tiny_patch16_224", "img_size": 16, "patch_size": 4, "embed_dim": 32,
             "depth": 3, "num_heads": 2}
@@ -189,8 +189,8 @@ class TinyProfiles(hcibench.Dataset):
 
 
 def test_analyze_works_on_a_run_on_profiles(tmp_path):
-    from hcibench import profiles
-    from hcibench.backbones import create_backbone
+    from hcibench.run import presets
+    from hcibench.train.backbones import create_backbone
 
     class Plugin:
         @hcibench.hookimpl
@@ -200,7 +200,7 @@ def test_analyze_works_on_a_run_on_profiles(tmp_path):
     plugins.manager().register(Plugin(), name="tiny-analysis-profiles")
     run = tmp_path / "run"
     (run / "stages").mkdir(parents=True)
-    config = {"modality": "profile", "profile": profiles.default_settings("quick"), "dataset": {}}
+    config = {"modality": "profile", "profile": presets.profile_settings("quick"), "dataset": {}}
     (run / "manifest.json").write_text(json.dumps(
         {"dataset": {"name": "tiny-analysis-profiles", "data": None, "options": {}},
          "config": config}))

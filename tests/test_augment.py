@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hcibench import augment
+from hcibench.train import augment
 
 
 def _gen(seed=0):

@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from hcibench import profiles
-from hcibench.runner import scored_labels
-from hcibench.splits import split_source
-from hcibench_plugins.bbbc021 import BBBC021, DOMAINS, package_folder
-from hcibench_plugins.nsc import NSC, NSCB, nearest_neighbour_accuracy
+from hcibench.run import presets
+from hcibench.run.runner import scored_labels
+from hcibench.run.splits import split_source
+from hcibench.train import profiles
+from hcibench_plugins.datasets.bbbc021 import BBBC021, DOMAINS, package_folder
+from hcibench_plugins.evaluators.nsc import NSC, NSCB, nearest_neighbour_accuracy
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def dataset():
 
 def test_data_ship_inside_the_package(dataset):
     folder = package_folder()
-    assert folder.resolve() == (Path(__import__("hcibench_plugins").__file__).parent
+    assert folder.resolve() == (Path(__import__("hcibench_plugins.datasets").datasets.__file__).parent
                                 / "data" / "bbbc021").resolve()
     for name in ("ljosa_jbiomolscreen_2013_per_well_mean.csv.gz", "BBBC021_v1_image.csv.gz",
                  "BBBC021_v1_moa.csv", "README.md"):
@@ -134,9 +135,9 @@ def test_nsc_reference_numbers_agree_with_an_independent_computation(dataset):
 
 
 def test_profile_models_and_views():
-    config = {"modality": "profile", "profile": profiles.default_settings("quick")}
-    from hcibench.backbones import create_backbone
-    from hcibench.dual import create_task
+    config = {"modality": "profile", "profile": presets.profile_settings("quick")}
+    from hcibench.train.backbones import create_backbone
+    from hcibench_plugins.methods.dual.steps import create_task
 
     fe = create_backbone(config, 20, num_classes=3, drop_path=0.1)
     x = torch.randn(5, 20)
@@ -183,7 +184,7 @@ def test_tiny_cli_run_records_every_metric(cli, tmp_path):
 
 
 def test_presets_tune_only_the_sections_a_run_has():
-    from hcibench.runner import Grid, RunSpec, prepare
+    from hcibench.run.runner import Grid, RunSpec, prepare
 
     for preset in ("quick", "paper"):
         run = prepare(RunSpec(Grid(["coda"], ["W1-2"]), out=Path("unused"), dataset="bbbc021",

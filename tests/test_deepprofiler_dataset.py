@@ -12,8 +12,8 @@ from conftest import TINY_BACKBONE
 from PIL import Image
 
 import hcibench
-from hcibench import runner
-from hcibench_plugins.deepprofiler import DeepProfilerDataset
+from hcibench.run import runner
+from hcibench_plugins.datasets.deepprofiler import DeepProfilerDataset
 
 BOX = 32
 TILES = 5

@@ -9,19 +9,21 @@ from torch import nn
 
 import hcibench
 from hcibench.compat import ensure_torchvision_importable
-from hcibench.progress import Progress
-from hcibench.ssl import (
+from hcibench.run.progress import Progress
+from hcibench.train.dino import (
     DINOHead,
     DINOLoss,
     DinoSettings,
     DinoTrainer,
     MultiCropWrapper,
+    clip_gradients,
+    collapse_epoch,
     cosine_schedule,
     dino_loss,
     params_groups,
+    target_spread,
     train_dino,
 )
-from hcibench.ssl.dino import clip_gradients, collapse_epoch, target_spread
 
 
 def tiny_vit(**kwargs):
@@ -204,7 +206,7 @@ def test_multicrop_wrapper_runs_the_backbone_once_per_resolution():
 
 def _views(settings, batch=4, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return hcibench.augment.multi_crop(torch.rand(batch, 3, 16, 16), settings.global_size,
+    return hcibench.train.augment.multi_crop(torch.rand(batch, 3, 16, 16), settings.global_size,
                                        settings.local_size, settings.n_local, g)
 
 
@@ -304,7 +306,7 @@ def test_train_dino_restarts_center_and_is_reproducible():
 
 
 def test_views_lying_back_to_back_are_joined_without_a_copy():
-    from hcibench.ssl.dino import _join
+    from hcibench.train.dino import _join
 
     stacked = torch.randn(3, 2, 3, 4, 4)
     views = list(stacked.unbind(0))
@@ -390,9 +392,10 @@ def stripes(n: int, size: int = 32, seed: int = 0):
 
 
 def test_quick_preset_dino_keeps_informative_targets_where_the_reference_head_collapses():
-    from hcibench import dual, presets
+    from hcibench_plugins.methods.dual import settings as dual_settings
+    from hcibench_plugins.methods.dual import steps as dual
 
-    config = presets.build("quick")
+    config = dual_settings.config("quick")
     patterns = stripes(384)
     entropy = {}
     for name, changes in [("quick", {}), ("reference head", dict(
@@ -408,7 +411,7 @@ def test_quick_preset_dino_keeps_informative_targets_where_the_reference_head_co
 
 
 def test_a_dino_stage_killed_mid_training_goes_on_from_its_saved_progress(tmp_path, monkeypatch):
-    from hcibench.stages import StageCache
+    from hcibench.run.stages import StageCache
 
     monkeypatch.setenv("HCIBENCH_CHECKPOINT_SECONDS", "0")  # save after every epoch
     settings = tiny_settings(epochs=4, cross_batch=True)

@@ -13,8 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_dino import domain, models, tiny_settings
 
-from hcibench import distributed
-from hcibench.ssl import train_dino
+from hcibench.run import distributed
+from hcibench.train.dino import train_dino
 
 # Batch-norm off and no drop-path: both draw from per-process state (batch statistics of a
 # slice, the global RNG) and would differ from one process by design.

@@ -8,10 +8,12 @@ import torch
 from conftest import TINY_BACKBONE, tiny_args
 
 import hcibench
-from hcibench import dual, plugins, presets
+from hcibench import plugins
 from hcibench.data import TensorImages
-from hcibench.ssl.dino import MultiCropWrapper
-from hcibench.stages import Context, StageCache
+from hcibench.run.stages import Context, StageCache
+from hcibench.train.dino import MultiCropWrapper
+from hcibench_plugins.methods.dual import settings as dual_settings
+from hcibench_plugins.methods.dual import steps as dual
 
 TINY_DUAL = [
     "dino.epochs=1", "dino.n_local=2", "dino.head_hidden_dim=32", "dino.head_bottleneck_dim=16",
@@ -21,7 +23,7 @@ TINY_DUAL = [
 
 
 def _tiny_config():
-    return presets.build("quick", [*TINY_BACKBONE, *TINY_DUAL])
+    return dual_settings.config("quick", [*TINY_BACKBONE, *TINY_DUAL])
 
 
 def _domain(name, batches, n=48, classes=4, seed=0):
@@ -107,16 +109,16 @@ def test_the_source_centre_starts_step_3_where_step_1_left_the_teacher():
 
 
 def dino_views_or_default(config, settings):
-    from hcibench.profiles import dino_views
-    from hcibench.ssl.dino import default_views
+    from hcibench.train.dino import default_views
+    from hcibench.train.profiles import dino_views
 
     return dino_views(config, settings.n_local) or default_views(settings)
 
 
 def test_a_classifier_stage_killed_mid_training_goes_on_from_its_saved_progress(tmp_path,
                                                                                 monkeypatch):
-    from hcibench import training
-    from hcibench.backbones import create_backbone
+    from hcibench.train import classifier as training
+    from hcibench.train.backbones import create_backbone
 
     monkeypatch.setenv("HCIBENCH_CHECKPOINT_SECONDS", "0")
     config = _tiny_config()

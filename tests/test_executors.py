@@ -50,9 +50,9 @@ def test_dask_workers_give_the_records_of_one_process(tmp_path, in_process):
 
 def test_a_dask_worker_lost_mid_grid_still_completes_it(tmp_path):
     distributed = pytest.importorskip("distributed")
-    from hcibench.executors import submit_plan
-    from hcibench.plan import build_plan
-    from hcibench.runner import Grid, RunSpec, pending_cells, prepare, start_run_folder
+    from hcibench.run.executors import submit_plan
+    from hcibench.run.plan import build_plan
+    from hcibench.run.runner import Grid, RunSpec, pending_cells, prepare, start_run_folder
 
     overrides = [item for item in SETTINGS if item != "--set"]
     spec = RunSpec(Grid(["dual-dino", "oda"], ["S3"], ["S3", "S5"], [0, 1]), tmp_path / "run",
@@ -149,8 +149,8 @@ def test_slurm_jobs_run_end_to_end_through_the_local_executor(tmp_path, in_proce
 def test_a_missing_engine_says_which_extra_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
     from hcibench.errors import UsageError
-    from hcibench.executors import ExecutorOptions, run_with_dask
-    from hcibench.runner import Grid, RunSpec
+    from hcibench.run.executors import ExecutorOptions, run_with_dask
+    from hcibench.run.runner import Grid, RunSpec
 
     spec = RunSpec(Grid(["dual-dino"], ["S3"], ["S3"], [0]), tmp_path / "run")
     with pytest.raises(UsageError, match=r"pip install 'hcibench\[dask\]'"):

@@ -13,9 +13,9 @@ from PIL import Image
 from test_dual import TINY_DUAL
 
 import hcibench
-from hcibench import runner
-from hcibench_plugins.folder import FolderDataset
-from hcibench_plugins.synthetic import SyntheticDataset
+from hcibench.run import runner
+from hcibench_plugins.datasets.folder import FolderDataset
+from hcibench_plugins.datasets.synthetic import SyntheticDataset
 
 TINY_SUPERVISED = [*TINY_BACKBONE, "supervised.epochs=1"]
 SIZE = 32
@@ -140,7 +140,7 @@ def test_strips_multipage_tiffs_and_preprocessing(tmp_path):
 
 def test_synthetic_round_trip_gives_identical_metrics(tmp_path):
     synthetic = SyntheticDataset(scale=0.34)
-    from hcibench_plugins.folder_format import write_folder
+    from hcibench_plugins.datasets.files.folder_format import write_folder
 
     write_folder(synthetic, tmp_path / "synth", ["S8", "S10"])
     grid = (["supervised"], ["S8"], ["S8", "S10"])
@@ -230,7 +230,7 @@ def test_data_check_lists_each_problem_and_exits_2(tmp_path, capsys):
 
 
 def test_on_error_skip_completes_and_reports_the_skips(tmp_path):
-    from hcibench.report import render
+    from hcibench.report.tables import render
 
     break_folder(tmp_path / "data")
     out = tmp_path / "run"

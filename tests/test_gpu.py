@@ -9,8 +9,8 @@ from conftest import tiny_args
 from test_dino import domain, models, tiny_settings
 from test_dual import TINY_DUAL
 
-from hcibench import accelerator
-from hcibench.ssl import DinoTrainer, train_dino
+from hcibench.run import accelerator
+from hcibench.train.dino import DinoTrainer, train_dino
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from records_factory import make_grid
 
-from hcibench.html_report import render_html
-from hcibench.report import render
+from hcibench.paper.comparison import html_section
+from hcibench.report.html import render_html
+from hcibench.report.tables import render
 
 VALUES = {
     ("supervised", "S3", "S3"): 0.386, ("supervised", "S3", "S5"): 0.131,
@@ -54,7 +55,7 @@ def test_html_agrees_with_csv(run):
 
 
 def test_html_is_self_contained_with_embedded_figures(run):
-    page = render_html(run)
+    page = render_html(run, extra_sections=[html_section])
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) >= 3  # two heatmaps and the out-of-domain bars

@@ -12,9 +12,9 @@ import torch
 from conftest import TINY_BACKBONE
 
 import hcibench
-from hcibench import runner
-from hcibench_plugins.jump import JumpDataset
-from hcibench_plugins.moa import link_moa
+from hcibench.run import runner
+from hcibench_plugins.datasets.files.moa import link_moa
+from hcibench_plugins.datasets.jump import JumpDataset
 
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
 SITE = 64
@@ -223,7 +223,7 @@ def test_runs_supervised_on_jump_images(jump, tmp_path):
 
 
 def test_hub_labels_for_a_folder_dataset(jump, tmp_path):
-    from hcibench_plugins.folder import FolderDataset
+    from hcibench_plugins.datasets.folder import FolderDataset
 
     _, _, _, hub = jump
     tifffile.imwrite(tmp_path / "x.tif", np.zeros((3, 8, 8), dtype=np.uint16), photometric="minisblack")

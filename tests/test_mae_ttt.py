@@ -2,9 +2,9 @@
 
 import torch
 
-from hcibench.backbones import create_vit
-from hcibench.dual import TaskModel
-from hcibench.ssl.mae import (
+from hcibench.train.backbones import create_vit
+from hcibench.train.classifier import prepare_images
+from hcibench.train.mae import (
     MaeSettings,
     MaskedAutoencoder,
     build_decoder,
@@ -12,8 +12,8 @@ from hcibench.ssl.mae import (
     masking_order,
     patchify,
 )
-from hcibench.training import prepare_images
-from hcibench.ttt import TTTSettings, ttt_batched, ttt_sequential
+from hcibench_plugins.methods.dual.steps import TaskModel
+from hcibench_plugins.methods.dual.ttt import TTTSettings, ttt_batched, ttt_sequential
 
 VIT = {"model": "vit_tiny_patch16_224", "img_size": 16, "patch_size": 4, "embed_dim": 32,
        "depth": 1, "num_heads": 2}
@@ -78,8 +78,8 @@ def test_an_mae_stage_killed_mid_training_goes_on_from_its_saved_progress(tmp_pa
     import pytest
     from test_dino import domain
 
-    from hcibench.ssl.mae import train_mae
-    from hcibench.stages import StageCache
+    from hcibench.run.stages import StageCache
+    from hcibench.train.mae import train_mae
 
     monkeypatch.setenv("HCIBENCH_CHECKPOINT_SECONDS", "0")
     settings = MaeSettings(epochs=4, batch_size=8, warmup_epochs=1, decoder_dim=16,

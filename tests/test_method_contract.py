@@ -10,8 +10,9 @@ import torch
 from conftest import TINY
 from test_dual import TINY_DUAL
 
-from hcibench import plugins, runner
-from hcibench.stages import Context, StageCache
+from hcibench import plugins
+from hcibench.run import presets, runner
+from hcibench.run.stages import Context, StageCache
 
 TINY_SETTINGS = [*TINY, *TINY_DUAL, "mae.epochs=1", "mae.decoder_dim=16", "mae.decoder_heads=2"]
 EXTRA = {"supervised": ["supervised.epochs=1"], "ttt": ["ttt.steps=1", "ttt.copies=2"]}
@@ -27,10 +28,18 @@ def _tensors(module_like) -> dict:
     return found
 
 
+def _tiny_settings(name: str) -> list[str]:
+    """The tiny settings of the sections this method's run has (core, dataset, its own)."""
+    cls = plugins.methods().get(name)
+    sections = {*presets.build("quick"), *cls.settings_sections("quick"), "dataset", name}
+    return [item for item in [*TINY_SETTINGS, *EXTRA.get(name, [])]
+            if item.split(".")[0] in sections]
+
+
 @pytest.mark.parametrize("name", sorted(plugins.methods().names()))
 def test_every_method_keeps_the_contract(name):
     spec = runner.RunSpec(runner.Grid([name], ["S8"], ["S11"]), Path("unused"),
-                          overrides=[*TINY_SETTINGS, *EXTRA.get(name, [])])
+                          overrides=_tiny_settings(name))
     run = runner.prepare(spec)
     domains = runner.DomainCache(run)
     split = domains.split("S8")

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from hcibench.pairs import cross_batch_partners
+from hcibench.train.pairs import cross_batch_partners
 
 
 def _meta(n=400, compounds=12, batches=3, plates_per_batch=2, seed=0):

@@ -9,9 +9,9 @@ import json
 import pytest
 from records_factory import make_grid
 
-from hcibench import claims
 from hcibench.errors import UsageError
-from hcibench.paper import TABLES, load_table, render_comparison
+from hcibench.paper import claims
+from hcibench.paper.comparison import TABLES, load_table, render_comparison
 
 METHODS = {"supervised", "dual-dino", "dual-cb", "ttt", "oda", "coda", "dual-mae", "oda-mae"}
 

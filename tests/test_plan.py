@@ -73,8 +73,8 @@ def test_an_unknown_job_is_one_line(planned_and_run):
 def test_a_method_that_declares_no_stages_is_one_cells_job(tmp_path):
     import hcibench
     from hcibench import plugins
-    from hcibench.plan import build_plan
-    from hcibench.runner import Grid, RunSpec, prepare
+    from hcibench.run.plan import build_plan
+    from hcibench.run.runner import Grid, RunSpec, prepare
 
     class Plain(hcibench.Method):
         name = "plain"

@@ -6,7 +6,7 @@ import pytest
 from records_factory import make_grid, write_manifest, write_record
 
 from hcibench.errors import UsageError
-from hcibench.plots import build_plots, write_plots
+from hcibench.report.plots import build_plots, write_plots
 
 VALUES = {
     ("supervised", "S3", "S3"): 0.39, ("supervised", "S3", "S5"): 0.13,

@@ -3,11 +3,13 @@
 import torch
 import torch.nn.functional as F
 
-from hcibench import augment, presets
-from hcibench.backbones import create_vit
-from hcibench.dual import build_fe_pair, dino_settings
-from hcibench.ssl.dino import DinoTrainer
-from hcibench.training import parameter_groups, prepare_images
+from hcibench.run import presets
+from hcibench.train import augment
+from hcibench.train.backbones import create_vit
+from hcibench.train.classifier import parameter_groups, prepare_images
+from hcibench.train.dino import DinoTrainer
+from hcibench_plugins.methods.dual import settings as dual_settings
+from hcibench_plugins.methods.dual.steps import build_fe_pair, dino_settings
 
 
 def test_paper_preset_takes_one_supervised_step_with_deit_small():
@@ -26,7 +28,7 @@ def test_paper_preset_takes_one_supervised_step_with_deit_small():
 
 
 def test_paper_preset_takes_one_dino_step_with_multi_crop():
-    config = presets.build("paper")
+    config = dual_settings.config("paper")
     settings = dino_settings(config["dino"])
     assert (settings.global_size, settings.local_size, settings.n_local) == (224, 96, 6)
     student, teacher, student_head, teacher_head = build_fe_pair(config, 3, settings)
@@ -39,12 +41,14 @@ def test_paper_preset_takes_one_dino_step_with_multi_crop():
 
 def test_a_whole_number_for_a_number_setting_describes_the_same_run():
     from hcibench import plugins
-    from hcibench.runner import Grid, RunSpec, prepare
+    from hcibench.run.runner import Grid, RunSpec, prepare
 
     def digest(*overrides):
+        """The run's shared digest and dual-dino's own (its sections, dino among them)."""
         spec = RunSpec(Grid(["dual-dino"], ["S3"], ["S3"], [0]), out="unused",
                        overrides=list(overrides))
-        return prepare(spec).settings_digest
+        run = prepare(spec)
+        return run.settings_digest, run.method_digests["dual-dino"]
 
     plugins.reset()
     assert digest("dataset.culture=1") == digest("dataset.culture=1.0") == digest()

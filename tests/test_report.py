@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hcibench.errors import UsageError
-from hcibench.report import (
+from hcibench.report.tables import (
     load_records,
     off_diagonal_means,
     render,

@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_args
 
 from hcibench.errors import UsageError
-from hcibench.stages import StageCache
+from hcibench.run.stages import StageCache
 
 RUN = ["run", "--methods", "supervised", "--sources", "S8", "--targets", "S8,S11"]
 

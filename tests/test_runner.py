@@ -86,15 +86,19 @@ def test_a_later_command_may_add_a_method_but_not_change_one(cli, tmp_path):
     base = ["run", "--sources", "S8", "--targets", "S8", "--out", str(out)]
     first = cli(*base, "--methods", "supervised", *tiny_args())
     assert first.returncode == 0, first.stderr
-    grown = cli(*base, "--methods", "supervised,dual-dino", *tiny_args(
-        "dino.epochs=1", "dino.n_local=2", "dino.head_out_dim=64", "task.epochs=1",
-        "task.model.depth=1", "task.model.embed_dim=32", "task.model.num_heads=2"))
-    assert grown.returncode == 2 and "shared settings" in grown.stderr  # dino/task changed
-    added = cli(*base, "--methods", "supervised,dual-dino", *tiny_args())
+    # dual-dino's sections (dino, task) are its own: setting them concerns its records only.
+    dual = ("dino.epochs=1", "dino.n_local=2", "dino.head_out_dim=64", "task.epochs=1",
+            "task.model.depth=1", "task.model.embed_dim=32", "task.model.num_heads=2")
+    added = cli(*base, "--methods", "supervised,dual-dino", *tiny_args(*dual))
     assert added.returncode == 0, added.stderr
     assert "1 cell(s) computed" in added.stderr
+    changed_dino = cli(*base, "--methods", "dual-dino",
+                       *tiny_args(*dual, "dino.lr=0.01", supervised=False))
+    assert changed_dino.returncode == 2 and "settings of method dual-dino" in changed_dino.stderr
     changed = cli(*base, "--methods", "supervised", *tiny_args("supervised.lr=0.01"))
     assert changed.returncode == 2 and "settings of method supervised" in changed.stderr
+    shared = cli(*base, "--methods", "supervised", *tiny_args("split.val_plates=0"))
+    assert shared.returncode == 2 and "shared settings" in shared.stderr
     report = cli("report", str(out), "--format", "csv")
     assert report.returncode == 0, report.stderr
     assert "supervised,S8,S8,accuracy" in report.stdout and "dual-dino,S8,S8" in report.stdout

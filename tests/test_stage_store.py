@@ -7,7 +7,7 @@ import time
 
 from conftest import tiny_args
 
-from hcibench.stage_store import StageStore
+from hcibench.run.stage_store import StageStore
 
 
 def _compute_slowly(folder, marks, ready):

@@ -14,8 +14,7 @@ from records_factory import write_manifest, write_record
 from scipy import stats as scipy_stats
 
 from hcibench.errors import UsageError
-from hcibench.report import load_records
-from hcibench.statistics import (
+from hcibench.report.statistics import (
     compare,
     holm,
     improvement_summary,
@@ -24,6 +23,7 @@ from hcibench.statistics import (
     render_stats,
     wilcoxon,
 )
+from hcibench.report.tables import load_records
 
 SEEDS = [0, 1, 2]
 CELLS = [("S3", "S3"), ("S3", "S5"), ("S5", "S3"), ("S5", "S5")]
@@ -139,7 +139,7 @@ def test_compare_within_cells_and_across_cells(run):
 def test_relative_improvement_reproduces_the_paper():
     """Table 2 of the paper: CODA +132.6 % ± 63.6 over supervised on the 20 off-diagonal cells,
     which the paper writes as 232.6 % ± 63.6 (ratio to the baseline); ODA 174.8 % likewise."""
-    from hcibench.paper import load_table
+    from hcibench.paper.comparison import load_table
 
     table = load_table("accuracy")
     summary = improvement_summary(relative_improvements(table, "accuracy", "supervised"))

@@ -7,8 +7,8 @@ from conftest import tiny_args
 from test_dual import TINY_DUAL
 
 from hcibench.errors import UsageError
-from hcibench.runner import Grid, RunSpec
-from hcibench.sweep import sweep_variants
+from hcibench.run.runner import Grid, RunSpec
+from hcibench.run.sweep import sweep_variants
 
 
 def test_a_comma_list_sweeps_and_a_json_list_does_not(tmp_path):

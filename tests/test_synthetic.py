@@ -9,9 +9,9 @@ import torch
 from click.testing import CliRunner
 
 import hcibench
-from hcibench_plugins import synthetic
-from hcibench_plugins.folder_format import read_folder, write_folder
-from hcibench_plugins.synthetic import SyntheticDataset
+from hcibench_plugins.datasets import synthetic
+from hcibench_plugins.datasets.files.folder_format import read_folder, write_folder
+from hcibench_plugins.datasets.synthetic import SyntheticDataset
 
 SMALL = {"scale": 0.34}  # one site per well: 60 images per plate
 
@@ -238,7 +238,7 @@ def test_artifacts_option_adds_batch_specific_artifacts_and_nothing_else():
 
 
 def test_each_batch_draws_its_own_artifact_look_from_its_sources_kinds():
-    from hcibench_plugins import synthetic_artifacts as artifacts
+    from hcibench_plugins.datasets import synthetic_artifacts as artifacts
 
     for source, kinds in artifacts.SOURCE_ARTIFACTS.items():
         looks = artifacts.batch_artifacts(kinds, 6, synthetic.generator(0, source, "artifacts"))
@@ -255,7 +255,7 @@ def test_each_batch_draws_its_own_artifact_look_from_its_sources_kinds():
 
 
 def test_culture_zero_removes_the_labs_morphology_shift():
-    from hcibench_plugins import synthetic_render as render
+    from hcibench_plugins.datasets import synthetic_render as render
 
     morph = torch.tensor([render.MOA_TABLE["EGFR inhibitor"]])
     profile = render.SOURCE_PROFILES["S5"]

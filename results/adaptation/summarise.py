@@ -17,8 +17,8 @@ import click
 import numpy as np
 import pandas as pd
 
-from hcibench.report import _load, _md_table, load_records
-from hcibench.statistics import wilcoxon
+from hcibench.report.statistics import wilcoxon
+from hcibench.report.tables import _load, _md_table, load_records
 
 
 def _rows(label: str, folder: str) -> pd.DataFrame:

@@ -1,0 +1,3 @@
+"""Training: backbones, augmentation, cross-batch pairs, the profile modality, the shared loop
+pieces (parameter groups, schedules, saved progress), and the objectives built on them
+(classifier, DINO, MAE). Methods compose these; nothing here names a method."""

@@ -1,0 +1,171 @@
+"""Supervised training with model selection on held-out source data, shared by every method
+that trains a classifier (the supervised baseline, the dual model's task model).
+
+The schedule follows the paper: linear warm-up, then the learning rate is divided by 10 each
+time the validation loss stops improving. The checkpoint kept is the one with the best
+validation accuracy, where validation is a held-out *source* plate, never target data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hcibench.data import Domain
+from hcibench.run import distributed
+from hcibench.run.accelerator import cpu_state, prefetch, to_device
+from hcibench.run.stages import Context, current_checkpoint
+from hcibench.train import augment
+
+
+def prepare_images(x: torch.Tensor, input_size: int, training: bool,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Model input from raw images: random crop and flips when training, centre crop otherwise,
+    then per-image per-channel standardisation (which removes gain and offset differences)."""
+    if x.dim() == 4 and x.shape[-1] > input_size:
+        if training:
+            x = augment.random_crops(x, input_size, generator)
+        else:
+            x = augment.center_crop(x, input_size)
+    if training and x.dim() == 4:
+        x = augment.random_flips(x, generator)
+    return augment.self_normalise(x) if x.dim() == 4 else x
+
+
+def parameter_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and normalisation weights (1-d tensors)."""
+    decay, no_decay = [], []
+    for module in modules:
+        for param in module.parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim <= 1 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], domain: Domain,
+                   batch_size: int, input_size: int,
+                   device: torch.device | None = None) -> torch.Tensor:
+    """Logits for every sample of ``domain``, in order, on the CPU; ``forward`` runs on
+    ``device`` (the device of the model behind it; None: where the data is)."""
+    return predict_outputs(lambda x: (forward(x),), domain, batch_size, input_size, device)[0]
+
+
+@torch.no_grad()
+def predict_outputs(forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], domain: Domain,
+                    batch_size: int, input_size: int,
+                    device: torch.device | None = None) -> tuple[torch.Tensor, ...]:
+    """Like :func:`predict_logits` for a ``forward`` that returns several tensors per batch
+    (e.g. logits and embeddings): each concatenated over the domain, in order, on the CPU."""
+    outputs = []
+    for x, _, _ in prefetch(domain.batches(batch_size), device or torch.device("cpu")):
+        if device is not None:
+            x = to_device(x, device)
+        outputs.append(forward(prepare_images(x, input_size, training=False)))
+    if not outputs:
+        return (torch.empty(0),)
+    return tuple(torch.cat(parts).cpu() for parts in zip(*outputs))
+
+
+def _evaluate(forward, domain: Domain, batch_size: int, input_size: int,
+              device: torch.device | None = None) -> tuple[float, float]:
+    logits = predict_logits(forward, domain, batch_size, input_size, device)
+    labels = domain.labels
+    known = labels >= 0
+    if known.sum() == 0:
+        return float("inf"), 0.0
+    loss = F.cross_entropy(logits[known], labels[known]).item()
+    accuracy = (logits[known].argmax(1) == labels[known]).float().mean().item()
+    return loss, accuracy
+
+
+def train_classifier(
+    trainable: nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    train: Domain,
+    val: Domain,
+    settings: dict,
+    context: Context,
+    input_size: int,
+    description: str = "train",
+) -> dict:
+    """Train ``trainable`` (the parameters behind ``forward``) with cross-entropy on ``train``.
+
+    Training runs on ``context.device`` (``trainable`` is moved there) in ``context.precision``.
+    Inside a stage, the progress is saved when due and a killed run goes on from it (see
+    :func:`hcibench.train.dino.train_dino`). Returns ``{"state": best state_dict of trainable
+    (on the CPU), "history": [...], "best_epoch": k}``.
+    """
+    device = context.device
+    trainable.to(device)
+    generator = torch.Generator().manual_seed(context.seed)
+    optimizer = torch.optim.AdamW(parameter_groups([trainable], settings["weight_decay"]),
+                                  lr=settings["lr"])
+    labels_known = (train.labels >= 0).sum().item()
+    steps_per_epoch = max(1, -(-labels_known // settings["batch_size"]))
+    warmup_steps = settings["warmup_epochs"] * steps_per_epoch
+    lr, step, stale, best_loss = settings["lr"], 0, 0, float("inf")
+    best = {"accuracy": -1.0, "state": None, "epoch": -1}
+    history, first_epoch = [], 0
+    checkpoint = current_checkpoint()
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        trainable.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["rng"])
+        first_epoch, step, lr, stale, best_loss, best, history = saved["loop"]
+        context.log(f"{description}: going on from epoch {first_epoch} of {settings['epochs']} "
+                    f"(saved progress)")
+    for epoch in context.track(range(first_epoch, settings["epochs"]), description=description):
+        trainable.train()
+        for x, y, _ in prefetch(train.batches(settings["batch_size"], shuffle=True,
+                                              generator=generator), device):
+            known = y >= 0
+            if known.sum() == 0:
+                continue
+            scale = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+            for group in optimizer.param_groups:
+                group["lr"] = lr * scale
+            x, y = to_device(x[known], device), to_device(y[known], device)
+            x = prepare_images(x, input_size, True, generator)
+            # Under torchrun each rank takes its share of the global batch (possibly uneven:
+            # batches are not dropped); the loss is normalised by the global batch so that the
+            # averaged gradients are those of one process.
+            local_x, local_y = distributed.share(x), distributed.share(y)
+            with context.autocast():
+                logits = forward(local_x)
+            if distributed.active():
+                loss = F.cross_entropy(logits.float(), local_y, reduction="sum") * (
+                    distributed.world_size() / len(y))
+            else:
+                loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            distributed.average_gradients(trainable.parameters(), zero_missing=True)
+            optimizer.step()
+            step += 1
+        trainable.eval()
+        val_loss, val_accuracy = _evaluate(forward, val, settings["batch_size"] * 4, input_size,
+                                           device)
+        history.append({"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_accuracy,
+                        "lr": lr})
+        if val_accuracy > best["accuracy"]:
+            best = {"accuracy": val_accuracy, "state": cpu_state(trainable), "epoch": epoch}
+        # Step decay when the validation loss saturates (after warm-up).
+        if val_loss < best_loss - 1e-4:
+            best_loss, stale = val_loss, 0
+        elif epoch >= settings["warmup_epochs"]:
+            stale += 1
+            if stale >= settings["patience"]:
+                lr, stale = max(lr * settings["decay"], settings["min_lr"]), 0
+        if checkpoint is not None and checkpoint.due() and epoch + 1 < settings["epochs"]:
+            checkpoint.save({"model": trainable.state_dict(), "optimizer": optimizer.state_dict(),
+                             "generator": generator.get_state(), "rng": torch.get_rng_state(),
+                             "loop": (epoch + 1, step, lr, stale, best_loss, best, history)})
+    return {"state": best["state"], "history": history, "best_epoch": best["epoch"],
+            "val_accuracy": best["accuracy"]}

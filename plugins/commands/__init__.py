@@ -1,0 +1,1 @@
+"""Command plugins: subcommands added to the ``hcibench`` CLI."""

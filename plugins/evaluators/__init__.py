@@ -1,0 +1,1 @@
+"""Evaluator plugins: classification metrics and not-same-compound k-NN."""

@@ -1,0 +1,1 @@
+"""Method plugins: Supervised, and the dual-model family of the CODA paper."""
