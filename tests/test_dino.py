@@ -20,10 +20,10 @@ from hcibench.train.dino import (
     collapse_epoch,
     cosine_schedule,
     dino_loss,
-    params_groups,
     target_spread,
     train_dino,
 )
+from hcibench.train.loop import parameter_groups
 
 
 def tiny_vit(**kwargs):
@@ -157,7 +157,7 @@ def test_head_shapes_and_frozen_unit_norm():
     assert head(x).shape == (5, 30)
     assert not any(isinstance(m, nn.BatchNorm1d) for m in head.modules())
     assert not head.weight_norm.requires_grad
-    optimiser = torch.optim.AdamW(params_groups(head), lr=0.1)
+    optimiser = torch.optim.AdamW(parameter_groups([head]), lr=0.1)
     for _ in range(3):
         optimiser.zero_grad()
         head(x).square().sum().backward()
@@ -171,7 +171,7 @@ def test_head_shapes_and_frozen_unit_norm():
 
 def test_param_groups_exclude_biases_and_norms_from_weight_decay():
     vit = tiny_vit()
-    decay, no_decay = params_groups(vit)
+    decay, no_decay = parameter_groups([vit])
     names = {id(p): n for n, p in vit.named_parameters()}
     assert no_decay["weight_decay"] == 0
     assert all(names[id(p)].endswith(".bias") or p.ndim == 1 for p in no_decay["params"])

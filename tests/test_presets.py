@@ -6,8 +6,9 @@ import torch.nn.functional as F
 from hcibench.run import presets
 from hcibench.train import augment
 from hcibench.train.backbones import create_vit
-from hcibench.train.classifier import parameter_groups, prepare_images
+from hcibench.train.classifier import prepare_images
 from hcibench.train.dino import DinoTrainer
+from hcibench.train.loop import parameter_groups
 from hcibench_plugins.methods.dual import settings as dual_settings
 from hcibench_plugins.methods.dual.steps import build_fe_pair, dino_settings
 

@@ -8,7 +8,7 @@ validation accuracy, where validation is a held-out *source* plate, never target
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +17,9 @@ from torch import nn
 from hcibench.data import Domain
 from hcibench.run import distributed
 from hcibench.run.accelerator import cpu_state, prefetch, to_device
-from hcibench.run.stages import Context, current_checkpoint
+from hcibench.run.stages import Context
 from hcibench.train import augment
+from hcibench.train.loop import SavedProgress, parameter_groups, set_schedule
 
 
 def prepare_images(x: torch.Tensor, input_size: int, training: bool,
@@ -33,17 +34,6 @@ def prepare_images(x: torch.Tensor, input_size: int, training: bool,
     if training and x.dim() == 4:
         x = augment.random_flips(x, generator)
     return augment.self_normalise(x) if x.dim() == 4 else x
-
-
-def parameter_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases and normalisation weights (1-d tensors)."""
-    decay, no_decay = [], []
-    for module in modules:
-        for param in module.parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
 
 
 @torch.no_grad()
@@ -111,16 +101,11 @@ def train_classifier(
     lr, step, stale, best_loss = settings["lr"], 0, 0, float("inf")
     best = {"accuracy": -1.0, "state": None, "epoch": -1}
     history, first_epoch = [], 0
-    checkpoint = current_checkpoint()
-    saved = checkpoint.load() if checkpoint is not None else None
+    saved_progress = SavedProgress({"model": trainable}, optimizer, generator, log=context.log,
+                                   description=description)
+    saved = saved_progress.restore(settings["epochs"])
     if saved is not None:
-        trainable.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["rng"])
-        first_epoch, step, lr, stale, best_loss, best, history = saved["loop"]
-        context.log(f"{description}: going on from epoch {first_epoch} of {settings['epochs']} "
-                    f"(saved progress)")
+        first_epoch, (step, lr, stale, best_loss, best, history) = saved["epoch"], saved["loop"]
     for epoch in context.track(range(first_epoch, settings["epochs"]), description=description):
         trainable.train()
         for x, y, _ in prefetch(train.batches(settings["batch_size"], shuffle=True,
@@ -129,8 +114,7 @@ def train_classifier(
             if known.sum() == 0:
                 continue
             scale = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-            for group in optimizer.param_groups:
-                group["lr"] = lr * scale
+            set_schedule(optimizer, lr * scale)
             x, y = to_device(x[known], device), to_device(y[known], device)
             x = prepare_images(x, input_size, True, generator)
             # Under torchrun each rank takes its share of the global batch (possibly uneven:
@@ -163,9 +147,7 @@ def train_classifier(
             stale += 1
             if stale >= settings["patience"]:
                 lr, stale = max(lr * settings["decay"], settings["min_lr"]), 0
-        if checkpoint is not None and checkpoint.due() and epoch + 1 < settings["epochs"]:
-            checkpoint.save({"model": trainable.state_dict(), "optimizer": optimizer.state_dict(),
-                             "generator": generator.get_state(), "rng": torch.get_rng_state(),
-                             "loop": (epoch + 1, step, lr, stale, best_loss, best, history)})
+        saved_progress.save_if_due(epoch + 1, settings["epochs"],
+                                   {"loop": (step, lr, stale, best_loss, best, history)})
     return {"state": best["state"], "history": history, "best_epoch": best["epoch"],
             "val_accuracy": best["accuracy"]}

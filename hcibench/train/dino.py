@@ -35,14 +35,14 @@ from hcibench.data import Domain, take
 from hcibench.run import distributed
 from hcibench.run.accelerator import PRECISIONS, prefetch, resolve_precision
 from hcibench.run.progress import Progress
-from hcibench.run.stages import current_checkpoint
 from hcibench.train import augment
+from hcibench.train.loop import SavedProgress, parameter_groups, set_schedule
 from hcibench.train.pairs import cross_batch_partners
 
 __all__ = [
     "DINOHead", "DINOLoss", "DinoSettings", "DinoTrainer", "MultiCropWrapper", "as_float",
     "cancel_last_layer", "default_views",
-    "class_token", "clip_gradients", "cosine_schedule", "dino_loss", "params_groups", "train_dino",
+    "class_token", "clip_gradients", "cosine_schedule", "dino_loss", "train_dino",
 ]
 
 FeatureFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -364,20 +364,6 @@ class DINOLoss(nn.Module):
 # ----------------------------------------------------------------------------------- optimisation
 
 
-def params_groups(*modules: nn.Module) -> list[dict]:
-    """AdamW groups: weight decay on weights; none on biases and 1-d parameters (norms)."""
-    regularized, not_regularized = [], []
-    for module in modules:
-        for name, param in module.named_parameters():
-            if not param.requires_grad:
-                continue
-            if name.endswith(".bias") or param.ndim <= 1:
-                not_regularized.append(param)
-            else:
-                regularized.append(param)
-    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
-
-
 CLIP_MODES = ("global", "parameter")
 
 
@@ -451,7 +437,7 @@ class DinoTrainer:
         ).to(device)
         if loss_state and loss_state.get("center") is not None:
             self.loss.center.copy_(loss_state["center"].to(device).view_as(self.loss.center))
-        self.optimizer = torch.optim.AdamW(params_groups(self.student), lr=settings.lr)
+        self.optimizer = torch.optim.AdamW(parameter_groups([self.student]), lr=settings.lr)
         epochs, steps = settings.epochs, max(steps_per_epoch, 1)
         self.lr_schedule = cosine_schedule(settings.lr, settings.min_lr, epochs, steps,
                                            settings.warmup_epochs)
@@ -474,10 +460,8 @@ class DinoTrainer:
         rank trains on its slice (see :mod:`hcibench.run.distributed`)."""
         settings = self.settings
         views = distributed.local_views(views)
-        for i, group in enumerate(self.optimizer.param_groups):
-            group["lr"] = self._schedule_value(self.lr_schedule, step)
-            if i == 0:
-                group["weight_decay"] = self._schedule_value(self.wd_schedule, step)
+        set_schedule(self.optimizer, self._schedule_value(self.lr_schedule, step),
+                     self._schedule_value(self.wd_schedule, step))
         self.student.train()
         self.teacher.eval()
         if settings.head_batch_norm:
@@ -592,25 +576,14 @@ def train_dino(
     step, first_epoch = 0, 0
     modules = {"student": student, "teacher": teacher, "student_head": student_head,
                "teacher_head": teacher_head}
-    kept = keep_with_checkpoint or {}
-    checkpoint = current_checkpoint()
-    saved = checkpoint.load() if checkpoint is not None else None
+    saved_progress = SavedProgress(modules, trainer.optimizer, generator, keep_with_checkpoint,
+                                   progress.log, description)
+    saved = saved_progress.restore(settings.epochs)
     if saved is not None:
         first_epoch, step = saved["epoch"], saved["step"]
-        for name, module in modules.items():
-            module.load_state_dict(saved["modules"][name])
-        trainer.optimizer.load_state_dict(saved["optimizer"])
         trainer.loss.center.copy_(saved["center"].to(trainer.device))
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["rng"])
-        if torch.cuda.is_available() and saved.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         (epoch_losses, epoch_entropy, epoch_usage, epoch_extra, pair_stats,
-         last_loss) = saved["figures"]
-        for name, keeper in kept.items():
-            keeper.load_state_dict(saved["kept"][name])
-        progress.log(f"{description}: going on from epoch {first_epoch} of {settings.epochs} "
-                     f"(saved progress)")
+         last_loss) = saved["curves"]
     start = time.perf_counter()
     try:
         for epoch in progress.track(range(first_epoch, settings.epochs), description=description):
@@ -657,19 +630,10 @@ def train_dino(
                 for module in (student, student_head, teacher, teacher_head):
                     module.eval()
                 on_epoch(epoch + 1)
-            if checkpoint is not None and checkpoint.due() and epoch + 1 < settings.epochs:
-                checkpoint.save({
-                    "epoch": epoch + 1, "step": step,
-                    "modules": {name: m.state_dict() for name, m in modules.items()},
-                    "optimizer": trainer.optimizer.state_dict(),
-                    "center": trainer.loss.center.detach().cpu(),
-                    "generator": generator.get_state(), "rng": torch.get_rng_state(),
-                    "cuda_rng": (torch.cuda.get_rng_state_all() if torch.cuda.is_available()
-                                 else None),
-                    "figures": (epoch_losses, epoch_entropy, epoch_usage, epoch_extra,
-                                pair_stats, last_loss),
-                    "kept": {name: keeper.state_dict() for name, keeper in kept.items()},
-                })
+            saved_progress.save_if_due(epoch + 1, settings.epochs, {
+                "step": step, "center": trainer.loss.center.detach().cpu(),
+                "curves": (epoch_losses, epoch_entropy, epoch_usage, epoch_extra, pair_stats,
+                           last_loss)})
     finally:
         for module, mode in zip((student, student_head, teacher, teacher_head), was_training):
             module.train(mode)

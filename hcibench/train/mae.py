@@ -18,10 +18,10 @@ from hcibench.data import Domain
 from hcibench.run import distributed
 from hcibench.run.accelerator import autocast, device_of, prefetch, to_device
 from hcibench.run.progress import Progress
-from hcibench.run.stages import current_checkpoint
 from hcibench.train.backbones import timm
-from hcibench.train.classifier import parameter_groups, prepare_images
+from hcibench.train.classifier import prepare_images
 from hcibench.train.dino import cosine_schedule
+from hcibench.train.loop import SavedProgress, parameter_groups, set_schedule
 
 Block = timm.models.vision_transformer.Block
 build_sincos2d_pos_embed = timm.layers.pos_embed_sincos.build_sincos2d_pos_embed
@@ -167,25 +167,16 @@ def train_mae(model: nn.Module, domain: Domain, settings: MaeSettings, input_siz
     step, losses, started, first_epoch = 0, [], time.perf_counter(), 0
     n_patches = model.noise_size(input_size)
     device = device_of(model)
-    kept = keep_with_checkpoint or {}
-    checkpoint = current_checkpoint()
-    saved = checkpoint.load() if checkpoint is not None else None
+    saved_progress = SavedProgress({"model": model}, optimizer, generator, keep_with_checkpoint,
+                                   progress.log, description)
+    saved = saved_progress.restore(settings.epochs)
     if saved is not None:
         first_epoch, step, losses = saved["epoch"], saved["step"], saved["losses"]
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["rng"])
-        for name, keeper in kept.items():
-            keeper.load_state_dict(saved["kept"][name])
-        progress.log(f"{description}: going on from epoch {first_epoch} of {settings.epochs} "
-                     f"(saved progress)")
     for epoch in progress.track(range(first_epoch, settings.epochs), description=description):
         total = 0.0
         for images, _, _ in prefetch(domain.batches(batch_size, shuffle=True,
                                                     generator=generator, drop_last=True), device):
-            for group in optimizer.param_groups:
-                group["lr"] = float(lr[min(step, len(lr) - 1)])
+            set_schedule(optimizer, float(lr[min(step, len(lr) - 1)]))
             x = prepare_images(to_device(images, device), input_size, True, generator)
             noise = torch.rand(len(x), n_patches, generator=generator).to(device)
             # Under torchrun: the global batch is drawn on every rank, each trains on its slice.
@@ -203,11 +194,7 @@ def train_mae(model: nn.Module, domain: Domain, settings: MaeSettings, input_siz
             model.eval()
             on_epoch(len(losses))
             model.train()
-        if checkpoint is not None and checkpoint.due() and epoch + 1 < settings.epochs:
-            checkpoint.save({"epoch": epoch + 1, "step": step, "losses": losses,
-                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "generator": generator.get_state(), "rng": torch.get_rng_state(),
-                             "kept": {name: keeper.state_dict() for name, keeper in kept.items()}})
+        saved_progress.save_if_due(epoch + 1, settings.epochs, {"step": step, "losses": losses})
     model.eval()
     return {"loss": losses[-1] if losses else float("nan"), "epoch_losses": losses,
             "steps": step, "seconds": time.perf_counter() - started}
