@@ -48,6 +48,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "predict_with": ("teacher", "student"), "granularity": ("source", "batch", "plate"),
     "eval_on": ("subset", "full"), "precision": ("auto", "fp32", "bf16"),
     "pair_key": ("batch", "plate"), "center": ("zero", "source"),
+    "select": ("last", "knn"),
 }
 
 # Settings whose default is None and what else they admit.
@@ -202,6 +203,9 @@ def check_shapes(config: dict) -> None:
     if isinstance(size, int) and isinstance(dino.get("global_size"), int) and dino["global_size"] > size:
         raise UsageError(f"bad setting dino.global_size={dino['global_size']}: a crop cannot be "
                          f"larger than input_size={size}")
+    if dino.get("select") == "knn" and (config.get("split") or {}).get("val_plates") == 0:
+        raise UsageError("bad setting dino.select=knn: it chooses step 1's epoch on the source's "
+                         "validation plates, and split.val_plates is 0 (set it to 1 or more)")
     if isinstance(dino.get("local_size"), int) and isinstance(dino.get("global_size"), int) \
             and dino["local_size"] > dino["global_size"]:
         raise UsageError(f"bad setting dino.local_size={dino['local_size']}: local crops must not "

@@ -28,8 +28,8 @@ class DualModel(hcibench.Method):
     def settings_sections(cls, preset: str) -> dict[str, dict]:
         return settings.sections(preset, cls.sections)
 
-    def pretrain(self, train: hcibench.Domain) -> tuple[dict, dict]:
-        return dual.pretrain_fe(self.context, train, self.cross_batch)
+    def pretrain(self, train: hcibench.Domain, val: hcibench.Domain) -> tuple[dict, dict]:
+        return dual.pretrain_fe(self.context, train, self.cross_batch, val)
 
     def adapt(self, part: hcibench.Domain) -> dict:
         return dual.adapt_fe(self.context, part, self.fe_stage, self.fe_key, self.cross_batch,
@@ -47,7 +47,7 @@ class DualModel(hcibench.Method):
     def stages(self, train, val, targets):
         """Step 1, step 2 and, for a method that adapts, step 3 on each target part."""
         fe_name, fe_key = self.pretrain_stage()
-        fe = hcibench.StageSpec(fe_name, fe_key, lambda: self.pretrain(train))
+        fe = hcibench.StageSpec(fe_name, fe_key, lambda: self.pretrain(train, val))
         task = hcibench.StageSpec(*dual.task_stage(self.context, fe_key),
                                   lambda: self.fit(train, val), needs=[fe])
         specs = [fe, task]
@@ -72,7 +72,7 @@ class DualModel(hcibench.Method):
     def fit(self, train: hcibench.Domain, val: hcibench.Domain) -> None:
         self.channels = train.images[0].shape[0]
         self.source = train  # for step-3 settings that measure the source (feature alignment)
-        self.fe_stage, self.fe_key = self.pretrain(train)
+        self.fe_stage, self.fe_key = self.pretrain(train, val)
         task_stage = dual.train_task(self.context, train, val, self.fe_stage, self.fe_key)
         self.task_key = dual.task_key(self.config, self.fe_key)
         device = self.context.device
@@ -85,6 +85,8 @@ class DualModel(hcibench.Method):
         self.info = {"fe_pairs": self.fe_stage["stats"].get("pairs"),
                      "fe_collapsed_from_epoch": self.fe_stage["stats"].get("collapsed_from_epoch"),
                      "task_val_accuracy": task_stage["val_accuracy"]}
+        if "selected_epoch" in self.fe_stage["stats"]:  # dino.select=knn
+            self.info["fe_selected_epoch"] = self.fe_stage["stats"]["selected_epoch"]
 
     def predict(self, target: hcibench.Domain) -> hcibench.Prediction:
         if not self.adapts:

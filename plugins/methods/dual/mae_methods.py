@@ -17,7 +17,7 @@ class DualMAE(DualModel):
     description = "dual model, FE pretrained as a masked autoencoder on the source, no adaptation"
     sections = settings.MAE_SECTIONS
 
-    def pretrain(self, train):
+    def pretrain(self, train, val):
         return dual_mae.pretrain_mae(self.context, train)
 
     def adapt(self, part):

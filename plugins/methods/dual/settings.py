@@ -52,7 +52,7 @@ QUICK = {
         "n_local": 2, "global_size": 24, "local_size": 12, "head_hidden_dim": 256,
         "head_bottleneck_dim": 64, "head_out_dim": 1024, "head_batch_norm": True,
         "warmup_teacher_temp": 0.04, "teacher_temp": 0.04, "warmup_teacher_temp_epochs": 3,
-        "drop_path": 0.1, "pair_key": "batch", "clip_mode": "parameter",
+        "drop_path": 0.1, "pair_key": "batch", "clip_mode": "parameter", "select": "last",
     },
     # Step 2: the task model on the frozen FE.
     "task": {
@@ -75,7 +75,9 @@ QUICK = {
 }
 
 PAPER = {
-    "dino": _dino_defaults(),
+    # The step-1 epoch kept: the best k-NN accuracy on the source's validation plates, as the
+    # CODA authors' code (selection.py); the quick preset keeps the last.
+    "dino": {**_dino_defaults(), "select": "knn"},
     "task": {
         "model": {"model": "deit_small_patch16_224", "img_size": 224},
         "epochs": 50, "batch_size": 128, "lr": 1e-4, "min_lr": 1e-7, "weight_decay": 0.05,

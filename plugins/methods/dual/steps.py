@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from hcibench.data import Domain, TensorImages
+from hcibench.errors import UsageError
 from hcibench.run.accelerator import cpu_state, device_of, precision_key
 from hcibench.run.stages import Context
 from hcibench.train.backbones import backbone_settings, create_backbone, create_vit
@@ -28,6 +29,7 @@ from hcibench.train.dino import DinoSettings, MultiCropWrapper, as_float, defaul
 from hcibench.train.profiles import TaskMLP, dino_views, is_profile
 
 from .adaptation import AdaptationMonitor, AlignedFE, FeatureAlignment, restrict_to_scope, token_moments
+from .selection import KnnSelection
 
 
 class TaskModel(nn.Module):
@@ -111,11 +113,13 @@ def source_center(config, settings, teacher, teacher_head, source: Domain, seed:
 
 
 def _run_dino(config, channels, domain, settings, context, init, description, scope=None,
-              watch=None, align_to: Domain | None = None, center_from: Domain | None = None):
+              watch=None, align_to: Domain | None = None, center_from: Domain | None = None,
+              select_on: Domain | None = None):
     """DINO from ``init`` (or random weights); ``scope`` = (trainable, early_blocks) freezes the
     rest of the student FE; ``watch(fe) -> (logits, tokens)`` turns on the adaptation monitor,
     which follows the FE that predicts (``adapt.predict_with``); ``align_to`` (a source domain)
-    adds the feature-alignment loss weighted by ``adapt.feature_alignment``."""
+    adds the feature-alignment loss weighted by ``adapt.feature_alignment``; ``select_on`` (the
+    source's validation plates) keeps the epoch of the best k-NN accuracy on them."""
     student, teacher, student_head, teacher_head = build_fe_pair(config, channels, settings)
     modules = {"student": student, "teacher": teacher, "student_head": student_head,
                "teacher_head": teacher_head}
@@ -137,6 +141,18 @@ def _run_dino(config, channels, domain, settings, context, init, description, sc
         def on_epoch(epoch: int) -> None:
             monitor.record(epoch, watched)
 
+    selection = None
+    if select_on is not None:
+        selection = KnnSelection(modules, domain, select_on, config["eval_batch_size"],
+                                 config["input_size"])
+        if on_epoch is None:
+            on_epoch = selection.record
+        else:
+            on_epoch = (lambda monitor_epoch: lambda epoch: (monitor_epoch(epoch),
+                                                             selection.record(epoch)))(on_epoch)
+    kept = {"monitor": monitor} if monitor else {}
+    if selection is not None:
+        kept["selection"] = selection
     alignment = None
     if align_to is not None:
         alignment = _alignment(config, settings, student, align_to,
@@ -151,11 +167,14 @@ def _run_dino(config, channels, domain, settings, context, init, description, sc
                            context.progress, generator, loss_state,
                            views=dino_views(config, settings.n_local),
                            description=description, on_epoch=on_epoch, extra_loss=alignment,
-                           keep_with_checkpoint={"monitor": monitor} if monitor else None)
+                           keep_with_checkpoint=kept or None)
     finally:
         if alignment is not None:
             alignment.remove()
     stats.pop("loss_state", None)
+    if selection is not None:
+        selection.keep_best()
+        stats.update(selection.result())
     result = {**_state(modules), "stats": stats}
     if init is not None:
         result["predictor"] = predictor
@@ -169,21 +188,35 @@ def fe_stage(context: Context, cross_batch: bool) -> tuple[str, dict]:
     settings = dino_settings(context.config["dino"], cross_batch=cross_batch,
                              precision=context.precision)
     key = {"backbone": backbone_settings(context.config), "dino": asdict(settings)}
+    select = context.config["dino"].get("select", "last")
+    if select != "last":
+        key["select"] = select
     return ("fe-dino-cb" if cross_batch else "fe-dino"), key
 
 
-def pretrain_fe(context: Context, train: Domain, cross_batch: bool) -> tuple[dict, dict]:
-    """Step 1: the FE trained with DINO (with cross-batch pairs if asked) on the source.
+def pretrain_fe(context: Context, train: Domain, cross_batch: bool,
+                val: Domain | None = None) -> tuple[dict, dict]:
+    """Step 1: the FE trained with DINO (with cross-batch pairs if asked) on the source; with
+    ``dino.select = "knn"``, the epoch whose teacher has the best k-NN accuracy on the source's
+    validation plates ``val`` (see :mod:`.selection`).
 
     Returns the stage result and the stage settings (the key that step 2 and 3 build on)."""
     config = context.config
     settings = dino_settings(config["dino"], cross_batch=cross_batch, precision=context.precision)
     name, key = fe_stage(context, cross_batch)
     channels = train.images[0].shape[0]
+    select_on = None
+    if key.get("select") == "knn":
+        if val is None or not bool((val.labels >= 0).any()):
+            raise UsageError("dino.select=knn chooses step 1's epoch on the source's labelled "
+                             "validation plates: set split.val_plates to 1 or more, or "
+                             "dino.select=last")
+        select_on = val
     result = context.stage(
         name, key,
         lambda: _run_dino(config, channels, train, settings, context, None,
-                          f"step 1 {'DINO+CB' if cross_batch else 'DINO'} {context.source}"))
+                          f"step 1 {'DINO+CB' if cross_batch else 'DINO'} {context.source}",
+                          select_on=select_on))
     return result, key
 
 
