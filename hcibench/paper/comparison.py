@@ -139,12 +139,12 @@ def render_comparison(run_dir, fmt: str = "table", metric: str = "accuracy",
         payload = {"metric": metric, "paper_table": facts["table"], "rows": rows,
                    "claims": [claim.to_json() for claim in facts["claims"]]}
         return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
-    from hcibench.report.statistics import _md_rows, _rich
+    from hcibench.report.formats import markdown_table, rich_table
 
     text = caption(facts, metric)
     if fmt == "markdown":
         lines = [f"**Ours vs the paper.** {text}", ""]
-        lines += _md_rows(COMPARE_HEADER, display_rows(frame), 3)
+        lines += markdown_table(COMPARE_HEADER, display_rows(frame), 3)
         lines += ["", f"**{claims_title(metric)}**", ""]
         lines += [f"- {line}" for line in claims.lines(facts["claims"])]
         return "\n".join(lines) + "\n"
@@ -153,7 +153,7 @@ def render_comparison(run_dir, fmt: str = "table", metric: str = "accuracy",
     from hcibench.report.tables import render_text
 
     verdicts = Text("\n".join([claims_title(metric), *claims.lines(facts["claims"])]))
-    return render_text([Text(text), _rich(COMPARE_HEADER, display_rows(frame), None, 3),
+    return render_text([Text(text), rich_table(COMPARE_HEADER, display_rows(frame), None, 3),
                         verdicts], console)
 
 

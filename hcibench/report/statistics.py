@@ -33,6 +33,7 @@ import pandas as pd
 from scipy import stats
 
 from hcibench.errors import UsageError, unknown_name
+from hcibench.report.formats import json_default, markdown_table, rich_table
 
 ARROW = "→"
 OFF_DIAGONAL = "off-diagonal"
@@ -342,29 +343,6 @@ def improvement_rows(summary: pd.DataFrame) -> list[list[str]]:
     return rows
 
 
-def _rich(header, rows, title, right_from, right_to=None) -> object:
-    """A plain rich table; columns right_from..right_to-1 right-aligned (numbers)."""
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, title=title, title_justify="left")
-    right_to = len(header) if right_to is None else right_to
-    for i, name in enumerate(header):
-        table.add_column(name, justify="right" if right_from <= i < right_to else "left")
-    for row in rows:
-        table.add_row(*(Text(cell) for cell in row))
-    return table
-
-
-def _md_rows(header, rows, right_from, right_to=None) -> list[str]:
-    right_to = len(header) if right_to is None else right_to
-    align = ["---:" if right_from <= i < right_to else "---" for i in range(len(header))]
-    esc = [[cell.replace("|", "\\|") for cell in row] for row in [header, *rows]]
-    lines = ["| " + " | ".join(esc[0]) + " |", "| " + " | ".join(align) + " |"]
-    return lines + ["| " + " | ".join(row) + " |" for row in esc[1:]]
-
-
 def stats_caption(metric: str, baseline: str, seeds: str) -> str:
     return (
         f"{metric}: each method against the baseline '{baseline}'. Within a cell: paired "
@@ -426,7 +404,7 @@ def render_stats(run_dir, fmt: str = "table", metric: str = "accuracy",
                                       **{k: _json_number(v) for k, v in row.items()}}
                                      for row in totals.to_dict(orient="records")],
         }
-        return json.dumps(payload, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+        return json.dumps(payload, indent=2, ensure_ascii=False, default=json_default) + "\n"
     ns = summary["n"]
     seeds = f"n = {int(ns.min())}" if ns.min() == ns.max() else f"n = {int(ns.min())}–{int(ns.max())}"
     caption = stats_caption(metric, baseline, seeds).replace(
@@ -435,26 +413,18 @@ def render_stats(run_dir, fmt: str = "table", metric: str = "accuracy",
                          f"mean ± sample std over cells (%)")
     if fmt == "markdown":
         lines = [f"**Paired comparisons.** {caption}", ""]
-        lines += _md_rows(COMPARISON_HEADER, comparison_rows(comparisons), 3, 9)
+        lines += markdown_table(COMPARISON_HEADER, comparison_rows(comparisons), 3, 9)
         lines += ["", f"**{improvement_title}.**", ""]
-        lines += _md_rows(IMPROVEMENT_HEADER, improvement_rows(totals), 1)
+        lines += markdown_table(IMPROVEMENT_HEADER, improvement_rows(totals), 1)
         return "\n".join(lines) + "\n"
     from rich.text import Text
 
     from hcibench.report.tables import render_text
 
     return render_text([
-        Text(caption), _rich(COMPARISON_HEADER, comparison_rows(comparisons), None, 3, 9),
-        Text(""), _rich(IMPROVEMENT_HEADER, improvement_rows(totals), improvement_title, 1),
+        Text(caption), rich_table(COMPARISON_HEADER, comparison_rows(comparisons), None, 3, 9),
+        Text(""), rich_table(IMPROVEMENT_HEADER, improvement_rows(totals), improvement_title, 1),
     ], console)
-
-
-def _json_default(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def comparisons_csv(comparisons: pd.DataFrame) -> str:

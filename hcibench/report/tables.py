@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from hcibench.errors import UsageError, unknown_name
+from hcibench.report.formats import markdown_cell, markdown_table
 from hcibench.run.sweep import read_sweep
 
 FORMATS = ("table", "markdown", "latex", "csv", "json")
@@ -454,19 +455,6 @@ def render_text(renderables, console=None) -> str:
     return capture.get()
 
 
-def _md(text: str) -> str:
-    """Escape the one character that breaks a markdown table cell."""
-    return text.replace("|", "\\|")
-
-
-def _md_table(header: list[str], rows: list[list[str]], right_from: int) -> list[str]:
-    """A pipe table; numeric columns (index >= right_from) right-aligned."""
-    align = ["---" if i < right_from else "---:" for i in range(len(header))]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
 def _render_markdown(layout: _Layout) -> str:
     """GitHub-flavoured markdown: caption line, Table-2 grid, then the per-method summary."""
     rows = []
@@ -476,12 +464,12 @@ def _render_markdown(layout: _Layout) -> str:
                 f"**{text}**" if diag and text != MISSING else text
                 for text, diag in layout.row(source, method)
             ]
-            rows.append([_md(source) if i == 0 else "", _md(method), *cells])
-    lines = [f"**Table.** {_md(layout.caption)} In-domain cells (source = target) in bold.", ""]
-    lines += _md_table(["Source", "Method", *map(_md, layout.targets)], rows, right_from=2)
+            rows.append([markdown_cell(source) if i == 0 else "", markdown_cell(method), *cells])
+    lines = [f"**Table.** {markdown_cell(layout.caption)} In-domain cells (source = target) in bold.", ""]
+    lines += markdown_table(["Source", "Method", *layout.targets], rows, right_from=2)
     lines += ["", f"**{SUMMARY_TITLE}.**", ""]
-    summary = [[_md(m), off, diag] for m, off, diag in layout.summary_rows()]
-    lines += _md_table(list(SUMMARY_HEADER), summary, right_from=1)
+    summary = [[markdown_cell(m), off, diag] for m, off, diag in layout.summary_rows()]
+    lines += markdown_table(list(SUMMARY_HEADER), summary, right_from=1)
     return "\n".join(lines) + "\n"
 
 

@@ -17,8 +17,9 @@ import click
 import numpy as np
 import pandas as pd
 
+from hcibench.report.formats import markdown_table
 from hcibench.report.statistics import wilcoxon
-from hcibench.report.tables import _load, _md_table, load_records
+from hcibench.report.tables import _load, load_records
 
 
 def _rows(label: str, folder: str) -> pd.DataFrame:
@@ -114,7 +115,7 @@ def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
     frame = frame.reset_index() if index else frame
     rows = [["" if isinstance(v, float) and np.isnan(v) else str(v) for v in row]
             for row in frame.itertuples(index=False)]
-    return "\n".join(_md_table([str(c) for c in frame.columns], rows, 1))
+    return "\n".join(markdown_table([str(c) for c in frame.columns], rows, 1))
 
 
 @click.command()
