@@ -16,6 +16,9 @@ from test_dino import domain, models, tiny_settings
 from hcibench.run import distributed
 from hcibench.train.dino import train_dino
 
+# Starts processes (workers, clusters, ranks): `pytest -m 'not slow'` leaves them out.
+pytestmark = pytest.mark.slow
+
 # Batch-norm off and no drop-path: both draw from per-process state (batch statistics of a
 # slice, the global RNG) and would differ from one process by design.
 SETTINGS = dict(epochs=2, batch_size=8, drop_path=0.0, head_batch_norm=False)

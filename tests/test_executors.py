@@ -11,6 +11,9 @@ import pytest
 from conftest import run_cli, tiny_args
 from test_dual import TINY_DUAL
 
+# Starts processes (workers, clusters, ranks): `pytest -m 'not slow'` leaves them out.
+pytestmark = pytest.mark.slow
+
 SETTINGS = tiny_args(*TINY_DUAL, "threads=1", supervised=False)
 # Two groups (dual-dino and oda) sharing their first two stages.
 GRID = ["--methods", "dual-dino,oda", "--sources", "S3", "--targets", "S3,S5", "--seeds", "0",
