@@ -46,3 +46,25 @@ for i in 1 2; do
     --cache runs/adapt/base-culture1/stages --out runs/adapt/center-culture1 &
 done
 wait
+# Round 3 (one process per line, one thread; culture on; default-culture1 is the control).
+# The research code's global gradient clipping (norm 1.0 over all gradients) in step 3.
+$H run --methods oda,coda $GRID --set dataset.culture=1 --set adapt.clip_mode=global \
+  --cache runs/adapt/base-culture1/stages --out runs/adapt/clip-culture1
+# Predicting with the adapted student instead of the adapted teacher.
+$H run --methods oda,coda $GRID --set dataset.culture=1 --set adapt.predict_with=student \
+  --cache runs/adapt/base-culture1/stages --out runs/adapt/student-culture1
+# The unseen targets S7, S10: the shipped step 3 and feature alignment (weight 1, as in round 2).
+HELD="--sources S3 --targets S7,S10 --seeds 0,1,2 --set threads=1 --set dataset.culture=1"
+$H run --methods oda,coda $HELD --cache runs/adapt/base-culture1/stages \
+  --out runs/adapt/heldout-default-culture1
+$H run --methods oda,coda $HELD --set adapt.feature_alignment=1 \
+  --cache runs/adapt/base-culture1/stages --out runs/adapt/heldout-falign1-culture1
+# Budget: four times the epochs at the paper's step-3 rate (ODA).
+$H run --methods oda $GRID --set dataset.culture=1 --set adapt.lr=1e-4 --set adapt.epochs=20 \
+  --cache runs/adapt/base-culture1/stages --out runs/adapt/budget-lr1e-4-ep20-culture1
+# Step 1's epoch chosen by k-NN accuracy on the source's validation plate (dino.select=knn).
+$H run --methods dual-dino,dual-cb,oda,coda $GRID --set dataset.culture=1 --set dino.select=knn \
+  --cache runs/adapt/base-culture1/stages --out runs/adapt/knn-culture1
+# The whole CODA grid of benchmarks/grids/coda.toml (4 sources x 4 targets x 3 seeds).
+$H run --grid benchmarks/grids/coda.toml --set threads=1 \
+  --cache runs/adapt/base-culture1/stages --out runs/adapt/coda-grid
