@@ -68,3 +68,7 @@ $H run --methods dual-dino,dual-cb,oda,coda $GRID --set dataset.culture=1 --set 
 # The whole CODA grid of benchmarks/grids/coda.toml (4 sources x 4 targets x 3 seeds).
 $H run --grid benchmarks/grids/coda.toml --set threads=1 \
   --cache runs/adapt/base-culture1/stages --out runs/adapt/coda-grid
+# Step 1 with sharper teacher targets (temperature 0.02 instead of 0.04).
+$H run --methods dual-dino,dual-cb,oda,coda $GRID --set dataset.culture=1 \
+  --set dino.teacher_temp=0.02 --set dino.warmup_teacher_temp=0.02 \
+  --cache runs/adapt/base-culture1/stages --out runs/adapt/temp002-culture1

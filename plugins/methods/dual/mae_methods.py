@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 import hcibench
 
 from . import mae_steps as dual_mae
 from . import settings
 from .dino_methods import DualModel
+from .settings import from_section
 from .ttt import TTTSettings, ttt_predict
 
 
@@ -48,8 +49,7 @@ class TTT(DualMAE):
         return settings if preset == "paper" else {**settings, "steps": 3, "copies": 8}
 
     def predict(self, target: hcibench.Domain) -> hcibench.Prediction:
-        names = {f.name for f in fields(TTTSettings)}
-        settings = TTTSettings(**{k: v for k, v in self.config[self.name].items() if k in names})
+        settings = from_section(TTTSettings, self.config[self.name])
         model = dual_mae.build_mae(self.config, self.channels,
                                    dual_mae.mae_settings(self.config["mae"]), self.fe_stage)
         model.to(self.context.device)

@@ -5,7 +5,7 @@ is masked-feature reconstruction (``hcibench.train.profiles.ProfileMAE``)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 import torch
 
@@ -17,13 +17,13 @@ from hcibench.train.mae import MaeSettings, MaskedAutoencoder, build_decoder, tr
 from hcibench.train.profiles import ProfileDecoder, ProfileMAE, is_profile
 
 from .adaptation import AdaptationMonitor
+from .settings import from_section
 from .steps import predict_with_embeddings
 
 
 def mae_settings(section: dict, **changes) -> MaeSettings:
-    names = {f.name for f in fields(MaeSettings)}
-    changes = {k: v for k, v in changes.items() if v is not None}  # None: keep the section's
-    return MaeSettings(**{k: v for k, v in {**section, **changes}.items() if k in names})
+    """MaeSettings from a config section (see :func:`.settings.from_section`)."""
+    return from_section(MaeSettings, section, **changes)
 
 
 def build_mae(config: dict, channels: int, settings: MaeSettings,

@@ -9,7 +9,7 @@ only, so other methods' work in the same run folder stays valid.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 from hcibench.run import presets
 from hcibench.train.dino import DinoSettings
@@ -105,3 +105,12 @@ def config(preset: str = "quick", overrides: list[str] = ()) -> dict:
     """A preset with every section of the family, and ``section.key=value`` overrides: the
     configuration a dual-family method sees (for scripts and tests that build models directly)."""
     return presets.build(preset, overrides, sections=sections(preset))
+
+
+def from_section(cls, section: dict, **changes):
+    """A settings dataclass ``cls`` from a config section: keys that are not fields of ``cls``
+    are ignored, and ``changes`` whose value is None keep the section's value (``adapt``'s
+    "inherit from step 1")."""
+    names = {f.name for f in fields(cls)}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return cls(**{k: v for k, v in {**section, **changes}.items() if k in names})

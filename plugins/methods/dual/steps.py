@@ -14,7 +14,7 @@ an MLP on its output and the DINO views are feature noise and dropout (``hcibenc
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 import torch
 from torch import nn
@@ -30,6 +30,7 @@ from hcibench.train.profiles import TaskMLP, dino_views, is_profile
 
 from .adaptation import AdaptationMonitor, AlignedFE, FeatureAlignment, restrict_to_scope, token_moments
 from .selection import KnnSelection
+from .settings import from_section
 
 
 class TaskModel(nn.Module):
@@ -63,10 +64,7 @@ def create_task(config: dict, token_dim: int, num_classes: int) -> nn.Module:
 def dino_settings(section: dict, **changes) -> DinoSettings:
     """DinoSettings from a config section, ignoring keys that are not DINO settings (pass the
     run's resolved ``precision`` as a change: the section has none)."""
-    names = {f.name for f in fields(DinoSettings)}
-    changes = {k: v for k, v in changes.items() if v is not None}  # None: keep the section's
-    values = {k: v for k, v in {**section, **changes}.items() if k in names}
-    return DinoSettings(**values)
+    return from_section(DinoSettings, section, **changes)
 
 
 def build_fe_pair(config: dict, channels: int, settings: DinoSettings):
