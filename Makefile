@@ -30,6 +30,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check hcibench plugins tests benchmarks results
+	$(BIN)/ruff format --check hcibench plugins tests benchmarks results
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks --benchmark-only -s

@@ -43,8 +43,9 @@ def noisy_held_out(split, strength: float, seed: int) -> hcibench.Domain:
         images = (images + strength * noise).clamp(0, 1)
     meta = pd.concat([part.meta for part in held], ignore_index=True)
     # The name keys the adaptation stage, so each strength adapts its own feature extractor.
-    return hcibench.Domain(f"{SOURCE}-held-out-noise{strength:g}", meta,
-                           hcibench.TensorImages(images), split.test.classes)
+    return hcibench.Domain(
+        f"{SOURCE}-held-out-noise{strength:g}", meta, hcibench.TensorImages(images), split.test.classes
+    )
 
 
 def prepare(seeds: list[int], overrides: list[str], stages: str) -> runner.Run:
@@ -55,13 +56,27 @@ def prepare(seeds: list[int], overrides: list[str], stages: str) -> runner.Run:
 
 
 @click.command()
-@click.option("--noise", default="0,0.12", show_default=True,
-              help="Comma-separated noise strengths (std of the added noise, images in [0, 1]).")
+@click.option(
+    "--noise",
+    default="0,0.12",
+    show_default=True,
+    help="Comma-separated noise strengths (std of the added noise, images in [0, 1]).",
+)
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override a quick-preset setting, e.g. adapt.epochs=30 (repeatable).")
-@click.option("--stages", default="runs/adaptation-control", show_default=True,
-              type=click.Path(file_okay=False), help="Run folder whose stage cache is used.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a quick-preset setting, e.g. adapt.epochs=30 (repeatable).",
+)
+@click.option(
+    "--stages",
+    default="runs/adaptation-control",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Run folder whose stage cache is used.",
+)
 def main(noise, seeds, overrides, stages):
     strengths = _numbers(noise, float, "--noise", "0,0.12")
     seed_list = _numbers(seeds, int, "--seeds", "0,1,2")
@@ -75,8 +90,7 @@ def main(noise, seeds, overrides, stages):
     split = runner.DomainCache(run).split(SOURCE)
     scores: dict[tuple[str, float], list[float]] = {}
     for seed in seed_list:
-        context = Context(run.config, seed=seed, source=SOURCE, dataset=identity,
-                          stages=StageCache(run.out))
+        context = Context(run.config, seed=seed, source=SOURCE, dataset=identity, stages=StageCache(run.out))
         targets = {strength: noisy_held_out(split, strength, seed) for strength in strengths}
         for name in METHODS:
             started = time.time()
@@ -88,26 +102,32 @@ def main(noise, seeds, overrides, stages):
                 logits = method.predict(target).logits
                 accuracy = (logits.argmax(1) == target.labels).float().mean().item()
                 scores.setdefault((name, strength), []).append(100 * accuracy)
-            click.echo(f"seed {seed} {name}: " + ", ".join(
-                f"noise {s:g} {scores[(name, s)][-1]:.1f}" for s in strengths)
-                + f" ({time.time() - started:.0f} s)", err=True)
+            click.echo(
+                f"seed {seed} {name}: "
+                + ", ".join(f"noise {s:g} {scores[(name, s)][-1]:.1f}" for s in strengths)
+                + f" ({time.time() - started:.0f} s)",
+                err=True,
+            )
     header = ["Method", *(f"noise {s:g}" for s in strengths)]
     click.echo(f"| {' | '.join(header)} |")
     click.echo(f"| {' | '.join(['---'] + ['---:'] * len(strengths))} |")
     for name in METHODS:
         cells = [f"{sum(v) / len(v):.1f}" for v in (scores[(name, s)] for s in strengths)]
         click.echo(f"| {name} | {' | '.join(cells)} |")
-    click.echo(f"\nAccuracy (%) on {SOURCE}'s held-out plates, mean over seeds "
-               f"{', '.join(map(str, seed_list))}; settings changed: "
-               f"{', '.join(overrides) or 'none'}.")
+    click.echo(
+        f"\nAccuracy (%) on {SOURCE}'s held-out plates, mean over seeds "
+        f"{', '.join(map(str, seed_list))}; settings changed: "
+        f"{', '.join(overrides) or 'none'}."
+    )
 
 
 def _numbers(text: str, kind: type, option: str, example: str) -> list:
     try:
         return [kind(part) for part in text.split(",")]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers such as {example}, "
-                                 f"got '{text}'", param_hint=option) from None
+        raise click.BadParameter(
+            f"expected comma-separated numbers such as {example}, got '{text}'", param_hint=option
+        ) from None
 
 
 if __name__ == "__main__":

@@ -50,8 +50,7 @@ def build(precision: str):
     settings = dual.dino_settings(config["dino"], batch_size=BATCH, precision=precision)
     torch.manual_seed(0)
     student, teacher, student_head, teacher_head = dual.build_fe_pair(config, 3, settings)
-    trainer = DinoTrainer(student, teacher, student_head, teacher_head, settings,
-                          steps_per_epoch=1000)
+    trainer = DinoTrainer(student, teacher, student_head, teacher_head, settings, steps_per_epoch=1000)
     size = config["input_size"]
     images = torch.rand(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
     return settings, trainer, images
@@ -82,8 +81,7 @@ if os.environ.get("HCIBENCH_BENCH_BF16"):
     CASES.append(("bf16", None))
 
 
-@pytest.mark.parametrize(("precision", "threads"), CASES,
-                         ids=[f"{p}-{t or 'all'}threads" for p, t in CASES])
+@pytest.mark.parametrize(("precision", "threads"), CASES, ids=[f"{p}-{t or 'all'}threads" for p, t in CASES])
 def test_dino_step(benchmark, capsys, precision, threads):
     saved_threads = torch.get_num_threads()
     if threads:
@@ -94,8 +92,9 @@ def test_dino_step(benchmark, capsys, precision, threads):
         counter = itertools.count()
 
         def make_views():
-            return augment.multi_crop(images, settings.global_size, settings.local_size,
-                                      settings.n_local, generator)
+            return augment.multi_crop(
+                images, settings.global_size, settings.local_size, settings.n_local, generator
+            )
 
         def step():
             return trainer.step(make_views(), epoch=1, step=next(counter))

@@ -58,10 +58,17 @@ def write_dataset(root, count: int, kind: str) -> None:
         (root / relative).write_bytes(payloads[i % DISTINCT])
         paths.append(relative)
     plates = [f"P{i % 8}" for i in range(count)]
-    pd.DataFrame({"path": paths, "source": "A", "batch": [f"B{int(p[1:]) % 2}" for p in plates],
-                  "plate": plates, "well": "A01",
-                  "compound": np.where(np.arange(count) % 4 == 0, "DMSO", "c1"),
-                  "label": "x"}).to_csv(root / "index.csv", index=False)
+    pd.DataFrame(
+        {
+            "path": paths,
+            "source": "A",
+            "batch": [f"B{int(p[1:]) % 2}" for p in plates],
+            "plate": plates,
+            "well": "A01",
+            "compound": np.where(np.arange(count) % 4 == 0, "DMSO", "c1"),
+            "label": "x",
+        }
+    ).to_csv(root / "index.csv", index=False)
 
 
 def dataset(root, kind: str, workers: int, preprocess: bool) -> FolderDataset:
@@ -96,11 +103,14 @@ def test_read_throughput(benchmark, small, workers, preprocess):
     seen = benchmark.pedantic(iterate, args=(domain,), rounds=3, warmup_rounds=0)
     rate = seen / benchmark.stats.stats.median
     threads = domain.images.workers
-    benchmark.extra_info.update({"images_per_s": rate, "format": kind, "threads": threads,
-                                 "preprocess": preprocess})
-    print(f"\n{kind} {SIZE}×{SIZE}×{CHANNELS} ({'16-bit TIFF' if kind == 'tiff' else '8-bit PNG strip'}"
-          f", {'clip + per-plate DMSO normalisation' if preprocess else 'decode only'}, "
-          f"{threads} thread(s)): {rate:.0f} images/s")
+    benchmark.extra_info.update(
+        {"images_per_s": rate, "format": kind, "threads": threads, "preprocess": preprocess}
+    )
+    print(
+        f"\n{kind} {SIZE}×{SIZE}×{CHANNELS} ({'16-bit TIFF' if kind == 'tiff' else '8-bit PNG strip'}"
+        f", {'clip + per-plate DMSO normalisation' if preprocess else 'decode only'}, "
+        f"{threads} thread(s)): {rate:.0f} images/s"
+    )
 
 
 class PeakRss:
@@ -156,13 +166,22 @@ def test_memory_while_iterating_20k_images(benchmark, tmp_path):
     assert seen == MEMORY_IMAGES
     peak = max(peaks)
     ratio = peak / as_tensors
-    benchmark.extra_info.update({"images": seen, "dataset_mib": as_tensors / 2**20,
-                                 "on_disk_mib": on_disk / 2**20, "peak_rss_mib": peak / 2**20,
-                                 "process_peak_rss_mib": max(absolute) / 2**20,
-                                 "peak_over_dataset": ratio, "images_per_s": seen / seconds})
-    print(f"\niterating {seen} TIFFs ({as_tensors / 2**20:.0f} MiB as float32 tensors, "
-          f"{on_disk / 2**20:.0f} MiB on disk) in batches of {BATCH}: peak RSS +"
-          f"{peak / 2**20:.1f} MiB above the start = {ratio:.4f} of the dataset (the whole "
-          f"process, Python and torch included: {max(absolute) / 2**20:.0f} MiB); "
-          f"{seen / seconds:.0f} images/s")
+    benchmark.extra_info.update(
+        {
+            "images": seen,
+            "dataset_mib": as_tensors / 2**20,
+            "on_disk_mib": on_disk / 2**20,
+            "peak_rss_mib": peak / 2**20,
+            "process_peak_rss_mib": max(absolute) / 2**20,
+            "peak_over_dataset": ratio,
+            "images_per_s": seen / seconds,
+        }
+    )
+    print(
+        f"\niterating {seen} TIFFs ({as_tensors / 2**20:.0f} MiB as float32 tensors, "
+        f"{on_disk / 2**20:.0f} MiB on disk) in batches of {BATCH}: peak RSS +"
+        f"{peak / 2**20:.1f} MiB above the start = {ratio:.4f} of the dataset (the whole "
+        f"process, Python and torch included: {max(absolute) / 2**20:.0f} MiB); "
+        f"{seen / seconds:.0f} images/s"
+    )
     assert ratio < 0.1

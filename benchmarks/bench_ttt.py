@@ -43,21 +43,30 @@ def test_ttt_batched_vs_sequential(benchmark):
     ttt_sequential(mae, task, images[:SEQUENTIAL_IMAGES], settings, size)
     sequential_rate = SEQUENTIAL_IMAGES / (time.perf_counter() - started)
 
-    benchmark.pedantic(ttt_batched, args=(mae, task, images, settings, size), rounds=2,
-                       warmup_rounds=0)
+    benchmark.pedantic(ttt_batched, args=(mae, task, images, settings, size), rounds=2, warmup_rounds=0)
     batched_rate = settings.chunk / benchmark.stats.stats.median
 
     sequential_mib, method = peak_memory(
-        lambda: ttt_sequential(mae, task, images[:SEQUENTIAL_IMAGES], settings, size))
+        lambda: ttt_sequential(mae, task, images[:SEQUENTIAL_IMAGES], settings, size)
+    )
     batched_mib, _ = peak_memory(lambda: ttt_batched(mae, task, images, settings, size))
     ratio = batched_rate / sequential_rate
-    benchmark.extra_info.update({
-        "batched_images_per_s": batched_rate, "sequential_images_per_s": sequential_rate,
-        "speedup": ratio, "batched_peak_mib": batched_mib, "sequential_peak_mib": sequential_mib,
-        "memory_method": method, "steps": settings.steps, "copies": settings.copies,
-        "chunk": settings.chunk,
-    })
-    print(f"\nTTT ({settings.steps} steps × {settings.copies} copies, quick ViT): batched "
-          f"{batched_rate:.2f} img/s (chunk {settings.chunk}), one-at-a-time "
-          f"{sequential_rate:.2f} img/s -> speed-up {ratio:.1f}x; peak memory batched "
-          f"{batched_mib:.0f} MiB, one-at-a-time {sequential_mib:.0f} MiB ({method})")
+    benchmark.extra_info.update(
+        {
+            "batched_images_per_s": batched_rate,
+            "sequential_images_per_s": sequential_rate,
+            "speedup": ratio,
+            "batched_peak_mib": batched_mib,
+            "sequential_peak_mib": sequential_mib,
+            "memory_method": method,
+            "steps": settings.steps,
+            "copies": settings.copies,
+            "chunk": settings.chunk,
+        }
+    )
+    print(
+        f"\nTTT ({settings.steps} steps × {settings.copies} copies, quick ViT): batched "
+        f"{batched_rate:.2f} img/s (chunk {settings.chunk}), one-at-a-time "
+        f"{sequential_rate:.2f} img/s -> speed-up {ratio:.1f}x; peak memory batched "
+        f"{batched_mib:.0f} MiB, one-at-a-time {sequential_mib:.0f} MiB ({method})"
+    )

@@ -34,8 +34,12 @@ def cpu_model() -> str:
 
 def grid_seconds(out: Path, *options: str) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "hcibench.cli", "run", "--grid", str(GRID),
-                    "--out", str(out), *options], check=True, capture_output=True, timeout=3600)
+    subprocess.run(
+        [sys.executable, "-m", "hcibench.cli", "run", "--grid", str(GRID), "--out", str(out), *options],
+        check=True,
+        capture_output=True,
+        timeout=3600,
+    )
     return time.perf_counter() - started
 
 
@@ -45,8 +49,14 @@ def test_workers_times_threads(benchmark, tmp_path):
     splits = {
         f"1 process × {cores} threads": ("--set", f"threads={cores}"),
         "1 process × 1 thread": ("--set", "threads=1"),
-        f"{cores} Dask workers × 1 thread": ("--executor", "dask", "--workers", str(cores),
-                                             "--set", "threads=1"),
+        f"{cores} Dask workers × 1 thread": (
+            "--executor",
+            "dask",
+            "--workers",
+            str(cores),
+            "--set",
+            "threads=1",
+        ),
     }
     seconds = {}
 
@@ -59,6 +69,11 @@ def test_workers_times_threads(benchmark, tmp_path):
     print(f"\nquick grid on {cpu_model()} ({cores} cores, load {os.getloadavg()[0]:.1f}):")
     for name, value in seconds.items():
         print(f"  {name:<28} {value:7.1f} s   {base / value:4.2f}× the first")
-    benchmark.extra_info.update({"cpu": cpu_model(), "cores": cores,
-                                 "seconds": seconds,
-                                 "speedup": {k: base / v for k, v in seconds.items()}})
+    benchmark.extra_info.update(
+        {
+            "cpu": cpu_model(),
+            "cores": cores,
+            "seconds": seconds,
+            "speedup": {k: base / v for k, v in seconds.items()},
+        }
+    )

@@ -64,8 +64,9 @@ def dino_step(precision: str, batch: int, peak_tflops: float) -> dict:
     step = iter(range(10**6))
 
     def run():
-        views = augment.multi_crop(images, settings.global_size, settings.local_size,
-                                   settings.n_local, generator)
+        views = augment.multi_crop(
+            images, settings.global_size, settings.local_size, settings.n_local, generator
+        )
         trainer.step(views, epoch=1, step=next(step))
 
     with FlopCounterMode(display=False) as counter:
@@ -73,10 +74,16 @@ def dino_step(precision: str, batch: int, peak_tflops: float) -> dict:
     flops = counter.get_total_flops()
     seconds = cuda_seconds(run, repeats=10)
     achieved = flops / seconds / 1e12
-    return {"precision": precision, "batch": batch, "images_per_s": batch / seconds,
-            "step_seconds": seconds, "step_tflop": flops / 1e12, "tflop_per_s": achieved,
-            "fraction_of_bf16_peak": achieved / peak_tflops,
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {
+        "precision": precision,
+        "batch": batch,
+        "images_per_s": batch / seconds,
+        "step_seconds": seconds,
+        "step_tflop": flops / 1e12,
+        "tflop_per_s": achieved,
+        "fraction_of_bf16_peak": achieved / peak_tflops,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
 
 
 def ttt(chunk: int = 32, sequential_images: int = 8) -> dict:
@@ -91,14 +98,19 @@ def ttt(chunk: int = 32, sequential_images: int = 8) -> dict:
     ttt_settings = TTTSettings(steps=5, copies=16, chunk=chunk)
     size = quick["input_size"]
     images = torch.rand(chunk, 3, size, size, device="cuda")
-    sequential = cuda_seconds(lambda: ttt_sequential(mae, task, images[:sequential_images],
-                                                     ttt_settings, size), repeats=3, warmup=1)
-    batched = cuda_seconds(lambda: ttt_batched(mae, task, images, ttt_settings, size),
-                           repeats=3, warmup=1)
+    sequential = cuda_seconds(
+        lambda: ttt_sequential(mae, task, images[:sequential_images], ttt_settings, size), repeats=3, warmup=1
+    )
+    batched = cuda_seconds(lambda: ttt_batched(mae, task, images, ttt_settings, size), repeats=3, warmup=1)
     sequential_rate, batched_rate = sequential_images / sequential, chunk / batched
-    return {"steps": ttt_settings.steps, "copies": ttt_settings.copies, "chunk": chunk,
-            "sequential_images_per_s": sequential_rate, "batched_images_per_s": batched_rate,
-            "speedup": batched_rate / sequential_rate}
+    return {
+        "steps": ttt_settings.steps,
+        "copies": ttt_settings.copies,
+        "chunk": chunk,
+        "sequential_images_per_s": sequential_rate,
+        "batched_images_per_s": batched_rate,
+        "speedup": batched_rate / sequential_rate,
+    }
 
 
 def main() -> None:
@@ -116,15 +128,21 @@ def main() -> None:
     for precision in ("bf16", "fp32"):
         row = dino_step(precision, args.batch, peak)
         figures["dino"].append(row)
-        print(f"DINO step, paper preset, {precision}, batch {args.batch}: "
-              f"{row['images_per_s']:.0f} img/s, {row['tflop_per_s']:.1f} TFLOP/s = "
-              f"{row['fraction_of_bf16_peak']:.1%} of the bf16 peak, "
-              f"{row['peak_memory_gib']:.1f} GiB", flush=True)
+        print(
+            f"DINO step, paper preset, {precision}, batch {args.batch}: "
+            f"{row['images_per_s']:.0f} img/s, {row['tflop_per_s']:.1f} TFLOP/s = "
+            f"{row['fraction_of_bf16_peak']:.1%} of the bf16 peak, "
+            f"{row['peak_memory_gib']:.1f} GiB",
+            flush=True,
+        )
     started = time.perf_counter()
     figures["ttt"] = row = ttt()
-    print(f"TTT quick ViT (5 steps × 16 copies): batched {row['batched_images_per_s']:.1f} img/s, "
-          f"one at a time {row['sequential_images_per_s']:.1f} img/s: "
-          f"{row['speedup']:.1f}× ({time.perf_counter() - started:.0f} s)", flush=True)
+    print(
+        f"TTT quick ViT (5 steps × 16 copies): batched {row['batched_images_per_s']:.1f} img/s, "
+        f"one at a time {row['sequential_images_per_s']:.1f} img/s: "
+        f"{row['speedup']:.1f}× ({time.perf_counter() - started:.0f} s)",
+        flush=True,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(figures, indent=2))
 

@@ -21,6 +21,16 @@ except KeyboardInterrupt:
     raise SystemExit(130) from None
 
 __all__ = [
-    "META_COLUMNS", "UNLABELLED", "Context", "Dataset", "Domain", "Evaluator", "Method",
-    "Prediction", "StageSpec", "TensorImages", "UsageError", "hookimpl",
+    "META_COLUMNS",
+    "UNLABELLED",
+    "Context",
+    "Dataset",
+    "Domain",
+    "Evaluator",
+    "Method",
+    "Prediction",
+    "StageSpec",
+    "TensorImages",
+    "UsageError",
+    "hookimpl",
 ]

@@ -81,15 +81,17 @@ def block_features(fe, images, tokens: str = "cls", batch_size: int = 64) -> lis
     outputs: list[list] = [[] for _ in blocks]
     handles = []
     for i, block in enumerate(blocks):
+
         def hook(_module, _inputs, output, i=i):
             token = tokens == "cls" and output.dim() == 3
             outputs[i].append((output[:, 0] if token else output).detach().cpu())
+
         handles.append(block.register_forward_hook(hook))
     try:
         fe.eval()
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
-                fe.forward_features(images[start:start + batch_size])
+                fe.forward_features(images[start : start + batch_size])
     finally:
         for handle in handles:
             handle.remove()
@@ -184,14 +186,17 @@ def load_stage_fe(run: Path, stage: str | None, config: dict):
     first = "body.0.weight" if is_profile(config) else "patch_embed.proj.weight"
     if not isinstance(state, dict) or first not in state:
         keys = ", ".join(k for k, v in result.items() if isinstance(v, dict)) or "none"
-        raise UsageError(f"stage {path.stem} holds no feature extractor (its state dicts: "
-                         f"{keys}); choose a fe-* or adapt* stage")
+        raise UsageError(
+            f"stage {path.stem} holds no feature extractor (its state dicts: "
+            f"{keys}); choose a fe-* or adapt* stage"
+        )
     fe = create_backbone(config, int(state[first].shape[1]))
     try:
         fe.load_state_dict(state)
     except RuntimeError as error:
-        raise UsageError(f"stage {path.stem} does not fit the run's feature extractor: "
-                         f"{str(error).splitlines()[0]}") from None
+        raise UsageError(
+            f"stage {path.stem} does not fit the run's feature extractor: {str(error).splitlines()[0]}"
+        ) from None
     return fe.eval().requires_grad_(False)
 
 
@@ -251,8 +256,15 @@ def cka_figure(matrix: np.ndarray, label_a: str, label_b: str, title: str):
         for i in range(rows):
             for j in range(cols):
                 value = matrix[i, j]
-                axes.text(j, i, "–" if np.isnan(value) else f"{value:.2f}", ha="center",
-                          va="center", fontsize=7, color="white" if value < 0.6 else "black")
+                axes.text(
+                    j,
+                    i,
+                    "–" if np.isnan(value) else f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value < 0.6 else "black",
+                )
     axes.set_xticks(range(cols), [str(j + 1) for j in range(cols)])
     axes.set_yticks(range(rows), [str(i + 1) for i in range(rows)])
     axes.set_xlabel(f"block of {label_b}")
@@ -276,8 +288,15 @@ def embedding_figure(coords: np.ndarray, meta, method: str, title: str):
         palette = colormaps["tab20" if len(groups) > 10 else "tab10"].colors
         for k, group in enumerate(groups):
             mask = values == group
-            axes.scatter(coords[mask, 0], coords[mask, 1], s=9, alpha=0.75, label=group,
-                         color=palette[k % len(palette)], linewidths=0)
+            axes.scatter(
+                coords[mask, 0],
+                coords[mask, 1],
+                s=9,
+                alpha=0.75,
+                label=group,
+                color=palette[k % len(palette)],
+                linewidths=0,
+            )
         axes.set_title(f"coloured by {name}", fontsize=10)
         axes.set_xlabel(f"{method} 1")
         axes.set_ylabel(f"{method} 2")
@@ -304,8 +323,10 @@ def cka_command(run, stage_a, stage_b, source, out, tokens="cls", max_images=512
         what, samples = "block outputs", "profiles"
     else:
         what, samples = ("class token" if tokens == "cls" else "all tokens"), "images"
-    title = (f"Linear CKA ({what}) on {len(images)} {samples} of {source}\n"
-             f"A = {Path(stage_a).stem}, B = {Path(stage_b).stem}")
+    title = (
+        f"Linear CKA ({what}) on {len(images)} {samples} of {source}\n"
+        f"A = {Path(stage_a).stem}, B = {Path(stage_b).stem}"
+    )
     _save(cka_figure(matrix, "A", "B", title), out)
     return matrix
 
@@ -328,10 +349,10 @@ def embedding_command(run, stage, sources: list[str], out, max_images=512) -> st
     coords, method = embed_2d(np.concatenate(features))
     meta = pd.concat(metas, ignore_index=True)
     how = method if method == "UMAP" else f"{method} (umap-learn is not installed)"
-    features_of, samples = (("FE outputs", "profiles") if is_profile(config)
-                            else ("class-token features (last block)", "images"))
-    title = (f"{how} of {features_of} of {Path(stage).stem} on "
-             f"{', '.join(sources)} ({len(meta)} {samples})")
+    features_of, samples = (
+        ("FE outputs", "profiles") if is_profile(config) else ("class-token features (last block)", "images")
+    )
+    title = f"{how} of {features_of} of {Path(stage).stem} on {', '.join(sources)} ({len(meta)} {samples})"
     _save(embedding_figure(coords, meta, method, title), out)
     return method
 
@@ -346,19 +367,33 @@ def analyze():
 @click.option("--stage-a", help="Stage file stem of the first extractor (RUN/stages/ID.pt).")
 @click.option("--stage-b", help="Stage file stem of the second extractor.")
 @click.option("--source", help="Source whose images both are run on, e.g. S5.")
-@click.option("--out", default="cka.png", show_default=True, type=click.Path(),
-              help="Heatmap file (.png, .svg or .pdf).")
-@click.option("--tokens", type=click.Choice(["cls", "all"]), default="cls", show_default=True,
-              help="Compare class tokens or every token of each block.")
-@click.option("--max-images", default=512, show_default=True, type=click.IntRange(2),
-              help="A fixed random subset of at most this many images.")
+@click.option(
+    "--out",
+    default="cka.png",
+    show_default=True,
+    type=click.Path(),
+    help="Heatmap file (.png, .svg or .pdf).",
+)
+@click.option(
+    "--tokens",
+    type=click.Choice(["cls", "all"]),
+    default="cls",
+    show_default=True,
+    help="Compare class tokens or every token of each block.",
+)
+@click.option(
+    "--max-images",
+    default=512,
+    show_default=True,
+    type=click.IntRange(2),
+    help="A fixed random subset of at most this many images.",
+)
 def cka(run, stage_a, stage_b, source, out, tokens, max_images):
     """Linear CKA between every block of two feature extractors of RUN."""
     matrix = cka_command(run, stage_a, stage_b, source, out, tokens, max_images)
     diagonal = np.diag(matrix) if matrix.shape[0] == matrix.shape[1] else []
     if len(diagonal):
-        click.echo("CKA of block i of A with block i of B: "
-                   + " ".join(f"{value:.3f}" for value in diagonal))
+        click.echo("CKA of block i of A with block i of B: " + " ".join(f"{value:.3f}" for value in diagonal))
     click.echo(f"wrote {out}", err=True)
 
 
@@ -366,10 +401,20 @@ def cka(run, stage_a, stage_b, source, out, tokens, max_images):
 @click.argument("run", type=click.Path())
 @click.option("--stage", help="Stage file stem of the extractor (RUN/stages/ID.pt).")
 @click.option("--sources", help="Comma-separated sources, e.g. S3,S5.")
-@click.option("--out", default="embedding.png", show_default=True, type=click.Path(),
-              help="Figure file (.png, .svg or .pdf).")
-@click.option("--max-images", default=512, show_default=True, type=click.IntRange(2),
-              help="At most this many images per source (a fixed random subset).")
+@click.option(
+    "--out",
+    default="embedding.png",
+    show_default=True,
+    type=click.Path(),
+    help="Figure file (.png, .svg or .pdf).",
+)
+@click.option(
+    "--max-images",
+    default=512,
+    show_default=True,
+    type=click.IntRange(2),
+    help="At most this many images per source (a fixed random subset).",
+)
 def embedding(run, stage, sources, out, max_images):
     """2-D embedding of class-token features, coloured by MoA and by source (Figure 5)."""
     names = [s.strip() for s in (sources or "").split(",") if s.strip()]

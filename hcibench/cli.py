@@ -32,8 +32,7 @@ def parse_seeds(value: str) -> list[int]:
             else:
                 seeds.append(int(item))
         except ValueError:
-            raise UsageError(
-                f"bad --seeds '{value}': expected integers like 0,1,2 or a range 0-2") from None
+            raise UsageError(f"bad --seeds '{value}': expected integers like 0,1,2 or a range 0-2") from None
     return seeds
 
 
@@ -51,19 +50,31 @@ GRID_OPTIONS = [
     click.option("--dataset", help="Dataset plugin [default: synthetic]."),
     click.option("--data", "data_path", help="Path to the dataset on disk, for datasets that read one."),
     click.option("--preset", type=click.Choice(["quick", "paper"]), help="Settings bundle [default: quick]."),
-    click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-        help="Override one setting, e.g. --set supervised.epochs=5 (repeatable)."),
-    click.option("--evaluators",
-        help="Comma-separated evaluators [default: the dataset's, else accuracy,f1]."),
+    click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="SECTION.KEY=VALUE",
+        help="Override one setting, e.g. --set supervised.epochs=5 (repeatable).",
+    ),
+    click.option(
+        "--evaluators", help="Comma-separated evaluators [default: the dataset's, else accuracy,f1]."
+    ),
     click.option("--pretrained", type=click.Path(), help="Local weights file for the backbones."),
     click.option("--grid", "grid_file", type=click.Path(), help="TOML file with any of the options above."),
     click.option("--out", type=click.Path(), help="Run folder [default: runs/<dataset>-<preset>]."),
-    click.option("--cache", type=click.Path(),
+    click.option(
+        "--cache",
+        type=click.Path(),
         help="Stage folder shared between run folders: stages with equal settings are "
-              "computed once [default: OUT/stages; OUT/cache for a sweep]."),
-    click.option("--strict", is_flag=True,
+        "computed once [default: OUT/stages; OUT/cache for a sweep].",
+    ),
+    click.option(
+        "--strict",
+        is_flag=True,
         help="Refuse to reuse a stage computed with another thread count or torch version "
-              "(by default a warning: results may differ in the last digits)."),
+        "(by default a warning: results may differ in the last digits).",
+    ),
 ]
 
 
@@ -76,15 +87,24 @@ def grid_options(command):
 
 @cli.command()
 @grid_options
-@click.option("--executor", type=click.Choice(["local", "dask", "slurm"]),
-              help="Where the (method, source, seed) groups are computed: in this process "
-                   "[local], on a Dask cluster, or as SLURM jobs through submitit.")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "dask", "slurm"]),
+    help="Where the (method, source, seed) groups are computed: in this process "
+    "[local], on a Dask cluster, or as SLURM jobs through submitit.",
+)
 @click.option("--workers", help="dask: worker processes [one per GPU, else one per 2 cores].")
-@click.option("--scheduler", help="dask: address of a running scheduler (tcp://host:8786) "
-                                  "instead of a local cluster.")
-@click.option("--slurm", "slurm_options", multiple=True, metavar="KEY=VALUE",
-              help="slurm: a submitit parameter, e.g. --slurm slurm_partition=gpu "
-                   "--slurm timeout_min=600 --slurm gpus_per_node=1 (repeatable).")
+@click.option(
+    "--scheduler", help="dask: address of a running scheduler (tcp://host:8786) instead of a local cluster."
+)
+@click.option(
+    "--slurm",
+    "slurm_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="slurm: a submitit parameter, e.g. --slurm slurm_partition=gpu "
+    "--slurm timeout_min=600 --slurm gpus_per_node=1 (repeatable).",
+)
 def run(**options):
     """Run a methods × sources × targets × seeds grid; finished cells are never recomputed."""
     from hcibench.run.runner import prepare
@@ -150,14 +170,21 @@ def spec_from_options(options: dict):
     if options["pretrained"]:
         overrides.append(f"backbone.pretrained={options['pretrained']}")
     if not options["methods"]:
-        raise UsageError("no methods given: use --methods, e.g. --methods supervised,coda "
-                         "(see `hcibench list methods`)")
+        raise UsageError(
+            "no methods given: use --methods, e.g. --methods supervised,coda (see `hcibench list methods`)"
+        )
     spec = RunSpec(
-        grid=Grid(parse_list(options["methods"]), parse_list(options["sources"]),
-                  parse_list(options["targets"]),
-                  parse_seeds(options["seeds"] or "0")),
+        grid=Grid(
+            parse_list(options["methods"]),
+            parse_list(options["sources"]),
+            parse_list(options["targets"]),
+            parse_seeds(options["seeds"] or "0"),
+        ),
         out=Path(options["out"] or f"runs/{dataset}-{preset}"),
-        dataset=dataset, data=options["data_path"], preset=preset, overrides=overrides,
+        dataset=dataset,
+        data=options["data_path"],
+        preset=preset,
+        overrides=overrides,
         evaluators=parse_list(options["evaluators"]),
         cache=Path(options["cache"]) if options["cache"] else None,
         strict=options["strict"],
@@ -184,8 +211,12 @@ def executor_options(options: dict):
             raise UsageError(f"--{flag} is an option of --executor dask")
     if options.get("slurm_options") and name != "slurm":
         raise UsageError("--slurm is an option of --executor slurm")
-    return ExecutorOptions(name, workers=workers, scheduler=options.get("scheduler") or None,
-                           slurm=parse_slurm_options(options.get("slurm_options") or ()))
+    return ExecutorOptions(
+        name,
+        workers=workers,
+        scheduler=options.get("scheduler") or None,
+        slurm=parse_slurm_options(options.get("slurm_options") or ()),
+    )
 
 
 def dispatch(spec, executor) -> None:
@@ -198,6 +229,7 @@ def dispatch(spec, executor) -> None:
     from hcibench.run import executors
 
     if executor.name == "dask":
+
         def on_job(job, said):
             console.print(f"{job.id:<40} {said}")
 
@@ -205,9 +237,11 @@ def dispatch(spec, executor) -> None:
         console.print(f"{cells} cell(s) computed on Dask. Report: hcibench report {spec.out}")
         return
     jobs = executors.submit_to_slurm(spec, executor)
-    console.print(f"{len(jobs)} SLURM job(s) submitted ({', '.join(j for j in jobs[:5])}"
-                  f"{', ...' if len(jobs) > 5 else ''}); `hcibench status {spec.out}` shows "
-                  f"progress, `hcibench report {spec.out}` the results so far.")
+    console.print(
+        f"{len(jobs)} SLURM job(s) submitted ({', '.join(j for j in jobs[:5])}"
+        f"{', ...' if len(jobs) > 5 else ''}); `hcibench status {spec.out}` shows "
+        f"progress, `hcibench report {spec.out}` the results so far."
+    )
 
 
 def merge_grid_file(options: dict) -> dict:
@@ -226,12 +260,17 @@ def merge_grid_file(options: dict) -> dict:
     merged = dict(options)
     sweep = grid.pop("sweep", {})
     if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
-        raise UsageError(f"grid file {path}: [sweep] maps settings to lists of values, e.g. "
-                         f"\"adapt.lr\" = [1e-5, 1e-4]")
+        raise UsageError(
+            f'grid file {path}: [sweep] maps settings to lists of values, e.g. "adapt.lr" = [1e-5, 1e-4]'
+        )
     # A [sweep] table is the same as --set SETTING=a,b,c (see hcibench.run.sweep).
-    merged["overrides"] = [*merged["overrides"], *(
-        f"{setting}={','.join(v if isinstance(v, str) else json.dumps(v) for v in values)}"
-        for setting, values in sweep.items())]
+    merged["overrides"] = [
+        *merged["overrides"],
+        *(
+            f"{setting}={','.join(v if isinstance(v, str) else json.dumps(v) for v in values)}"
+            for setting, values in sweep.items()
+        ),
+    ]
     for key, value in grid.items():
         name = {"data": "data_path", "set": "overrides"}.get(key, key)
         if name not in merged:
@@ -247,21 +286,36 @@ def merge_grid_file(options: dict) -> dict:
 
 @cli.command()
 @click.argument("run_dir", required=False, type=click.Path())
-@click.option("--format", "fmt", default="table",
-              type=click.Choice(["table", "markdown", "latex", "csv", "json", "html"]),
-              help="html: one self-contained file with tables, statistics and figures.")
+@click.option(
+    "--format",
+    "fmt",
+    default="table",
+    type=click.Choice(["table", "markdown", "latex", "csv", "json", "html"]),
+    help="html: one self-contained file with tables, statistics and figures.",
+)
 @click.option("--metric", default="accuracy", help="accuracy, f1, or any recorded metric.")
-@click.option("--stats", is_flag=True,
-              help="Paired tests (Holm-corrected) and relative improvement against --baseline.")
-@click.option("--baseline", help="Method the others are compared with (--stats, html); default: "
-                                 "the run's baseline method (e.g. supervised), else its first.")
-@click.option("--compare", type=click.Choice(["paper"]),
-              help="Our numbers beside the CODA paper's (accuracy: Table 2, f1: Table 4).")
-@click.option("--plots", "plots_dir", type=click.Path(),
-              help="Also write the figures (PNG and SVG) into this folder.")
+@click.option(
+    "--stats", is_flag=True, help="Paired tests (Holm-corrected) and relative improvement against --baseline."
+)
+@click.option(
+    "--baseline",
+    help="Method the others are compared with (--stats, html); default: "
+    "the run's baseline method (e.g. supervised), else its first.",
+)
+@click.option(
+    "--compare",
+    type=click.Choice(["paper"]),
+    help="Our numbers beside the CODA paper's (accuracy: Table 2, f1: Table 4).",
+)
+@click.option(
+    "--plots", "plots_dir", type=click.Path(), help="Also write the figures (PNG and SVG) into this folder."
+)
 @click.option("--output", "-o", type=click.Path(), help="Write the report to a file, not stdout.")
-@click.option("--digest", help="Report the records of this settings digest only (a folder whose "
-                               "records were made with several settings needs it).")
+@click.option(
+    "--digest",
+    help="Report the records of this settings digest only (a folder whose "
+    "records were made with several settings needs it).",
+)
 def report(run_dir, fmt, metric, stats, baseline, compare, plots_dir, output, digest):
     """Print the source × target table of a run (mean ± std over seeds)."""
     from hcibench.report.tables import RunSelection
@@ -302,13 +356,19 @@ def report(run_dir, fmt, metric, stats, baseline, compare, plots_dir, output, di
 
 
 @cli.command()
-@click.option("--methods", help="Comma-separated methods whose settings to include "
-                                "[default: every registered method].")
+@click.option(
+    "--methods", help="Comma-separated methods whose settings to include [default: every registered method]."
+)
 @click.option("--dataset", default="synthetic", show_default=True, help="Dataset plugin.")
 @click.option("--data", "data_path", help="Path to the dataset on disk, for datasets that read one.")
 @click.option("--preset", default="quick", show_default=True, type=click.Choice(["quick", "paper"]))
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override one setting (repeatable), as for `hcibench run`.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override one setting (repeatable), as for `hcibench run`.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def settings(methods, dataset, data_path, preset, overrides, as_json):
     """The resolved settings of a run: each value, where it came from and what it may be."""
@@ -316,8 +376,9 @@ def settings(methods, dataset, data_path, preset, overrides, as_json):
     from hcibench.run.settings_view import resolved_settings
 
     names = parse_list(methods) if methods else plugins.methods().names()
-    spec = RunSpec(Grid(names, []), Path("."), dataset=dataset, data=data_path,
-                   preset=preset, overrides=list(overrides))
+    spec = RunSpec(
+        Grid(names, []), Path("."), dataset=dataset, data=data_path, preset=preset, overrides=list(overrides)
+    )
     rows = resolved_settings(spec)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
@@ -330,8 +391,11 @@ def settings(methods, dataset, data_path, preset, overrides, as_json):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--fix", is_flag=True, help="Remove leftovers and damaged files (the same `hcibench "
-                                          "run` then recomputes what they held).")
+@click.option(
+    "--fix",
+    is_flag=True,
+    help="Remove leftovers and damaged files (the same `hcibench run` then recomputes what they held).",
+)
 def doctor(run_dir, fix):
     """List what in a run folder is damaged, stale or left over by an interrupted process."""
     from hcibench.run import doctor as checks
@@ -350,8 +414,10 @@ def doctor(run_dir, fix):
 def latest_run() -> Path:
     manifests = sorted(Path("runs").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
     if not manifests:
-        raise UsageError("no run folder given and none found under runs/: "
-                         "give one, e.g. `hcibench report runs/synthetic-quick`")
+        raise UsageError(
+            "no run folder given and none found under runs/: "
+            "give one, e.g. `hcibench report runs/synthetic-quick`"
+        )
     return manifests[-1].parent
 
 
@@ -404,8 +470,7 @@ def main(argv=None) -> None:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("interrupted: finished cells are saved; the same command resumes the run",
-                   err=True)
+        click.echo("interrupted: finished cells are saved; the same command resumes the run", err=True)
         sys.exit(130)
     except click.ClickException as error:
         click.echo(f"error: {error.format_message()}", err=True)

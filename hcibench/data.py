@@ -90,8 +90,10 @@ class Domain:
         """Class indices into ``classes``; ``UNLABELLED`` (-1) where the label is unknown."""
         lookup = {c: i for i, c in enumerate(self.classes)}
         return torch.tensor(
-            [lookup.get(label, UNLABELLED) if isinstance(label, str) else UNLABELLED
-             for label in self.meta["label"]],
+            [
+                lookup.get(label, UNLABELLED) if isinstance(label, str) else UNLABELLED
+                for label in self.meta["label"]
+            ],
             dtype=torch.long,
         )
 
@@ -114,30 +116,35 @@ class Domain:
 
     def split_by(self, column: str) -> dict[str, Domain]:
         """One sub-domain per distinct value of a metadata column (e.g. per batch or plate)."""
-        return {value: self.subset(positions, f"{self.name}/{value}")
-                for value, positions in self.positions_by(column).items()}
+        return {
+            value: self.subset(positions, f"{self.name}/{value}")
+            for value, positions in self.positions_by(column).items()
+        }
 
     def stack(self) -> torch.Tensor:
         """All samples as one tensor; for small domains or preprocessing statistics."""
         return take(self.images, np.arange(len(self)))
 
     def batches(
-        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
         drop_last: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
         """``(samples, labels, positions)`` mini-batches. The order is drawn from ``generator``
         here, before the first batch is read, so that reading ahead in another thread
         (:func:`hcibench.run.accelerator.prefetch`) draws nothing from it."""
-        order = (torch.randperm(len(self), generator=generator).numpy() if shuffle
-                 else np.arange(len(self)))
+        order = torch.randperm(len(self), generator=generator).numpy() if shuffle else np.arange(len(self))
         return self._batches(order, batch_size, drop_last)
 
-    def _batches(self, order: np.ndarray, batch_size: int,
-                 drop_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+    def _batches(
+        self, order: np.ndarray, batch_size: int, drop_last: bool
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
         labels = self.labels
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
         for start in range(0, stop, batch_size):
-            positions = order[start:start + batch_size]
+            positions = order[start : start + batch_size]
             if len(positions) == 0:
                 break
             yield take(self.images, positions), labels[torch.as_tensor(positions)], positions

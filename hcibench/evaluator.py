@@ -25,6 +25,7 @@ class Evaluator:
     description: str = ""
     uses: tuple[str, ...] = ()
 
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, meta: pd.DataFrame,
-                 num_classes: int, **extras) -> dict[str, float]:
+    def __call__(
+        self, logits: torch.Tensor, labels: torch.Tensor, meta: pd.DataFrame, num_classes: int, **extras
+    ) -> dict[str, float]:
         raise NotImplementedError

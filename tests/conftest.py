@@ -28,8 +28,14 @@ def fresh_plugins():
 
 def run_cli(*args: str, env=None, cwd=None) -> subprocess.CompletedProcess:
     """``hcibench ARGS`` in a subprocess, as a user types it."""
-    return subprocess.run([sys.executable, "-m", "hcibench.cli", *args], capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "hcibench.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 @pytest.fixture

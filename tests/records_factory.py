@@ -10,9 +10,16 @@ def write_record(run: Path, method, source, target, seed, metrics, info=None):
     path = run / "records" / method / source / target / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
-        "method": method, "source": source, "target": target, "seed": seed,
-        "dataset": "synthetic", "in_domain": source == target, "metrics": metrics,
-        "n_images": 100, "seconds": 1.0, "info": info or {},
+        "method": method,
+        "source": source,
+        "target": target,
+        "seed": seed,
+        "dataset": "synthetic",
+        "in_domain": source == target,
+        "metrics": metrics,
+        "n_images": 100,
+        "seconds": 1.0,
+        "info": info or {},
     }
     path.write_text(json.dumps(record))
     return path
@@ -24,8 +31,7 @@ def write_manifest(run: Path, methods, domains, seeds, config=None):
     (run / "manifest.json").write_text(json.dumps(manifest))
 
 
-def make_grid(run: Path, values: dict, seeds=(0, 1, 2), offsets=(0.003, -0.012, 0.021),
-              extra=None):
+def make_grid(run: Path, values: dict, seeds=(0, 1, 2), offsets=(0.003, -0.012, 0.021), extra=None):
     """``values[(method, source, target)]`` = base accuracy; seed k adds ``offsets[k]``.
 
     ``extra(method, source, target, seed, accuracy)`` may return more metrics for a record.

@@ -61,15 +61,22 @@ def test_norm_scope_moves_only_the_normalisation_layers_of_the_teacher_that_pred
 
 
 def test_early_scope_keeps_later_blocks_and_student_predicts_when_asked():
-    method, context = _fitted(overrides=["adapt.trainable=early", "adapt.early_blocks=1",
-                                         "adapt.predict_with=student", "adapt.epochs=2"])
+    method, context = _fitted(
+        overrides=[
+            "adapt.trainable=early",
+            "adapt.early_blocks=1",
+            "adapt.predict_with=student",
+            "adapt.epochs=2",
+        ]
+    )
     method.predict(_domain("B", 2, seed=1))
     adapted = next(v for k, v in context.stages.memory.items() if k.startswith("adapt"))
     assert adapted["predictor"] == "student"
     before = method.fe_stage["student"]
     changed = {k for k in before if not torch.equal(before[k], adapted["student"][k])}
-    assert changed and all(k.startswith(("patch_embed", "pos_embed", "cls_token", "blocks.0."))
-                           for k in changed), sorted(changed)
+    assert changed and all(
+        k.startswith(("patch_embed", "pos_embed", "cls_token", "blocks.0.")) for k in changed
+    ), sorted(changed)
 
 
 def test_scope_selection_and_its_errors():
@@ -103,7 +110,6 @@ def test_monitor_is_off_without_the_setting():
     assert prediction.info["adaptations"][0]["diagnostics"]["epochs"] == []
 
 
-
 def test_aligned_fe_gives_the_target_the_source_moments():
     from hcibench_plugins.methods.dual.adaptation import AlignedFE, token_moments
 
@@ -133,16 +139,16 @@ def test_token_alignment_changes_the_prediction_of_a_dual_model_without_labels()
 
 
 def test_feature_alignment_pulls_the_target_features_towards_the_source_moments():
-    method, _ = _fitted(overrides=["adapt.feature_alignment=10", "adapt.epochs=3",
-                                   "adapt.trainable=norm"])
+    method, _ = _fitted(overrides=["adapt.feature_alignment=10", "adapt.epochs=3", "adapt.trainable=norm"])
     prediction = method.predict(_domain("B", 2, seed=1))
     losses = prediction.info["adaptations"][0]["diagnostics"]["feature_alignment_loss"]
     assert len(losses) == 3 and losses[-1] < losses[0]
 
 
 def test_mae_adaptation_records_the_same_diagnostics():
-    method, _ = _fitted("oda-mae", ["mae.epochs=1", "mae.decoder_dim=16", "mae.decoder_heads=2",
-                                    "adapt.epochs=2"])
+    method, _ = _fitted(
+        "oda-mae", ["mae.epochs=1", "mae.decoder_dim=16", "mae.decoder_heads=2", "adapt.epochs=2"]
+    )
     prediction = method.predict(_domain("B", 2, seed=1))
     rows = prediction.info["adaptations"][0]["diagnostics"]["epochs"]
     assert [row["epoch"] for row in rows] == [0, 1, 2]

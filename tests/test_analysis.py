@@ -22,8 +22,14 @@ from hcibench.analysis import (
 from hcibench.errors import UsageError
 from hcibench.train.backbones import create_vit
 
-BACKBONE = {"model": "vit_tiny_patch16_224", "img_size": 16, "patch_size": 4, "embed_dim": 32,
-            "depth": 3, "num_heads": 2}
+BACKBONE = {
+    "model": "vit_tiny_patch16_224",
+    "img_size": 16,
+    "patch_size": 4,
+    "embed_dim": 32,
+    "depth": 3,
+    "num_heads": 2,
+}
 
 
 def test_cka_of_a_matrix_with_itself_is_one():
@@ -88,11 +94,16 @@ class TinyDataset(hcibench.Dataset):
     def domain(self, source):
         n = 18
         generator = torch.Generator().manual_seed(7 if source == "S3" else 8)
-        meta = pd.DataFrame({
-            "source": source, "batch": [f"B{i % 2}" for i in range(n)],
-            "plate": [f"P{i % 3}" for i in range(n)], "well": [f"A{i:02d}" for i in range(n)],
-            "compound": [f"c{i % 6}" for i in range(n)], "label": [["a", "b", "c"][i % 3] for i in range(n)],
-        })
+        meta = pd.DataFrame(
+            {
+                "source": source,
+                "batch": [f"B{i % 2}" for i in range(n)],
+                "plate": [f"P{i % 3}" for i in range(n)],
+                "well": [f"A{i:02d}" for i in range(n)],
+                "compound": [f"c{i % 6}" for i in range(n)],
+                "label": [["a", "b", "c"][i % 3] for i in range(n)],
+            }
+        )
         images = torch.rand(n, 3, 20, 20, generator=generator)
         return hcibench.Domain(source, meta, hcibench.TensorImages(images), self.classes())
 
@@ -108,18 +119,25 @@ def run(tmp_path):
     plugins.manager().register(TinyPlugin(), name="tiny-analysis")
     run = tmp_path / "run"
     (run / "stages").mkdir(parents=True)
-    manifest = {"dataset": {"name": "tiny-analysis", "data": None, "options": {}},
-                "config": {"backbone": BACKBONE, "input_size": 16, "dataset": {}}}
+    manifest = {
+        "dataset": {"name": "tiny-analysis", "data": None, "options": {}},
+        "config": {"backbone": BACKBONE, "input_size": 16, "dataset": {}},
+    }
     (run / "manifest.json").write_text(json.dumps(manifest))
     torch.manual_seed(0)
     first, second = create_vit(BACKBONE, in_chans=3), create_vit(BACKBONE, in_chans=3)
-    torch.save({"student": first.state_dict(), "teacher": first.state_dict(), "stats": {}},
-               run / "stages" / "fe-dino-aaa.pt")
-    torch.save({"encoder": second.state_dict(), "predictor": "encoder", "stats": {}},
-               run / "stages" / "fe-mae-bbb.pt")
+    torch.save(
+        {"student": first.state_dict(), "teacher": first.state_dict(), "stats": {}},
+        run / "stages" / "fe-dino-aaa.pt",
+    )
+    torch.save(
+        {"encoder": second.state_dict(), "predictor": "encoder", "stats": {}},
+        run / "stages" / "fe-mae-bbb.pt",
+    )
     torch.save({"state": {"head.weight": torch.zeros(2)}}, run / "stages" / "task-ccc.pt")
-    (run / "stages.json").write_text(json.dumps(
-        {"fe-dino-aaa": {"name": "fe-dino", "key": {"source": "S3", "seed": 0}}}))
+    (run / "stages.json").write_text(
+        json.dumps({"fe-dino-aaa": {"name": "fe-dino", "key": {"source": "S3", "seed": 0}}})
+    )
     return run
 
 
@@ -128,8 +146,9 @@ def test_cka_command_writes_a_heatmap(run, tmp_path):
     same = cka_command(run, "fe-dino-aaa", "fe-dino-aaa", "S5", out)
     np.testing.assert_allclose(np.diag(same), 1.0, atol=1e-6)
     assert out.read_bytes()[:4] == b"\x89PNG"
-    other = cka_command(run, "fe-dino-aaa", "fe-mae-bbb.pt", "S3", tmp_path / "b.svg",
-                        tokens="all", max_images=10)
+    other = cka_command(
+        run, "fe-dino-aaa", "fe-mae-bbb.pt", "S3", tmp_path / "b.svg", tokens="all", max_images=10
+    )
     assert other.shape == (3, 3) and not np.allclose(np.diag(other), 1.0)
 
 
@@ -140,8 +159,9 @@ def test_embedding_command_writes_a_figure(run, tmp_path):
 
 
 def test_unknown_or_missing_stage_lists_the_stages(run, tmp_path):
-    with pytest.raises(UsageError, match="unknown stage 'fe-x'.*fe-dino-aaa \\(source S3, seed 0\\)"
-                                         ".*fe-mae-bbb"):
+    with pytest.raises(
+        UsageError, match="unknown stage 'fe-x'.*fe-dino-aaa \\(source S3, seed 0\\).*fe-mae-bbb"
+    ):
         cka_command(run, "fe-x", "fe-mae-bbb", "S5", tmp_path / "x.png")
     with pytest.raises(UsageError, match="no stage given"):
         embedding_command(run, None, ["S3"], tmp_path / "x.png")
@@ -157,13 +177,39 @@ def test_analyze_cli_exits_2_with_one_line(run, tmp_path, capsys):
     from hcibench.cli import main
 
     with pytest.raises(SystemExit) as exit_:
-        main(["analyze", "cka", str(run), "--stage-a", "nope", "--stage-b", "fe-mae-bbb",
-              "--source", "S3", "--out", str(tmp_path / "c.png")])
+        main(
+            [
+                "analyze",
+                "cka",
+                str(run),
+                "--stage-a",
+                "nope",
+                "--stage-b",
+                "fe-mae-bbb",
+                "--source",
+                "S3",
+                "--out",
+                str(tmp_path / "c.png"),
+            ]
+        )
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown stage 'nope'") and len(err.strip().splitlines()) == 1
-    main(["analyze", "cka", str(run), "--stage-a", "fe-dino-aaa", "--stage-b", "fe-dino-aaa",
-          "--source", "S3", "--out", str(tmp_path / "c.png")])
+    main(
+        [
+            "analyze",
+            "cka",
+            str(run),
+            "--stage-a",
+            "fe-dino-aaa",
+            "--stage-b",
+            "fe-dino-aaa",
+            "--source",
+            "S3",
+            "--out",
+            str(tmp_path / "c.png"),
+        ]
+    )
     assert "CKA of block i of A with block i of B: 1.000 1.000 1.000" in capsys.readouterr().out
 
 
@@ -180,10 +226,16 @@ class TinyProfiles(hcibench.Dataset):
 
     def domain(self, source):
         n = 16
-        meta = pd.DataFrame({
-            "source": source, "batch": "B0", "plate": "P0", "well": [f"A{i:02d}" for i in range(n)],
-            "compound": [f"c{i % 4}" for i in range(n)], "label": [["a", "b"][i % 2] for i in range(n)],
-        })
+        meta = pd.DataFrame(
+            {
+                "source": source,
+                "batch": "B0",
+                "plate": "P0",
+                "well": [f"A{i:02d}" for i in range(n)],
+                "compound": [f"c{i % 4}" for i in range(n)],
+                "label": [["a", "b"][i % 2] for i in range(n)],
+            }
+        )
         profiles = torch.randn(n, 12, generator=torch.Generator().manual_seed(1))
         return hcibench.Domain(source, meta, hcibench.TensorImages(profiles), self.classes())
 
@@ -201,9 +253,11 @@ def test_analyze_works_on_a_run_on_profiles(tmp_path):
     run = tmp_path / "run"
     (run / "stages").mkdir(parents=True)
     config = {"modality": "profile", "profile": presets.profile_settings("quick"), "dataset": {}}
-    (run / "manifest.json").write_text(json.dumps(
-        {"dataset": {"name": "tiny-analysis-profiles", "data": None, "options": {}},
-         "config": config}))
+    (run / "manifest.json").write_text(
+        json.dumps(
+            {"dataset": {"name": "tiny-analysis-profiles", "data": None, "options": {}}, "config": config}
+        )
+    )
     torch.manual_seed(0)
     mlp = create_backbone(config, 12)
     torch.save({"teacher": mlp.state_dict(), "stats": {}}, run / "stages" / "fe-dino-ppp.pt")

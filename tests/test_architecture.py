@@ -12,8 +12,17 @@ CORE = Path(hcibench.__file__).parent
 
 # Lowest first. A module may import modules of its own layer and of the layers below.
 LAYERS = [
-    ("contracts", ["hcibench.errors", "hcibench.compat", "hcibench.data", "hcibench.evaluator",
-                   "hcibench.hookspecs", "hcibench.plugins"]),
+    (
+        "contracts",
+        [
+            "hcibench.errors",
+            "hcibench.compat",
+            "hcibench.data",
+            "hcibench.evaluator",
+            "hcibench.hookspecs",
+            "hcibench.plugins",
+        ],
+    ),
     ("run", ["hcibench.run"]),
     ("method contract", ["hcibench.method", "hcibench"]),
     ("train", ["hcibench.train"]),
@@ -66,8 +75,9 @@ GRAPH = {name: _imports(name, path, _modules()) for name, path in _modules().ite
 
 
 def test_the_core_imports_no_plugin():
-    wrong = {name: sorted(d for d in deps if d.startswith("hcibench_plugins"))
-             for name, deps in GRAPH.items()}
+    wrong = {
+        name: sorted(d for d in deps if d.startswith("hcibench_plugins")) for name, deps in GRAPH.items()
+    }
     assert not {k: v for k, v in wrong.items() if v}
 
 
@@ -76,8 +86,12 @@ def test_the_top_level_holds_at_most_a_dozen_modules():
 
 
 def test_packages_import_only_downward():
-    upward = [f"{name} ({LAYERS[_layer(name)][0]}) imports {dep} ({LAYERS[_layer(dep)][0]})"
-              for name, deps in GRAPH.items() for dep in deps if _layer(dep) > _layer(name)]
+    upward = [
+        f"{name} ({LAYERS[_layer(name)][0]}) imports {dep} ({LAYERS[_layer(dep)][0]})"
+        for name, deps in GRAPH.items()
+        for dep in deps
+        if _layer(dep) > _layer(name)
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -100,10 +114,16 @@ def test_no_import_cycle():
 
 
 def test_no_core_module_names_a_shipped_method():
-    shipped = [name for name, owner in plugins.methods().owners.items()
-               if plugins.manager().get_plugin(owner).__name__.startswith("hcibench_plugins")]
+    shipped = [
+        name
+        for name, owner in plugins.methods().owners.items()
+        if plugins.manager().get_plugin(owner).__name__.startswith("hcibench_plugins")
+    ]
     assert {"supervised", "coda"} <= set(shipped)
-    named = [f"{path.relative_to(CORE.parent)} names {method}"
-             for path in CORE.rglob("*.py") for method in shipped
-             if f'"{method}"' in path.read_text() or f"'{method}'" in path.read_text()]
+    named = [
+        f"{path.relative_to(CORE.parent)} names {method}"
+        for path in CORE.rglob("*.py")
+        for method in shipped
+        if f'"{method}"' in path.read_text() or f"'{method}'" in path.read_text()
+    ]
     assert not named, "\n".join(named)

@@ -47,8 +47,12 @@ def test_random_flips_flip_each_image_independently():
     y = augment.random_flips(x, _gen())
     kinds = set()
     for a, b in zip(x, y):
-        match = [torch.equal(b, a), torch.equal(b, a.flip(-1)), torch.equal(b, a.flip(-2)),
-                 torch.equal(b, a.flip(-1, -2))]
+        match = [
+            torch.equal(b, a),
+            torch.equal(b, a.flip(-1)),
+            torch.equal(b, a.flip(-2)),
+            torch.equal(b, a.flip(-1, -2)),
+        ]
         assert any(match)
         kinds.add(match.index(True))
     assert kinds == {0, 1, 2, 3}
@@ -108,8 +112,16 @@ def test_cross_batch_views_take_global_two_and_half_the_locals_from_the_partner(
     partner = torch.rand(5, 2, 16, 16) + 10  # disjoint values tell the sources apart
     views = augment.cross_batch_views(anchor, partner, 12, 6, n_local, _gen(), jitter=False)
     assert len(views) == 2 + n_local
-    raw = augment._views([(anchor, 1, (n_local + 1) // 2), (partner, 1, n_local // 2)], 12, 6,
-                         _gen(), False, 0.005, 0.005, (0.0, 1.0))
+    raw = augment._views(
+        [(anchor, 1, (n_local + 1) // 2), (partner, 1, n_local // 2)],
+        12,
+        6,
+        _gen(),
+        False,
+        0.005,
+        0.005,
+        (0.0, 1.0),
+    )
     assert all(torch.equal(a, b) for a, b in zip(views, raw))
     # check the sources by re-running the crop pipeline without normalisation
     g = _gen()

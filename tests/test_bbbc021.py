@@ -26,10 +26,18 @@ def dataset():
 
 def test_data_ship_inside_the_package(dataset):
     folder = package_folder()
-    assert folder.resolve() == (Path(__import__("hcibench_plugins.datasets").datasets.__file__).parent
-                                / "data" / "bbbc021").resolve()
-    for name in ("ljosa_jbiomolscreen_2013_per_well_mean.csv.gz", "BBBC021_v1_image.csv.gz",
-                 "BBBC021_v1_moa.csv", "README.md"):
+    assert (
+        folder.resolve()
+        == (
+            Path(__import__("hcibench_plugins.datasets").datasets.__file__).parent / "data" / "bbbc021"
+        ).resolve()
+    )
+    for name in (
+        "ljosa_jbiomolscreen_2013_per_well_mean.csv.gz",
+        "BBBC021_v1_image.csv.gz",
+        "BBBC021_v1_moa.csv",
+        "README.md",
+    ):
         assert (folder / name).is_file(), name
     assert "Broad Institute" in (folder / "README.md").read_text()
     assert dataset.folder == folder and "shared" not in folder.parts
@@ -76,8 +84,14 @@ def _independent_nsc(folder: Path) -> dict[str, tuple[int, int]]:
     wells = pd.read_csv(folder / "ljosa_jbiomolscreen_2013_per_well_mean.csv.gz")
     images = pd.read_csv(folder / "BBBC021_v1_image.csv.gz")
     moa = pd.read_csv(folder / "BBBC021_v1_moa.csv")
-    per_well = images[["Image_Metadata_Plate_DAPI", "Image_Metadata_Well_DAPI",
-                       "Image_Metadata_Compound", "Image_Metadata_Concentration"]]
+    per_well = images[
+        [
+            "Image_Metadata_Plate_DAPI",
+            "Image_Metadata_Well_DAPI",
+            "Image_Metadata_Compound",
+            "Image_Metadata_Concentration",
+        ]
+    ]
     per_well = per_well.drop_duplicates().set_axis(["plate", "well", "cpd", "conc"], axis=1)
     features = [c for c in wells.columns if not c.startswith("Image_")]
     x = wells[features].to_numpy(float)
@@ -97,8 +111,11 @@ def _independent_nsc(folder: Path) -> dict[str, tuple[int, int]]:
         hits = queries = 0
         for query in treatments:
             best, best_sim = None, -2.0
-            candidates = [t for t in treatments if t[0] != query[0]
-                          and not (other_week and weeks_by[t] & weeks_by[query])]
+            candidates = [
+                t
+                for t in treatments
+                if t[0] != query[0] and not (other_week and weeks_by[t] & weeks_by[query])
+            ]
             if not any(label_of[t] == label_of[query] for t in candidates):
                 continue
             a = profiles_by[query]
@@ -129,8 +146,7 @@ def test_nsc_reference_numbers_agree_with_an_independent_computation(dataset):
     logits, labels = torch.zeros(len(wells), 12), wells.labels
     scores = NSC()(logits, labels, wells.meta, 12, embeddings=None, domain=wells)
     assert scores == {"nsc_raw": pytest.approx(91 / 103)}
-    scores = NSCB()(logits, labels, wells.meta, 12, embeddings=torch.tensor(features),
-                    domain=wells)
+    scores = NSCB()(logits, labels, wells.meta, 12, embeddings=torch.tensor(features), domain=wells)
     assert scores["nscb"] == pytest.approx(scores["nscb_raw"]) == pytest.approx(66 / 92)
 
 
@@ -158,16 +174,36 @@ def test_profile_models_and_views():
     with torch.no_grad():  # a decoder that predicts 0: the loss is the mean square of the hidden
         decoder.pred.weight.zero_()
         decoder.pred.bias.zero_()
-    assert torch.allclose(mae(x, noise), (x ** 2 * mask).sum() / mask.sum())
+    assert torch.allclose(mae(x, noise), (x**2 * mask).sum() / mask.sum())
 
 
 def test_tiny_cli_run_records_every_metric(cli, tmp_path):
     out = tmp_path / "run"
-    tiny = ["supervised.epochs=2", "task.epochs=2", "dino.epochs=2", "adapt.epochs=1",
-            "dino.head_out_dim=64", "dino.head_hidden_dim=32", "dino.head_bottleneck_dim=16",
-            "profile.fe.hidden_dim=32", "profile.fe.embed_dim=16", "profile.task_model.hidden_dim=16"]
-    args = ["run", "--dataset", "bbbc021", "--methods", "supervised,coda", "--sources", "W1-2",
-            "--targets", "W3-6", "--out", str(out)]
+    tiny = [
+        "supervised.epochs=2",
+        "task.epochs=2",
+        "dino.epochs=2",
+        "adapt.epochs=1",
+        "dino.head_out_dim=64",
+        "dino.head_hidden_dim=32",
+        "dino.head_bottleneck_dim=16",
+        "profile.fe.hidden_dim=32",
+        "profile.fe.embed_dim=16",
+        "profile.task_model.hidden_dim=16",
+    ]
+    args = [
+        "run",
+        "--dataset",
+        "bbbc021",
+        "--methods",
+        "supervised,coda",
+        "--sources",
+        "W1-2",
+        "--targets",
+        "W3-6",
+        "--out",
+        str(out),
+    ]
     for item in tiny:
         args += ["--set", item]
     result = cli(*args)
@@ -187,8 +223,15 @@ def test_presets_tune_only_the_sections_a_run_has():
     from hcibench.run.runner import Grid, RunSpec, prepare
 
     for preset in ("quick", "paper"):
-        run = prepare(RunSpec(Grid(["coda"], ["W1-2"]), out=Path("unused"), dataset="bbbc021",
-                              preset=preset, overrides=["adapt.epochs=7"]))
+        run = prepare(
+            RunSpec(
+                Grid(["coda"], ["W1-2"]),
+                out=Path("unused"),
+                dataset="bbbc021",
+                preset=preset,
+                overrides=["adapt.epochs=7"],
+            )
+        )
         config = run.config
         assert "supervised" not in config and config["split"]["order"] == "labelled"
         assert config["adapt"]["epochs"] == 7  # --set wins over the dataset's settings

@@ -17,31 +17,34 @@ CASES = [
     (["--methods", "supervised,supervised"], "more than once"),
     (["--methods", "supervised", "--pretrained", "/nonexistent/w.pt"], "not found"),
     (["--methods", "supervised", "--seeds", "18446744073709551616"], "seeds must be integers"),
-    *[(["--methods", "supervised,oda", "--set", item], message) for item, message in [
-        ("supervised.epochs=abc", "supervised.epochs='abc': expected an integer"),
-        ("supervised.epochs=-1", "expected an integer from 1"),
-        ("supervised.epochs=0", "expected an integer from 1"),
-        ("supervised.epochs=1e9", "expected an integer"),
-        ("supervised.epochs=null", "supervised.epochs=null"),
-        ("supervised.lr=abc", "supervised.lr='abc': expected a number"),
-        ("supervised.lr=0", "above 0"),
-        ("supervised.batch_size=0", "supervised.batch_size=0"),
-        ("threads=-1", "threads=-1"),
-        ("threads=1.5", "threads=1.5"),
-        ("backbone.embed_dim=33", "multiple of backbone.num_heads"),
-        ("task.model=5", "task.model is a section"),
-        ("task.model.num_heads=3", "task.model.embed_dim=128: it must be a multiple"),
-        ("dino.epochs=abc", "dino.epochs='abc'"),
-        ("dino.momentum_teacher=1.5", "from 0 to 1"),
-        ("dino.global_size=64", "larger than input_size"),
-        ("dino.local_size=30", "local crops must not be larger"),
-        ("dino.head_batch_norm=1", "true or false"),
-        ("adapt.trainable=late", "one of all, early, norm"),
-        ("adapt.clip_mode=both", "one of global, parameter"),
-        ("adapt.lr=-1", "adapt.lr=-1"),
-        ("adapt.monitor=yes", "true or false"),
-        ("backbone.model=5", "a name"),
-    ]],
+    *[
+        (["--methods", "supervised,oda", "--set", item], message)
+        for item, message in [
+            ("supervised.epochs=abc", "supervised.epochs='abc': expected an integer"),
+            ("supervised.epochs=-1", "expected an integer from 1"),
+            ("supervised.epochs=0", "expected an integer from 1"),
+            ("supervised.epochs=1e9", "expected an integer"),
+            ("supervised.epochs=null", "supervised.epochs=null"),
+            ("supervised.lr=abc", "supervised.lr='abc': expected a number"),
+            ("supervised.lr=0", "above 0"),
+            ("supervised.batch_size=0", "supervised.batch_size=0"),
+            ("threads=-1", "threads=-1"),
+            ("threads=1.5", "threads=1.5"),
+            ("backbone.embed_dim=33", "multiple of backbone.num_heads"),
+            ("task.model=5", "task.model is a section"),
+            ("task.model.num_heads=3", "task.model.embed_dim=128: it must be a multiple"),
+            ("dino.epochs=abc", "dino.epochs='abc'"),
+            ("dino.momentum_teacher=1.5", "from 0 to 1"),
+            ("dino.global_size=64", "larger than input_size"),
+            ("dino.local_size=30", "local crops must not be larger"),
+            ("dino.head_batch_norm=1", "true or false"),
+            ("adapt.trainable=late", "one of all, early, norm"),
+            ("adapt.clip_mode=both", "one of global, parameter"),
+            ("adapt.lr=-1", "adapt.lr=-1"),
+            ("adapt.monitor=yes", "true or false"),
+            ("backbone.model=5", "a name"),
+        ]
+    ],
 ]
 
 
@@ -58,8 +61,18 @@ def test_bad_run_options_exit_2_with_one_line(cli, tmp_path, args, message):
 def test_unwritable_output_folder(cli, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    result = cli("run", "--methods", "supervised", "--sources", "S3", "--targets", "S3",
-                 "--out", str(blocker / "run"), *tiny_args())
+    result = cli(
+        "run",
+        "--methods",
+        "supervised",
+        "--sources",
+        "S3",
+        "--targets",
+        "S3",
+        "--out",
+        str(blocker / "run"),
+        *tiny_args(),
+    )
     assert result.returncode == 2
     assert "cannot write to output folder" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

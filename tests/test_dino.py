@@ -30,16 +30,34 @@ def tiny_vit(**kwargs):
     ensure_torchvision_importable()
     import timm
 
-    options = dict(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, num_classes=0,
-                   dynamic_img_size=True, in_chans=3)
+    options = dict(
+        img_size=16,
+        patch_size=4,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        num_classes=0,
+        dynamic_img_size=True,
+        in_chans=3,
+    )
     options.update(kwargs)
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, **options)
 
 
 def tiny_settings(**kwargs):
-    options = dict(epochs=2, batch_size=8, warmup_epochs=1, n_local=2, global_size=16,
-                   local_size=8, head_hidden_dim=32, head_bottleneck_dim=16, head_out_dim=64,
-                   warmup_teacher_temp_epochs=1, lr=1e-3)
+    options = dict(
+        epochs=2,
+        batch_size=8,
+        warmup_epochs=1,
+        n_local=2,
+        global_size=16,
+        local_size=8,
+        head_hidden_dim=32,
+        head_bottleneck_dim=16,
+        head_out_dim=64,
+        warmup_teacher_temp_epochs=1,
+        lr=1e-3,
+    )
     options.update(kwargs)
     return DinoSettings(**options)
 
@@ -57,11 +75,16 @@ def domain(n=24, compounds=3, batches=2, size=16, single_batch_compound=True, se
     compound = rng.integers(0, compounds, n)
     if single_batch_compound:  # compound 0 only in batch 0: it must fall back
         batch[compound == 0] = 0
-    meta = pd.DataFrame({
-        "source": "S1", "batch": [f"b{b}" for b in batch],
-        "plate": [f"b{b}-p{i % 2}" for i, b in enumerate(batch)], "well": "A01",
-        "compound": [f"c{c}" for c in compound], "label": "moa",
-    })
+    meta = pd.DataFrame(
+        {
+            "source": "S1",
+            "batch": [f"b{b}" for b in batch],
+            "plate": [f"b{b}-p{i % 2}" for i, b in enumerate(batch)],
+            "well": "A01",
+            "compound": [f"c{c}" for c in compound],
+            "label": "moa",
+        }
+    )
     images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
     return hcibench.Domain("tiny", meta, hcibench.TensorImages(images), ["moa"])
 
@@ -77,16 +100,22 @@ def _log_softmax(row):
 
 def test_dino_loss_equals_the_formula_computed_by_hand():
     # 2 globals + 1 local, batch 2, out_dim 3
-    student = torch.tensor([[0.1, 0.5, -0.3], [1.0, -1.0, 0.0],     # global 1
-                            [0.3, 0.2, 0.1], [-0.5, 0.4, 0.9],      # global 2
-                            [0.0, 0.0, 1.0], [0.7, -0.2, 0.3]])     # local
-    teacher = torch.tensor([[0.2, -0.1, 0.4], [0.9, 0.1, -0.6],
-                            [-0.3, 0.8, 0.05], [0.0, 0.5, 0.5]])
+    student = torch.tensor(
+        [
+            [0.1, 0.5, -0.3],
+            [1.0, -1.0, 0.0],  # global 1
+            [0.3, 0.2, 0.1],
+            [-0.5, 0.4, 0.9],  # global 2
+            [0.0, 0.0, 1.0],
+            [0.7, -0.2, 0.3],
+        ]
+    )  # local
+    teacher = torch.tensor([[0.2, -0.1, 0.4], [0.9, 0.1, -0.6], [-0.3, 0.8, 0.05], [0.0, 0.5, 0.5]])
     center = torch.tensor([[0.05, -0.02, 0.1]])
     tau_s, tau_t, batch = 0.1, 0.04, 2
 
     def view(rows, v):
-        return [r.tolist() for r in rows[v * batch:(v + 1) * batch]]
+        return [r.tolist() for r in rows[v * batch : (v + 1) * batch]]
 
     total, terms = 0.0, 0
     for g in range(2):
@@ -95,8 +124,10 @@ def test_dino_loss_equals_the_formula_computed_by_hand():
                 continue
             per_image = []
             for t_row, s_row in zip(view(teacher, g), view(student, v)):
-                q = [math.exp(x) for x in _log_softmax([(a - c) / tau_t for a, c in
-                                                        zip(t_row, center[0].tolist())])]
+                q = [
+                    math.exp(x)
+                    for x in _log_softmax([(a - c) / tau_t for a, c in zip(t_row, center[0].tolist())])
+                ]
                 p = _log_softmax([a / tau_s for a in s_row])
                 per_image.append(-sum(qk * pk for qk, pk in zip(q, p)))
             total += sum(per_image) / batch
@@ -106,8 +137,15 @@ def test_dino_loss_equals_the_formula_computed_by_hand():
     got = dino_loss(student, teacher, center, tau_s, tau_t, n_crops=3)
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
-    loss = DINOLoss(3, 3, warmup_teacher_temp=0.04, teacher_temp=0.07,
-                    warmup_teacher_temp_epochs=5, n_epochs=10, student_temp=tau_s)
+    loss = DINOLoss(
+        3,
+        3,
+        warmup_teacher_temp=0.04,
+        teacher_temp=0.07,
+        warmup_teacher_temp_epochs=5,
+        n_epochs=10,
+        student_temp=tau_s,
+    )
     loss.center.copy_(center)
     assert loss(student, teacher, epoch=0).item() == pytest.approx(expected, rel=1e-5)
 
@@ -126,8 +164,9 @@ def test_center_is_an_ema_of_the_teacher_batch_mean():
 
 
 def test_teacher_temperature_warms_up_linearly_then_stays():
-    loss = DINOLoss(4, 3, warmup_teacher_temp=0.04, teacher_temp=0.07,
-                    warmup_teacher_temp_epochs=30, n_epochs=300)
+    loss = DINOLoss(
+        4, 3, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=30, n_epochs=300
+    )
     assert loss.teacher_temperature(0) == pytest.approx(0.04)
     assert loss.teacher_temperature(29) == pytest.approx(0.07)
     assert 0.04 < loss.teacher_temperature(15) < 0.07
@@ -190,8 +229,7 @@ def test_clip_gradients_per_parameter():
 def test_multicrop_wrapper_runs_the_backbone_once_per_resolution():
     vit, head = tiny_vit(), DINOHead(32, 16, 8, 10)
     calls = []
-    wrapper = MultiCropWrapper(vit, head,
-                               lambda b, x: calls.append(x.shape) or b.forward_features(x)[:, 0])
+    wrapper = MultiCropWrapper(vit, head, lambda b, x: calls.append(x.shape) or b.forward_features(x)[:, 0])
     views = [torch.randn(2, 3, 16, 16)] * 2 + [torch.randn(2, 3, 8, 8)] * 3
     out = wrapper(views)
     assert out.shape == (10, 10)
@@ -206,8 +244,9 @@ def test_multicrop_wrapper_runs_the_backbone_once_per_resolution():
 
 def _views(settings, batch=4, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return hcibench.train.augment.multi_crop(torch.rand(batch, 3, 16, 16), settings.global_size,
-                                       settings.local_size, settings.n_local, g)
+    return hcibench.train.augment.multi_crop(
+        torch.rand(batch, 3, 16, 16), settings.global_size, settings.local_size, settings.n_local, g
+    )
 
 
 def test_teacher_gets_no_gradient_and_moves_only_by_ema():
@@ -265,8 +304,9 @@ def test_train_dino_end_to_end_with_cross_batch_pairs():
             logged.append(message)
 
     teacher_before = [p.detach().clone() for p in teacher.parameters()]
-    stats = train_dino(student, teacher, s_head, t_head, data, settings, Recorder(),
-                       torch.Generator().manual_seed(0))
+    stats = train_dino(
+        student, teacher, s_head, t_head, data, settings, Recorder(), torch.Generator().manual_seed(0)
+    )
     assert stats["steps"] == 3 * 3 and stats["images"] == 72 and stats["epochs"] == 3
     assert math.isfinite(stats["loss"]) and len(stats["epoch_losses"]) == 3
     assert stats["cross_batch"] and stats["pair_key"] == "batch"
@@ -285,8 +325,9 @@ def test_train_dino_end_to_end_with_cross_batch_pairs():
 def test_train_dino_on_a_domain_smaller_than_the_batch():
     settings = tiny_settings(epochs=2, batch_size=64)
     student, teacher, s_head, t_head = models(settings)
-    stats = train_dino(student, teacher, s_head, t_head, domain(n=5), settings, Progress(),
-                       torch.Generator().manual_seed(1))
+    stats = train_dino(
+        student, teacher, s_head, t_head, domain(n=5), settings, Progress(), torch.Generator().manual_seed(1)
+    )
     assert stats["batch_size"] == 5 and stats["steps"] == 2 and stats["pairs"] is None
     assert math.isfinite(stats["loss"])
 
@@ -296,8 +337,16 @@ def test_train_dino_restarts_center_and_is_reproducible():
 
     def run():
         student, teacher, s_head, t_head = models(settings, seed=3)
-        stats = train_dino(student, teacher, s_head, t_head, domain(n=16), settings, Progress(),
-                           torch.Generator().manual_seed(2))
+        stats = train_dino(
+            student,
+            teacher,
+            s_head,
+            t_head,
+            domain(n=16),
+            settings,
+            Progress(),
+            torch.Generator().manual_seed(2),
+        )
         return stats, teacher
 
     (a, ta), (b, tb) = run(), run()
@@ -346,14 +395,19 @@ def test_train_dino_reports_and_logs_a_collapse():
 
     # A teacher temperature this high makes every target uniform: the collapsed state.
     collapsing = tiny_settings(epochs=2, teacher_temp=100.0, warmup_teacher_temp=100.0)
-    stats = train_dino(*models(collapsing), domain(n=16), collapsing, Recorder(),
-                       torch.Generator().manual_seed(0), description="step 1 DINO S3")
+    stats = train_dino(
+        *models(collapsing),
+        domain(n=16),
+        collapsing,
+        Recorder(),
+        torch.Generator().manual_seed(0),
+        description="step 1 DINO S3",
+    )
     assert stats["collapsed_from_epoch"] == 1 and len(stats["target_entropy"]) == 2
     assert any("step 1 DINO S3 collapsed from epoch 1" in line for line in logged)
 
     healthy = tiny_settings(epochs=2)
-    stats = train_dino(*models(healthy), domain(n=16), healthy, Progress(),
-                       torch.Generator().manual_seed(0))
+    stats = train_dino(*models(healthy), domain(n=16), healthy, Progress(), torch.Generator().manual_seed(0))
     assert stats["collapsed_from_epoch"] is None and max(stats["target_entropy"]) < 0.95
 
 
@@ -367,8 +421,9 @@ def test_head_batch_norm_normalises_with_each_batchs_statistics_in_both_heads():
     # Running statistics are buffers, which the EMA does not carry over: the teacher's head
     # must use the batch's statistics, not its never-updated running ones.
     assert t_head.training and not teacher.training
-    stats = train_dino(student, teacher, s_head, t_head, domain(n=16), settings, Progress(),
-                       torch.Generator().manual_seed(0))
+    stats = train_dino(
+        student, teacher, s_head, t_head, domain(n=16), settings, Progress(), torch.Generator().manual_seed(0)
+    )
     assert math.isfinite(stats["loss"])
 
 
@@ -385,9 +440,16 @@ def stripes(n: int, size: int = 32, seed: int = 0):
     gain = torch.full((n, 3), 0.2)
     gain[torch.arange(n), kinds % 3] += 1
     images = (0.5 + 0.4 * pattern[:, None] * gain[:, :, None, None]).clamp(0, 1)
-    meta = pd.DataFrame({"source": "X", "batch": "b0", "plate": "p0", "well": "A01",
-                         "compound": [f"k{k}" for k in kinds.tolist()],
-                         "label": [str(k) for k in kinds.tolist()]})
+    meta = pd.DataFrame(
+        {
+            "source": "X",
+            "batch": "b0",
+            "plate": "p0",
+            "well": "A01",
+            "compound": [f"k{k}" for k in kinds.tolist()],
+            "label": [str(k) for k in kinds.tolist()],
+        }
+    )
     return hcibench.Domain("X", meta, hcibench.TensorImages(images), [str(k) for k in range(8)])
 
 
@@ -398,13 +460,22 @@ def test_quick_preset_dino_keeps_informative_targets_where_the_reference_head_co
     config = dual_settings.config("quick")
     patterns = stripes(384)
     entropy = {}
-    for name, changes in [("quick", {}), ("reference head", dict(
-            head_batch_norm=False, warmup_teacher_temp=0.04, teacher_temp=0.07,
-            head_out_dim=256))]:
+    for name, changes in [
+        ("quick", {}),
+        (
+            "reference head",
+            dict(head_batch_norm=False, warmup_teacher_temp=0.04, teacher_temp=0.07, head_out_dim=256),
+        ),
+    ]:
         settings = dual.dino_settings(config["dino"], epochs=5, **changes)
         torch.manual_seed(0)
-        stats = train_dino(*dual.build_fe_pair(config, 3, settings), patterns, settings,
-                           Progress(), torch.Generator().manual_seed(0))
+        stats = train_dino(
+            *dual.build_fe_pair(config, 3, settings),
+            patterns,
+            settings,
+            Progress(),
+            torch.Generator().manual_seed(0),
+        )
         entropy[name] = stats["target_entropy"]
     assert max(entropy["quick"][1:]) < 0.9, entropy
     assert entropy["reference head"][-1] > 0.95, entropy
@@ -423,8 +494,16 @@ def test_a_dino_stage_killed_mid_training_goes_on_from_its_saved_progress(tmp_pa
             if epoch == kill_after:
                 raise KeyboardInterrupt  # as a kill would, before this epoch's save
 
-        stats = train_dino(student, teacher, student_head, teacher_head, domain(), settings,
-                           generator=torch.Generator().manual_seed(3), on_epoch=on_epoch)
+        stats = train_dino(
+            student,
+            teacher,
+            student_head,
+            teacher_head,
+            domain(),
+            settings,
+            generator=torch.Generator().manual_seed(3),
+            on_epoch=on_epoch,
+        )
         return {"teacher": teacher.state_dict(), "losses": stats["epoch_losses"]}
 
     reference = StageCache(tmp_path / "whole").get("fe", {"k": 1}, compute)

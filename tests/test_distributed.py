@@ -27,10 +27,19 @@ SETTINGS = dict(epochs=2, batch_size=8, drop_path=0.0, head_batch_norm=False)
 def _train(cross_batch: bool):
     settings = tiny_settings(**SETTINGS, cross_batch=cross_batch)
     student, teacher, student_head, teacher_head = models(settings)
-    stats = train_dino(student, teacher, student_head, teacher_head, domain(n=24), settings,
-                       generator=torch.Generator().manual_seed(3))
-    return stats["epoch_losses"], {**teacher.state_dict(),
-                                   **{f"head.{k}": v for k, v in teacher_head.state_dict().items()}}
+    stats = train_dino(
+        student,
+        teacher,
+        student_head,
+        teacher_head,
+        domain(n=24),
+        settings,
+        generator=torch.Generator().manual_seed(3),
+    )
+    return stats["epoch_losses"], {
+        **teacher.state_dict(),
+        **{f"head.{k}": v for k, v in teacher_head.state_dict().items()},
+    }
 
 
 def _rank(rank: int, world: int, port: int, cross_batch: bool, out: str) -> None:
@@ -62,8 +71,9 @@ def test_two_gloo_ranks_train_the_same_teacher_as_one_process(tmp_path, cross_ba
     assert two["losses"] == pytest.approx(losses, abs=1e-5)
     assert set(two["state"]) == set(state)
     for name, value in state.items():
-        torch.testing.assert_close(two["state"][name], value, atol=1e-5, rtol=0,
-                                   msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            two["state"][name], value, atol=1e-5, rtol=0, msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 def test_a_batch_that_does_not_split_over_the_ranks_is_refused(monkeypatch):
@@ -80,26 +90,51 @@ def test_torchrun_runs_a_grid_as_one_process_does(tmp_path):
     from conftest import run_cli, tiny_args
     from test_dual import TINY_DUAL
 
-    grid = ["--methods", "oda", "--sources", "S3", "--targets", "S3,S5", *tiny_args(
-        *TINY_DUAL, "dino.drop_path=0.0", "dino.head_batch_norm=false", "threads=1",
-        supervised=False)]
+    grid = [
+        "--methods",
+        "oda",
+        "--sources",
+        "S3",
+        "--targets",
+        "S3,S5",
+        *tiny_args(
+            *TINY_DUAL, "dino.drop_path=0.0", "dino.head_batch_norm=false", "threads=1", supervised=False
+        ),
+    ]
     alone = run_cli("run", *grid, "--out", str(tmp_path / "one"))
     assert alone.returncode == 0, alone.stderr
     together = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "hcibench.cli", "run", *grid, "--out", str(tmp_path / "two")],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "hcibench.cli",
+            "run",
+            *grid,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert together.returncode == 0, together.stderr[-3000:]
 
     def records(name):
-        return {p.relative_to(tmp_path / name): json.loads(p.read_text())
-                for p in (tmp_path / name).glob("records/**/*.json")}
+        return {
+            p.relative_to(tmp_path / name): json.loads(p.read_text())
+            for p in (tmp_path / name).glob("records/**/*.json")
+        }
 
     one, two = records("one"), records("two")
     assert set(one) == set(two) and len(one) == 2
     for path, record in one.items():
-        assert two[path]["metrics"]["accuracy"] == pytest.approx(
-            record["metrics"]["accuracy"], abs=0.02), path
+        assert two[path]["metrics"]["accuracy"] == pytest.approx(record["metrics"]["accuracy"], abs=0.02), (
+            path
+        )
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert all(stage["computed"] == 1 for stage in manifest["stages"].values())
 
@@ -110,9 +145,17 @@ def test_one_stage_job_trained_by_two_torchrun_processes(tmp_path):
     from conftest import run_cli, tiny_args
     from test_dual import TINY_DUAL
 
-    grid = ["--methods", "oda", "--sources", "S3", "--targets", "S5", *tiny_args(
-        *TINY_DUAL, "dino.drop_path=0.0", "dino.head_batch_norm=false", "threads=1",
-        supervised=False)]
+    grid = [
+        "--methods",
+        "oda",
+        "--sources",
+        "S3",
+        "--targets",
+        "S5",
+        *tiny_args(
+            *TINY_DUAL, "dino.drop_path=0.0", "dino.head_batch_norm=false", "threads=1", supervised=False
+        ),
+    ]
     out = tmp_path / "run"
     assert run_cli("run", *grid, "--out", str(out)).returncode == 0
     jobs = json.loads(run_cli("plan", *grid, "--json").stdout)
@@ -120,9 +163,23 @@ def test_one_stage_job_trained_by_two_torchrun_processes(tmp_path):
     stage = out / "stages" / f"{adapt}.pt"
     stage.unlink()
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "hcibench.cli", "stage", "run", str(out), adapt],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "hcibench.cli",
+            "stage",
+            "run",
+            str(out),
+            adapt,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     # Each rank says what it did: both computed (together); a rank working alone would have
     # waited for the other's file and said "already there".

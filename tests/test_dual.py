@@ -16,9 +16,17 @@ from hcibench_plugins.methods.dual import settings as dual_settings
 from hcibench_plugins.methods.dual import steps as dual
 
 TINY_DUAL = [
-    "dino.epochs=1", "dino.n_local=2", "dino.head_hidden_dim=32", "dino.head_bottleneck_dim=16",
-    "dino.head_out_dim=64", "dino.batch_size=32", "task.epochs=1", "task.model.depth=1",
-    "task.model.embed_dim=32", "task.model.num_heads=2", "adapt.epochs=1",
+    "dino.epochs=1",
+    "dino.n_local=2",
+    "dino.head_hidden_dim=32",
+    "dino.head_bottleneck_dim=16",
+    "dino.head_out_dim=64",
+    "dino.batch_size=32",
+    "task.epochs=1",
+    "task.model.depth=1",
+    "task.model.embed_dim=32",
+    "task.model.num_heads=2",
+    "adapt.epochs=1",
 ]
 
 
@@ -28,12 +36,16 @@ def _tiny_config():
 
 def _domain(name, batches, n=48, classes=4, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    meta = pd.DataFrame({
-        "source": name, "batch": [f"B{i % batches}" for i in range(n)],
-        "plate": [f"P{i % (batches * 2)}" for i in range(n)], "well": "A01",
-        "compound": [f"c{i % 8}" for i in range(n)],
-        "label": [f"moa{(i % 8) % classes}" for i in range(n)],
-    })
+    meta = pd.DataFrame(
+        {
+            "source": name,
+            "batch": [f"B{i % batches}" for i in range(n)],
+            "plate": [f"P{i % (batches * 2)}" for i in range(n)],
+            "well": "A01",
+            "compound": [f"c{i % 8}" for i in range(n)],
+            "label": [f"moa{(i % 8) % classes}" for i in range(n)],
+        }
+    )
     images = torch.rand(n, 3, 32, 32, generator=generator)
     return hcibench.Domain(name, meta, TensorImages(images), [f"moa{i}" for i in range(classes)])
 
@@ -67,9 +79,20 @@ def test_single_batch_target_runs_coda_and_records_the_fallback():
 
 def test_grid_computes_each_shared_stage_once(cli, tmp_path):
     out = tmp_path / "run"
-    result = cli("run", "--methods", "dual-dino,oda,dual-cb,coda", "--sources", "S8,S10",
-                 "--targets", "S8,S10", "--seeds", "0,1", "--out", str(out),
-                 *tiny_args(*TINY_DUAL, supervised=False))
+    result = cli(
+        "run",
+        "--methods",
+        "dual-dino,oda,dual-cb,coda",
+        "--sources",
+        "S8,S10",
+        "--targets",
+        "S8,S10",
+        "--seeds",
+        "0,1",
+        "--out",
+        str(out),
+        *tiny_args(*TINY_DUAL, supervised=False),
+    )
     assert result.returncode == 0, result.stderr
     stages = json.loads((out / "manifest.json").read_text())["stages"].values()
     by_name = {}
@@ -96,12 +119,12 @@ def test_the_source_centre_starts_step_3_where_step_1_left_the_teacher():
     center = dual.source_center(config, settings, teacher, head, source, seed=5)["center"]
     assert center.shape == (1, settings.head_out_dim)
     # The mean head output over the source's images under the first two global views.
-    views = dino_views_or_default(config, settings)(source.stack(), None,
-                                                    torch.Generator().manual_seed(5))[:2]
+    views = dino_views_or_default(config, settings)(source.stack(), None, torch.Generator().manual_seed(5))[
+        :2
+    ]
     expected = MultiCropWrapper(teacher, head).eval()(views).mean(0, keepdim=True)
     torch.testing.assert_close(center, expected.detach(), atol=1e-5, rtol=1e-5)
-    zero_key = dual.adapt_stage(Context(_tiny_config(), seed=0, source="A"), source, {}, True,
-                                None, 48)[1]
+    zero_key = dual.adapt_stage(Context(_tiny_config(), seed=0, source="A"), source, {}, True, None, 48)[1]
     source_key = dual.adapt_stage(context, source, {}, True, None, 48)[1]
     assert "center" not in zero_key and source_key["center"] == {"from": "source", "source_n": 48}
     prediction = method.predict(_domain("B", 2, seed=1))  # step 3 runs from that centre
@@ -115,8 +138,7 @@ def dino_views_or_default(config, settings):
     return dino_views(config, settings.n_local) or default_views(settings)
 
 
-def test_a_classifier_stage_killed_mid_training_goes_on_from_its_saved_progress(tmp_path,
-                                                                                monkeypatch):
+def test_a_classifier_stage_killed_mid_training_goes_on_from_its_saved_progress(tmp_path, monkeypatch):
     from hcibench.train import classifier as training
     from hcibench.train.backbones import create_backbone
 

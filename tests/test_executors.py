@@ -16,13 +16,14 @@ pytestmark = pytest.mark.slow
 
 SETTINGS = tiny_args(*TINY_DUAL, "threads=1", supervised=False)
 # Two groups (dual-dino and oda) sharing their first two stages.
-GRID = ["--methods", "dual-dino,oda", "--sources", "S3", "--targets", "S3,S5", "--seeds", "0",
-        *SETTINGS]
+GRID = ["--methods", "dual-dino,oda", "--sources", "S3", "--targets", "S3,S5", "--seeds", "0", *SETTINGS]
 
 
 def _records(out):
-    return {p.relative_to(out).as_posix(): json.loads(p.read_text())["metrics"]
-            for p in out.glob("records/**/*.json")}
+    return {
+        p.relative_to(out).as_posix(): json.loads(p.read_text())["metrics"]
+        for p in out.glob("records/**/*.json")
+    }
 
 
 def _computed(out):
@@ -41,8 +42,7 @@ def in_process(tmp_path_factory):
 
 def test_dask_workers_give_the_records_of_one_process(tmp_path, in_process):
     pytest.importorskip("distributed")
-    dask = run_cli("run", *GRID, "--executor", "dask", "--workers", "2",
-                   "--out", str(tmp_path / "dask"))
+    dask = run_cli("run", *GRID, "--executor", "dask", "--workers", "2", "--out", str(tmp_path / "dask"))
     assert dask.returncode == 0, dask.stderr
     assert _records(tmp_path / "dask") == in_process
     # dual-dino and oda share step 1 and step 2 per seed: each computed once across workers.
@@ -58,14 +58,18 @@ def test_a_dask_worker_lost_mid_grid_still_completes_it(tmp_path):
     from hcibench.run.runner import Grid, RunSpec, pending_cells, prepare, start_run_folder
 
     overrides = [item for item in SETTINGS if item != "--set"]
-    spec = RunSpec(Grid(["dual-dino", "oda"], ["S3"], ["S3", "S5"], [0, 1]), tmp_path / "run",
-                   overrides=overrides)
+    spec = RunSpec(
+        Grid(["dual-dino", "oda"], ["S3"], ["S3", "S5"], [0, 1]), tmp_path / "run", overrides=overrides
+    )
     run = prepare(spec)
     start_run_folder(run)
     plan = build_plan(run, pending_only=True)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         futures = submit_plan(client, spec, plan, threads=1, retries=2)
         time.sleep(6)  # both workers are inside their first jobs
         victim = next(iter(cluster.workers.values()))
@@ -84,9 +88,10 @@ def _fake_sbatch(folder):
         "#!/bin/sh\n"
         f"n=$(ls {folder}/submitted 2>/dev/null | wc -l)\n"
         f"mkdir -p {folder}/submitted\n"
-        f"cp \"$1\" {folder}/submitted/job$n.sh\n"
-        f"echo \"$@\" >> {log}\n"
-        "echo \"Submitted batch job $((4242 + n))\"\n")
+        f'cp "$1" {folder}/submitted/job$n.sh\n'
+        f'echo "$@" >> {log}\n'
+        'echo "Submitted batch job $((4242 + n))"\n'
+    )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return folder / "submitted"
 
@@ -100,9 +105,21 @@ def test_slurm_submits_the_plan_with_its_dependencies_and_resources(tmp_path):
     (bin_dir / "srun").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     out = tmp_path / "run"
-    result = run_cli("run", *GRID, "--executor", "slurm", "--slurm", "slurm_partition=gpu",
-                     "--slurm", "gpus_per_node=1", "--set", "resources.hours=1.5",
-                     "--out", str(out), env=env)
+    result = run_cli(
+        "run",
+        *GRID,
+        "--executor",
+        "slurm",
+        "--slurm",
+        "slurm_partition=gpu",
+        "--slurm",
+        "gpus_per_node=1",
+        "--set",
+        "resources.hours=1.5",
+        "--out",
+        str(out),
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     said = " ".join((result.stdout + result.stderr).split())
     # fe-dino, task, adapt on S3 and on S5, cells of dual-dino and of oda
@@ -113,13 +130,16 @@ def test_slurm_submits_the_plan_with_its_dependencies_and_resources(tmp_path):
         assert "#SBATCH --gpus-per-node=1" in text
         assert "#SBATCH --time=90" in text  # resources.hours
         assert "#SBATCH --signal=USR2@" in text  # requeued with its work on a time-out
+
     def dependency(job_name: str) -> str:
         (text,) = [t for t in scripts if f"--job-name=hcibench-{job_name}" in t]
         line = [x for x in text.splitlines() if x.startswith("#SBATCH --dependency=")]
         return line[0].split("=", 1)[1] if line else ""
 
-    ids = {f"hcibench-{name}": str(4242 + i) for i, name in enumerate(
-        t.split("--job-name=hcibench-", 1)[1].split("\n", 1)[0] for t in scripts)}
+    ids = {
+        f"hcibench-{name}": str(4242 + i)
+        for i, name in enumerate(t.split("--job-name=hcibench-", 1)[1].split("\n", 1)[0] for t in scripts)
+    }
     names = [name.removeprefix("hcibench-") for name in ids]
     fe = next(n for n in names if n.startswith("fe-dino-"))
     task = next(n for n in names if n.startswith("task-"))
@@ -127,9 +147,11 @@ def test_slurm_submits_the_plan_with_its_dependencies_and_resources(tmp_path):
     assert dependency(fe) == ""  # step 1 needs nothing
     assert dependency(task) == f"afterok:{ids['hcibench-' + fe]}"  # step 2 after step 1
     assert len(adapts) == 2 and all(  # step 3 on each target after step 2
-        dependency(a) == f"afterok:{ids['hcibench-' + task]}" for a in adapts)
+        dependency(a) == f"afterok:{ids['hcibench-' + task]}" for a in adapts
+    )
     assert dependency("cells-oda-S3-seed0") == "afterok:" + ":".join(
-        ids["hcibench-" + n] for n in (fe, task, *adapts))
+        ids["hcibench-" + n] for n in (fe, task, *adapts)
+    )
     assert not _records(out)  # submitted only: the jobs write the records
 
 
@@ -137,8 +159,7 @@ def test_slurm_jobs_run_end_to_end_through_the_local_executor(tmp_path, in_proce
     pytest.importorskip("submitit")
     out = tmp_path / "run"
     grid = [item if item != "dual-dino,oda" else "dual-dino" for item in GRID]  # 3 jobs
-    result = run_cli("run", *grid, "--executor", "slurm", "--slurm", "cluster=local",
-                     "--out", str(out))
+    result = run_cli("run", *grid, "--executor", "slurm", "--slurm", "cluster=local", "--out", str(out))
     assert result.returncode == 0, result.stderr
     deadline = time.time() + 300
     while time.time() < deadline and len(_records(out)) < 2:
@@ -161,11 +182,14 @@ def test_a_missing_engine_says_which_extra_to_install(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"workers": "2"}, "--workers is an option of --executor dask"),
-    ({"executor": "dask", "workers": "0"}, "bad --workers '0'"),
-    ({"executor": "slurm", "slurm_options": ["partition"]}, "bad --slurm 'partition'"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"workers": "2"}, "--workers is an option of --executor dask"),
+        ({"executor": "dask", "workers": "0"}, "bad --workers '0'"),
+        ({"executor": "slurm", "slurm_options": ["partition"]}, "bad --slurm 'partition'"),
+    ],
+)
 def test_bad_executor_options_are_refused(options, message):
     from hcibench.cli import executor_options
     from hcibench.errors import UsageError
@@ -177,6 +201,5 @@ def test_bad_executor_options_are_refused(options, message):
 def test_a_bad_executor_option_is_one_line_and_writes_nothing(tmp_path):
     result = run_cli("run", *GRID, "--workers", "2", "--out", str(tmp_path / "run"))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "error: --workers is an option of --executor dask"]
+    assert result.stderr.strip().splitlines() == ["error: --workers is an option of --executor dask"]
     assert not (tmp_path / "run").exists()

@@ -21,8 +21,17 @@ TINY_SUPERVISED = [*TINY_BACKBONE, "supervised.epochs=1"]
 SIZE = 32
 
 
-def make_folder(root, sources=("A", "B"), plates=3, wells=4, sites=2, classes=4, seed=0,
-                layout="tiff", label_column="label"):
+def make_folder(
+    root,
+    sources=("A", "B"),
+    plates=3,
+    wells=4,
+    sites=2,
+    classes=4,
+    seed=0,
+    layout="tiff",
+    label_column="label",
+):
     """A dataset the way a user's own script writes one: a CSV and 16-bit TIFFs (or a PNG per
     channel). Returns the index and the images written (row order)."""
     rng = np.random.default_rng(seed)
@@ -34,10 +43,15 @@ def make_folder(root, sources=("A", "B"), plates=3, wells=4, sites=2, classes=4,
                 for site in range(sites):
                     image = rng.integers(0, 65535, (3, SIZE, SIZE), dtype=np.uint16)
                     name = f"{source}/P{plate}/w{well}_s{site}"
-                    row = {"source": source, "batch": f"{source}-B{plate % 2}",
-                           "plate": f"{source}-P{plate}", "well": f"A{well + 1:02d}",
-                           "compound": compound, label_column: f"moa{well % classes}",
-                           "site": site}
+                    row = {
+                        "source": source,
+                        "batch": f"{source}-B{plate % 2}",
+                        "plate": f"{source}-P{plate}",
+                        "well": f"A{well + 1:02d}",
+                        "compound": compound,
+                        label_column: f"moa{well % classes}",
+                        "site": site,
+                    }
                     if layout == "tiff":
                         (root / source / f"P{plate}").mkdir(parents=True, exist_ok=True)
                         tifffile.imwrite(root / f"{name}.tif", image, photometric="minisblack")
@@ -62,11 +76,17 @@ def options(**changes):
 
 
 def run_grid(out, dataset, data, methods, sources, targets, overrides):
-    spec = runner.RunSpec(runner.Grid(methods, sources, targets, [0]), out, dataset=dataset,
-                          data=str(data) if data else None, overrides=list(overrides))
+    spec = runner.RunSpec(
+        runner.Grid(methods, sources, targets, [0]),
+        out,
+        dataset=dataset,
+        data=str(data) if data else None,
+        overrides=list(overrides),
+    )
     runner.execute(runner.prepare(spec))
-    return {p.relative_to(out).as_posix(): json.loads(p.read_text())
-            for p in (out / "records").rglob("*.json")}
+    return {
+        p.relative_to(out).as_posix(): json.loads(p.read_text()) for p in (out / "records").rglob("*.json")
+    }
 
 
 def test_reads_a_csv_written_by_another_program(tmp_path):
@@ -90,8 +110,9 @@ def test_channel_files_renamed_columns_and_channel_choice(tmp_path):
     index.rename(columns={"source": "Site_Lab"}).to_csv(tmp_path / "index.csv", index=False)
     with pytest.raises(hcibench.UsageError, match="Site_Lab"):  # lists the columns it has
         FolderDataset(str(tmp_path), **options())
-    dataset = FolderDataset(str(tmp_path), **options(columns={"source": "Site_Lab"},
-                                                     channels=["Mito", "DNA"]))
+    dataset = FolderDataset(
+        str(tmp_path), **options(columns={"source": "Site_Lab"}, channels=["Mito", "DNA"])
+    )
     image = dataset.domain("A").images[3]
     assert image.shape == (2, SIZE, SIZE)
     assert torch.equal(image[0], torch.from_numpy(arrays[3][2].astype(np.float32)) / 255)
@@ -107,11 +128,19 @@ def test_strips_multipage_tiffs_and_preprocessing(tmp_path):
         pages = rng.integers(0, 65535, (3, 40, 40), dtype=np.uint16)
         for page in pages:
             tif.write(page)
-    pd.DataFrame({"path": ["cell.png"], "source": "A", "plate": "P", "batch": "B",
-                  "label": "x"}).to_csv(tmp_path / "strip.csv", index=False)
-    pd.DataFrame({"path": ["pages.tiff"] * 2, "source": "A", "plate": ["P", "Q"], "batch": "B",
-                  "compound": ["DMSO", "c"], "label": "x"}).to_csv(tmp_path / "pages.csv",
-                                                                   index=False)
+    pd.DataFrame({"path": ["cell.png"], "source": "A", "plate": "P", "batch": "B", "label": "x"}).to_csv(
+        tmp_path / "strip.csv", index=False
+    )
+    pd.DataFrame(
+        {
+            "path": ["pages.tiff"] * 2,
+            "source": "A",
+            "plate": ["P", "Q"],
+            "batch": "B",
+            "compound": ["DMSO", "c"],
+            "label": "x",
+        }
+    ).to_csv(tmp_path / "pages.csv", index=False)
     tiles = FolderDataset(str(tmp_path / "strip.csv"), **options(strip_channels=4, channels=[3, 0]))
     image = tiles.domain("A").images[0]
     assert torch.equal(image[0], torch.from_numpy(strip[:, 48:].astype(np.float32)) / 255)
@@ -131,8 +160,7 @@ def test_strips_multipage_tiffs_and_preprocessing(tmp_path):
     tiled = FolderDataset(str(tmp_path / "pages.csv"), **options(tile=20)).domain("A")
     assert len(tiled) == 8 and tiled.meta["tile"].tolist() == [0, 1, 2, 3] * 2
     assert torch.equal(tiled.images[3], raw[:, 20:40, 20:40])
-    normalised = FolderDataset(str(tmp_path / "pages.csv"),
-                               **options(normalise="plate")).domain("A")
+    normalised = FolderDataset(str(tmp_path / "pages.csv"), **options(normalise="plate")).domain("A")
     z = normalised.stack()
     assert torch.allclose(z[0].mean(dim=(1, 2)), torch.zeros(3), atol=1e-4)
     assert torch.allclose(z[0].std(dim=(1, 2)), torch.ones(3), atol=1e-3)
@@ -144,8 +172,7 @@ def test_synthetic_round_trip_gives_identical_metrics(tmp_path):
 
     write_folder(synthetic, tmp_path / "synth", ["S8", "S10"])
     grid = (["supervised"], ["S8"], ["S8", "S10"])
-    direct = run_grid(tmp_path / "a", "synthetic", None, *grid,
-                      [*TINY_SUPERVISED, "dataset.scale=0.34"])
+    direct = run_grid(tmp_path / "a", "synthetic", None, *grid, [*TINY_SUPERVISED, "dataset.scale=0.34"])
     on_disk = run_grid(tmp_path / "b", "folder", tmp_path / "synth", *grid, TINY_SUPERVISED)
     assert direct.keys() == on_disk.keys() and len(direct) == 2
     for key in direct:
@@ -159,8 +186,22 @@ def test_cli_runs_supervised_and_coda_on_a_folder(cli, tmp_path):
     args = []
     for item in [*TINY_SUPERVISED, *TINY_DUAL]:
         args += ["--set", item]
-    result = cli("run", "--dataset", "folder", "--data", str(tmp_path / "data"), "--methods",
-                 "supervised,coda", "--sources", "A", "--targets", "B", "--out", str(out), *args)
+    result = cli(
+        "run",
+        "--dataset",
+        "folder",
+        "--data",
+        str(tmp_path / "data"),
+        "--methods",
+        "supervised,coda",
+        "--sources",
+        "A",
+        "--targets",
+        "B",
+        "--out",
+        str(out),
+        *args,
+    )
     assert result.returncode == 0, result.stderr
     for method in ("supervised", "coda"):
         record = json.loads((out / f"records/{method}/A/B/seed0.json").read_text())
@@ -177,7 +218,8 @@ def break_folder(root):
     (root / index["path"][30]).write_bytes(b"II*\x00 not a tiff at all")
     index.loc[5, "plate"] = np.nan
     index.loc[index["source"] == "B", "label"] = index.loc[index["source"] == "B", "label"].replace(
-        "moa3", "moa9")
+        "moa3", "moa9"
+    )
     index.drop(columns=["batch"]).to_csv(root / "index.csv", index=False)
     return index
 
@@ -234,15 +276,26 @@ def test_on_error_skip_completes_and_reports_the_skips(tmp_path):
 
     break_folder(tmp_path / "data")
     out = tmp_path / "run"
-    records = run_grid(out, "folder", tmp_path / "data", ["supervised"], ["A"], ["A", "B"],
-                       [*TINY_SUPERVISED, "dataset.on_error=skip"])
+    records = run_grid(
+        out,
+        "folder",
+        tmp_path / "data",
+        ["supervised"],
+        ["A"],
+        ["A", "B"],
+        [*TINY_SUPERVISED, "dataset.on_error=skip"],
+    )
     assert len(records) == 2
     assert records["records/supervised/A/B/seed0.json"]["n_images"] == 23
     # Each record counts the skips of its own source and target (A: rows 1 and 5, B: row 30).
     assert records["records/supervised/A/B/seed0.json"]["info"]["skipped_images"] == {
-        "source": 2, "target": 1}
+        "source": 2,
+        "target": 1,
+    }
     assert records["records/supervised/A/A/seed0.json"]["info"]["skipped_images"] == {
-        "source": 2, "target": 2}
+        "source": 2,
+        "target": 2,
+    }
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data_problems"]["skipped_images"] == 3
     assert any("does not exist" in p["message"] for p in manifest["data_problems"]["problems"])
@@ -254,12 +307,15 @@ def test_channel_columns_under_other_names_and_cellprofiler_pairs(tmp_path):
     expected = torch.from_numpy(arrays[5].astype(np.float32)) / 255
     channels = ("DNA", "ER", "Mito")
     index.rename(columns={f"path_{c}": f"img_c{i + 1}" for i, c in enumerate(channels)}).to_csv(
-        tmp_path / "renamed.csv", index=False)
-    listed = FolderDataset(str(tmp_path / "renamed.csv"),
-                           **options(channel_columns=["img_c1", "img_c2", "img_c3"]))
+        tmp_path / "renamed.csv", index=False
+    )
+    listed = FolderDataset(
+        str(tmp_path / "renamed.csv"), **options(channel_columns=["img_c1", "img_c2", "img_c3"])
+    )
     assert torch.equal(listed.domain("A").images[5], expected)
-    named = FolderDataset(str(tmp_path / "renamed.csv"),
-                          **options(channel_columns={"DNA": "img_c1", "Mito": "img_c3"}))
+    named = FolderDataset(
+        str(tmp_path / "renamed.csv"), **options(channel_columns={"DNA": "img_c1", "Mito": "img_c3"})
+    )
     assert torch.equal(named.domain("A").images[5], expected[[0, 2]])
     assert "img_c1" not in named.domain("A").meta.columns
     cellprofiler = index.copy()

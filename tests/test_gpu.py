@@ -12,8 +12,7 @@ from test_dual import TINY_DUAL
 from hcibench.run import accelerator
 from hcibench.train.dino import DinoTrainer, train_dino
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 CUDA = torch.device("cuda")
 
@@ -21,8 +20,15 @@ CUDA = torch.device("cuda")
 def _trained(device, precision="fp32"):
     settings = tiny_settings(epochs=2, batch_size=8, drop_path=0.0, precision=precision)
     student, teacher, student_head, teacher_head = (m.to(device) for m in models(settings))
-    stats = train_dino(student, teacher, student_head, teacher_head, domain(n=24), settings,
-                       generator=torch.Generator().manual_seed(3))
+    stats = train_dino(
+        student,
+        teacher,
+        student_head,
+        teacher_head,
+        domain(n=24),
+        settings,
+        generator=torch.Generator().manual_seed(3),
+    )
     return stats, teacher
 
 
@@ -43,8 +49,12 @@ def test_a_dino_step_never_waits_for_the_gpu():
     settings = tiny_settings(batch_size=8, drop_path=0.0, clip_mode="global")
     student, teacher, student_head, teacher_head = (m.to(CUDA) for m in models(settings))
     trainer = DinoTrainer(student, teacher, student_head, teacher_head, settings, 10)
-    views = [torch.rand(8, 3, 16, 16, device=CUDA), torch.rand(8, 3, 16, 16, device=CUDA),
-             torch.rand(8, 3, 8, 8, device=CUDA), torch.rand(8, 3, 8, 8, device=CUDA)]
+    views = [
+        torch.rand(8, 3, 16, 16, device=CUDA),
+        torch.rand(8, 3, 16, 16, device=CUDA),
+        torch.rand(8, 3, 8, 8, device=CUDA),
+        torch.rand(8, 3, 8, 8, device=CUDA),
+    ]
     trainer.step(views, epoch=1, step=0)  # the first step allocates the optimiser's state
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -60,8 +70,18 @@ def test_precision_auto_is_bf16_on_cuda():
 
 def test_the_grid_runs_on_the_gpu_and_says_so(tmp_path, cli):
     out = tmp_path / "run"
-    result = cli("run", "--methods", "supervised,oda,ttt", "--sources", "S3", "--targets", "S3,S5",
-                 "--out", str(out), *tiny_args(*TINY_DUAL, "device=cuda", "mae.epochs=1"))
+    result = cli(
+        "run",
+        "--methods",
+        "supervised,oda,ttt",
+        "--sources",
+        "S3",
+        "--targets",
+        "S3,S5",
+        "--out",
+        str(out),
+        *tiny_args(*TINY_DUAL, "device=cuda", "mae.epochs=1"),
+    )
     assert result.returncode == 0, result.stderr
     records = [json.loads(p.read_text()) for p in out.glob("records/**/*.json")]
     assert records

@@ -21,10 +21,14 @@ from hcibench.report.html import render_html
 from hcibench.report.tables import render
 
 VALUES = {
-    ("supervised", "S3", "S3"): 0.386, ("supervised", "S3", "S5"): 0.131,
-    ("supervised", "S5", "S3"): 0.074, ("supervised", "S5", "S5"): 0.355,
-    ("coda", "S3", "S3"): 0.402, ("coda", "S3", "S5"): 0.329,
-    ("coda", "S5", "S3"): 0.263, ("coda", "S5", "S5"): 0.366,
+    ("supervised", "S3", "S3"): 0.386,
+    ("supervised", "S3", "S5"): 0.131,
+    ("supervised", "S5", "S3"): 0.074,
+    ("supervised", "S5", "S5"): 0.355,
+    ("coda", "S3", "S3"): 0.402,
+    ("coda", "S3", "S5"): 0.329,
+    ("coda", "S5", "S3"): 0.263,
+    ("coda", "S5", "S5"): 0.366,
 }
 
 
@@ -45,8 +49,7 @@ def test_html_agrees_with_csv(run):
     rows = list(csv.DictReader(io.StringIO(render(run, "csv"))))
     for r in rows:
         # The all-metrics table holds the CSV row as it is ...
-        cells = "".join(f"<td{NUM if i >= 4 else ''}>{html.escape(v)}</td>"
-                        for i, v in enumerate(r.values()))
+        cells = "".join(f"<td{NUM if i >= 4 else ''}>{html.escape(v)}</td>" for i, v in enumerate(r.values()))
         assert f"<tr>{cells}</tr>" in page
         # ... and the Table-2 layout its percent, rounded the documented way.
         if r["metric"] == "accuracy":
@@ -92,16 +95,24 @@ def hcibench(capsys, *args):
 
 def test_cli_writes_html_stats_comparison_and_plots(run, tmp_path, capsys):
     out = tmp_path / "report.html"
-    status, _, err = hcibench(capsys, "report", str(run), "--format", "html", "--output",
-                              str(out), "--plots", str(tmp_path / "figs"))
+    status, _, err = hcibench(
+        capsys,
+        "report",
+        str(run),
+        "--format",
+        "html",
+        "--output",
+        str(out),
+        "--plots",
+        str(tmp_path / "figs"),
+    )
     assert status == 0, err
     assert "data:image/png;base64," in out.read_text()
     assert (tmp_path / "figs" / "out-of-domain.svg").stat().st_size > 0
     assert "wrote" in err
     status, stdout, _ = hcibench(capsys, "report", str(run), "--stats", "--format", "markdown")
     assert status == 0 and "| coda | S3→S5 | paired t | 3 |" in stdout
-    status, stdout, _ = hcibench(capsys, "report", str(run), "--compare", "paper", "--format",
-                                 "csv")
+    status, stdout, _ = hcibench(capsys, "report", str(run), "--compare", "paper", "--format", "csv")
     assert status == 0 and "coda,S3,S5,accuracy,33.3,1.7,3,33.3,0.3,+0.0" in stdout
     status, _, err = hcibench(capsys, "report", str(run), "--stats", "--compare", "paper")
     assert status == 2 and err.startswith("error: ")
@@ -120,9 +131,22 @@ def test_html_renders_in_headless_chromium(run, tmp_path):
     shot = tmp_path / "shot.png"
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--no-first-run", f"--user-data-dir={profile}", "--window-size=1280,2400",
-             f"--screenshot={shot}", Path(page).as_uri()],
-            capture_output=True, timeout=120, check=False)
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--window-size=1280,2400",
+                f"--screenshot={shot}",
+                Path(page).as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
     assert shot.is_file() and shot.stat().st_size > 20_000  # a page, not a blank screen

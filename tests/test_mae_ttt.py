@@ -15,8 +15,14 @@ from hcibench.train.mae import (
 from hcibench_plugins.methods.dual.steps import TaskModel
 from hcibench_plugins.methods.dual.ttt import TTTSettings, ttt_batched, ttt_sequential
 
-VIT = {"model": "vit_tiny_patch16_224", "img_size": 16, "patch_size": 4, "embed_dim": 32,
-       "depth": 1, "num_heads": 2}
+VIT = {
+    "model": "vit_tiny_patch16_224",
+    "img_size": 16,
+    "patch_size": 4,
+    "embed_dim": 32,
+    "depth": 1,
+    "num_heads": 2,
+}
 
 
 def test_mae_loss_counts_masked_patches_only():
@@ -82,8 +88,9 @@ def test_an_mae_stage_killed_mid_training_goes_on_from_its_saved_progress(tmp_pa
     from hcibench.train.mae import train_mae
 
     monkeypatch.setenv("HCIBENCH_CHECKPOINT_SECONDS", "0")
-    settings = MaeSettings(epochs=4, batch_size=8, warmup_epochs=1, decoder_dim=16,
-                           decoder_depth=1, decoder_heads=2)
+    settings = MaeSettings(
+        epochs=4, batch_size=8, warmup_epochs=1, decoder_dim=16, decoder_depth=1, decoder_heads=2
+    )
 
     def compute(kill_after=None):
         torch.manual_seed(0)
@@ -94,8 +101,9 @@ def test_an_mae_stage_killed_mid_training_goes_on_from_its_saved_progress(tmp_pa
             if epoch == kill_after:
                 raise KeyboardInterrupt
 
-        stats = train_mae(mae, domain(), settings, 16, generator=torch.Generator().manual_seed(1),
-                          on_epoch=on_epoch)
+        stats = train_mae(
+            mae, domain(), settings, 16, generator=torch.Generator().manual_seed(1), on_epoch=on_epoch
+        )
         return {"encoder": mae.encoder.state_dict(), "losses": stats["epoch_losses"]}
 
     reference = StageCache(tmp_path / "whole").get("fe-mae", {"k": 1}, compute)

@@ -32,14 +32,14 @@ def _tiny_settings(name: str) -> list[str]:
     """The tiny settings of the sections this method's run has (core, dataset, its own)."""
     cls = plugins.methods().get(name)
     sections = {*presets.build("quick"), *cls.settings_sections("quick"), "dataset", name}
-    return [item for item in [*TINY_SETTINGS, *EXTRA.get(name, [])]
-            if item.split(".")[0] in sections]
+    return [item for item in [*TINY_SETTINGS, *EXTRA.get(name, [])] if item.split(".")[0] in sections]
 
 
 @pytest.mark.parametrize("name", sorted(plugins.methods().names()))
 def test_every_method_keeps_the_contract(name):
-    spec = runner.RunSpec(runner.Grid([name], ["S8"], ["S11"]), Path("unused"),
-                          overrides=_tiny_settings(name))
+    spec = runner.RunSpec(
+        runner.Grid([name], ["S8"], ["S11"]), Path("unused"), overrides=_tiny_settings(name)
+    )
     run = runner.prepare(spec)
     domains = runner.DomainCache(run)
     split = domains.split("S8")

@@ -11,11 +11,13 @@ from hcibench.train.pairs import cross_batch_partners
 def _meta(n=400, compounds=12, batches=3, plates_per_batch=2, seed=0):
     rng = np.random.default_rng(seed)
     batch = rng.integers(0, batches, n)
-    return pd.DataFrame({
-        "compound": [f"c{i}" for i in rng.integers(0, compounds, n)],
-        "batch": [f"b{b}" for b in batch],
-        "plate": [f"b{b}p{p}" for b, p in zip(batch, rng.integers(0, plates_per_batch, n))],
-    })
+    return pd.DataFrame(
+        {
+            "compound": [f"c{i}" for i in rng.integers(0, compounds, n)],
+            "batch": [f"b{b}" for b in batch],
+            "plate": [f"b{b}p{p}" for b, p in zip(batch, rng.integers(0, plates_per_batch, n))],
+        }
+    )
 
 
 @pytest.mark.parametrize("key", ["batch", "plate"])
@@ -25,13 +27,19 @@ def test_every_pair_shares_a_compound_and_differs_in_the_key(key):
     assert partners.shape == (len(meta),)
     assert (meta["compound"].to_numpy()[partners] == meta["compound"].to_numpy()).all()
     assert (meta[key].to_numpy()[partners] != meta[key].to_numpy()).all()
-    assert stats == {"key": key, "pairs": len(meta), "cross": len(meta), "fallback_plate": 0,
-                     "fallback_self": 0, "missing_compound": 0, "fallback_compounds": 0}
+    assert stats == {
+        "key": key,
+        "pairs": len(meta),
+        "cross": len(meta),
+        "fallback_plate": 0,
+        "fallback_self": 0,
+        "missing_compound": 0,
+        "fallback_compounds": 0,
+    }
 
 
 def test_partners_are_drawn_uniformly_among_the_candidates():
-    meta = pd.DataFrame({"compound": ["a"] * 4, "batch": ["x", "y", "y", "z"],
-                         "plate": ["1", "2", "3", "4"]})
+    meta = pd.DataFrame({"compound": ["a"] * 4, "batch": ["x", "y", "y", "z"], "plate": ["1", "2", "3", "4"]})
     rng = np.random.default_rng(0)
     counts = np.zeros((4, 4))
     for _ in range(600):
@@ -44,18 +52,27 @@ def test_partners_are_drawn_uniformly_among_the_candidates():
 
 
 def test_single_batch_compound_falls_back_to_another_plate_then_to_itself():
-    meta = pd.DataFrame({
-        "compound": ["a", "a", "a", "b", "b", "c", "c", None],
-        "batch":    ["1", "2", "2", "1", "1", "1", "1", "2"],
-        "plate":    ["p", "q", "r", "p", "s", "p", "p", "q"],
-    })
+    meta = pd.DataFrame(
+        {
+            "compound": ["a", "a", "a", "b", "b", "c", "c", None],
+            "batch": ["1", "2", "2", "1", "1", "1", "1", "2"],
+            "plate": ["p", "q", "r", "p", "s", "p", "p", "q"],
+        }
+    )
     partners, stats = cross_batch_partners(meta, key="batch", generator=0)
     assert partners[0] in (1, 2) and partners[1] == 0 and partners[2] == 0
     assert partners[3] == 4 and partners[4] == 3  # compound b: one batch, two plates
     assert partners[5] == 5 and partners[6] == 6  # compound c: one plate
     assert partners[7] == 7  # no compound
-    assert stats == {"key": "batch", "pairs": 8, "cross": 3, "fallback_plate": 2,
-                     "fallback_self": 3, "missing_compound": 1, "fallback_compounds": 2}
+    assert stats == {
+        "key": "batch",
+        "pairs": 8,
+        "cross": 3,
+        "fallback_plate": 2,
+        "fallback_self": 3,
+        "missing_compound": 1,
+        "fallback_compounds": 2,
+    }
 
 
 def test_plate_key_has_no_plate_fallback():

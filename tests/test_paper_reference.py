@@ -23,8 +23,12 @@ def cell(frame, method, source, target):
 
 
 def test_cell_counts_and_names():
-    counts = {"table2_accuracy": 132, "table3_dino_vs_mae_accuracy": 8, "table4_f1": 120,
-              "table5_mae_ttt_accuracy": 40}
+    counts = {
+        "table2_accuracy": 132,
+        "table3_dino_vs_mae_accuracy": 8,
+        "table4_f1": 120,
+        "table5_mae_ttt_accuracy": 40,
+    }
     for name, count in counts.items():
         frame = load_table(name)
         assert len(frame) == count, name
@@ -34,8 +38,7 @@ def test_cell_counts_and_names():
     # Table 2: 4 sources x (3 methods x 6 targets + 3 adapting methods x 5 targets).
     t2 = load_table("accuracy")
     assert set(t2["source"]) == {"S3", "S5", "S8", "S11"}
-    assert (t2[t2.source == t2.target]["method"].unique().tolist()
-            == ["supervised", "dual-dino", "dual-cb"])
+    assert t2[t2.source == t2.target]["method"].unique().tolist() == ["supervised", "dual-dino", "dual-cb"]
     assert set(load_table("f1")["metric"]) == {"f1"}
 
 
@@ -62,9 +65,13 @@ def test_spot_values():
 
 @pytest.fixture
 def run(tmp_path):
-    values = {("supervised", "S3", "S3"): 0.386, ("supervised", "S3", "S5"): 0.131,
-              ("coda", "S3", "S5"): 0.329, ("coda", "S3", "S3"): 0.40,
-              ("mine", "S3", "S5"): 0.2}
+    values = {
+        ("supervised", "S3", "S3"): 0.386,
+        ("supervised", "S3", "S5"): 0.131,
+        ("coda", "S3", "S5"): 0.329,
+        ("coda", "S3", "S3"): 0.40,
+        ("mine", "S3", "S5"): 0.2,
+    }
     return make_grid(tmp_path / "run", values)
 
 
@@ -72,7 +79,10 @@ def test_compare_paper_rows(run):
     rows = list(csv.DictReader(io.StringIO(render_comparison(run, "csv"))))
     # coda S3->S3 is not in Table 2 ("-"), "mine" is not a paper method.
     assert [(r["method"], r["source"], r["target"]) for r in rows] == [
-        ("supervised", "S3", "S3"), ("supervised", "S3", "S5"), ("coda", "S3", "S5")]
+        ("supervised", "S3", "S3"),
+        ("supervised", "S3", "S5"),
+        ("coda", "S3", "S5"),
+    ]
     coda = rows[2]
     assert (coda["ours_mean"], coda["ours_std"], coda["n"]) == ("33.3", "1.7", "3")
     assert (coda["paper_mean"], coda["paper_std"], coda["diff"]) == ("33.3", "0.3", "+0.0")
@@ -106,9 +116,13 @@ def test_the_papers_own_table_satisfies_its_claims():
 
 
 def _claims_run(tmp_path, coda, oda=0.15, duals=0.09):
-    values = {("supervised", "S3", "S3"): 0.40, ("supervised", "S3", "S5"): 0.10,
-              ("supervised", "S5", "S3"): 0.12, ("coda", "S3", "S5"): coda,
-              ("coda", "S5", "S3"): coda}
+    values = {
+        ("supervised", "S3", "S3"): 0.40,
+        ("supervised", "S3", "S5"): 0.10,
+        ("supervised", "S5", "S3"): 0.12,
+        ("coda", "S3", "S5"): coda,
+        ("coda", "S5", "S3"): coda,
+    }
     if oda is not None:
         values |= {("oda", "S3", "S5"): oda, ("oda", "S5", "S3"): oda}
     values |= {("dual-dino", "S3", "S5"): duals, ("dual-dino", "S5", "S3"): duals}
@@ -123,13 +137,13 @@ def test_compare_paper_checks_the_papers_claims_on_the_run(tmp_path):
     assert "ours: coda 25.4, oda 15.4, supervised 11.4" in holding
     assert "without adaptation not better than Supervised out of domain: holds" in holding
 
-    failing = json.loads(render_comparison(_claims_run(tmp_path, coda=0.20, duals=0.13),
-                                           "json"))
+    failing = json.loads(render_comparison(_claims_run(tmp_path, coda=0.20, duals=0.13), "json"))
     verdicts = {c["text"]: c["verdict"] for c in failing["claims"]}
     assert verdicts["CODA > ODA > Supervised out of domain"] == "holds"
     assert verdicts["CODA at least twice Supervised out of domain"] == "does not hold"
-    assert verdicts["dual models without adaptation not better than Supervised out of "
-                    "domain"] == "does not hold"
+    assert (
+        verdicts["dual models without adaptation not better than Supervised out of domain"] == "does not hold"
+    )
     # The paper's side averages the same two cells (Table 2: coda S3->S5 33.3, S5->S3 26.7).
     twice = next(c for c in failing["claims"] if c["text"].startswith("CODA at least"))
     assert twice["paper"]["coda"] == pytest.approx(0.30)

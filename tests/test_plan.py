@@ -8,8 +8,15 @@ from conftest import run_cli, tiny_args
 from test_dual import TINY_DUAL
 
 METHODS = "supervised,dual-dino,oda,oda-mae"
-GRID = ["--methods", METHODS, "--sources", "S3", "--targets", "S3,S5",
-        *tiny_args(*TINY_DUAL, "mae.epochs=1", "threads=1")]
+GRID = [
+    "--methods",
+    METHODS,
+    "--sources",
+    "S3",
+    "--targets",
+    "S3,S5",
+    *tiny_args(*TINY_DUAL, "mae.epochs=1", "threads=1"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +92,9 @@ def test_a_method_that_declares_no_stages_is_one_cells_job(tmp_path):
             register(Plain)
 
     plugins.manager().register(Registrar())
-    run = prepare(RunSpec(Grid(["plain"], ["S3"], ["S3", "S5"], [0, 1]), out=tmp_path,
-                          overrides=["dataset.scale=0.34"]))
+    run = prepare(
+        RunSpec(Grid(["plain"], ["S3"], ["S3", "S5"], [0, 1]), out=tmp_path, overrides=["dataset.scale=0.34"])
+    )
     plan = build_plan(run)
-    assert [job.id for job in plan.jobs.values()] == ["cells-plain-S3-seed0",
-                                                      "cells-plain-S3-seed1"]
+    assert [job.id for job in plan.jobs.values()] == ["cells-plain-S3-seed0", "cells-plain-S3-seed1"]
     assert all(job.needs == [] for job in plan.jobs.values())

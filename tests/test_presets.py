@@ -34,8 +34,13 @@ def test_paper_preset_takes_one_dino_step_with_multi_crop():
     assert (settings.global_size, settings.local_size, settings.n_local) == (224, 96, 6)
     student, teacher, student_head, teacher_head = build_fe_pair(config, 3, settings)
     trainer = DinoTrainer(student, teacher, student_head, teacher_head, settings, steps_per_epoch=1)
-    views = augment.multi_crop(torch.rand(2, 3, 256, 256), settings.global_size,
-                               settings.local_size, settings.n_local, torch.Generator())
+    views = augment.multi_crop(
+        torch.rand(2, 3, 256, 256),
+        settings.global_size,
+        settings.local_size,
+        settings.n_local,
+        torch.Generator(),
+    )
     loss = trainer.step(views, epoch=0, step=0)
     assert loss > 0
 
@@ -46,8 +51,7 @@ def test_a_whole_number_for_a_number_setting_describes_the_same_run():
 
     def digest(*overrides):
         """The run's shared digest and dual-dino's own (its sections, dino among them)."""
-        spec = RunSpec(Grid(["dual-dino"], ["S3"], ["S3"], [0]), out="unused",
-                       overrides=list(overrides))
+        spec = RunSpec(Grid(["dual-dino"], ["S3"], ["S3"], [0]), out="unused", overrides=list(overrides))
         run = prepare(spec)
         return run.settings_digest, run.method_digests["dual-dino"]
 

@@ -25,10 +25,14 @@ SEEDS = [0, 1, 2]
 # Per-seed offsets: mean offset +0.004, sample std ~0.0165 (-> "± 1.7" in percent).
 OFFSETS = [0.003, -0.012, 0.021]
 BASE = {
-    ("supervised", "S5", "S5"): 0.386, ("supervised", "S5", "S3"): 0.131,
-    ("supervised", "S3", "S5"): 0.074, ("supervised", "S3", "S3"): 0.355,
-    ("coda", "S5", "S5"): 0.402, ("coda", "S5", "S3"): 0.329,
-    ("coda", "S3", "S5"): 0.263, ("coda", "S3", "S3"): 0.366,
+    ("supervised", "S5", "S5"): 0.386,
+    ("supervised", "S5", "S3"): 0.131,
+    ("supervised", "S3", "S5"): 0.074,
+    ("supervised", "S3", "S3"): 0.355,
+    ("coda", "S5", "S5"): 0.402,
+    ("coda", "S5", "S3"): 0.329,
+    ("coda", "S3", "S5"): 0.263,
+    ("coda", "S3", "S3"): 0.366,
 }
 
 
@@ -40,9 +44,16 @@ def write_record(run, method, source, target, seed, metrics, name=None):
     path = run / "records" / method / f"{source}_{target}" / (name or f"seed{seed}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
-        "method": method, "source": source, "target": target, "seed": seed,
-        "dataset": "synthetic", "in_domain": source == target, "metrics": metrics,
-        "n_images": 540, "seconds": 1.0, "info": {},
+        "method": method,
+        "source": source,
+        "target": target,
+        "seed": seed,
+        "dataset": "synthetic",
+        "in_domain": source == target,
+        "metrics": metrics,
+        "n_images": 540,
+        "seconds": 1.0,
+        "info": {},
     }
     path.write_text(json.dumps(record))
     return path
@@ -57,7 +68,7 @@ def write_manifest(run):
 def run(tmp_path):
     """2 methods x 2 sources x 2 targets x 3 seeds, three metrics each."""
     run = tmp_path / "run"
-    for (method, source, target) in BASE:
+    for method, source, target in BASE:
         for seed in SEEDS:
             acc = accuracy(method, source, target, seed)
             metrics = {"accuracy": acc, "f1": acc / 2, "accuracy@steps=1": acc + 0.05}
@@ -91,8 +102,12 @@ def test_load_records_is_long_and_in_grid_order(run):
 def test_summarise_columns_and_sample_std(run):
     summary = summarise(load_records(run))
     assert list(summary.columns) == ["method", "source", "target", "metric", "mean", "std", "n"]
-    row = summary[(summary.method == "coda") & (summary.source == "S3")
-                  & (summary.target == "S5") & (summary.metric == "accuracy")].iloc[0]
+    row = summary[
+        (summary.method == "coda")
+        & (summary.source == "S3")
+        & (summary.target == "S5")
+        & (summary.metric == "accuracy")
+    ].iloc[0]
     mean, std = expected("coda", "S3", "S5")
     assert row["mean"] == pytest.approx(mean)
     assert row["std"] == pytest.approx(std)
@@ -106,11 +121,16 @@ def test_csv_header_rows_and_numbers(run):
     assert len(rows) == 8 * 3
     # Grid order: methods as listed, then sources and targets as listed.
     cells = [(r["method"], r["source"], r["target"]) for r in rows if r["metric"] == "accuracy"]
-    assert cells[:4] == [("supervised", "S5", "S5"), ("supervised", "S5", "S3"),
-                         ("supervised", "S3", "S5"), ("supervised", "S3", "S3")]
+    assert cells[:4] == [
+        ("supervised", "S5", "S5"),
+        ("supervised", "S5", "S3"),
+        ("supervised", "S3", "S5"),
+        ("supervised", "S3", "S3"),
+    ]
     for r in rows:
-        transform = {"accuracy": lambda v: v, "f1": lambda v: v / 2,
-                     "accuracy@steps=1": lambda v: v + 0.05}[r["metric"]]
+        transform = {"accuracy": lambda v: v, "f1": lambda v: v / 2, "accuracy@steps=1": lambda v: v + 0.05}[
+            r["metric"]
+        ]
         mean, std = expected(r["method"], r["source"], r["target"], transform)
         assert len(r["mean"].split(".")[1]) == 4 and len(r["std"].split(".")[1]) == 4
         assert float(r["mean"]) == pytest.approx(mean, abs=5e-5)
@@ -133,7 +153,8 @@ def test_json_has_the_csv_numbers(run):
         assert from_json["std"] == float(from_csv["std"])
         assert from_json["n"] == int(from_csv["n"])
         assert [from_json[k] for k in ("method", "source", "target", "metric")] == [
-            from_csv[k] for k in ("method", "source", "target", "metric")]
+            from_csv[k] for k in ("method", "source", "target", "metric")
+        ]
 
 
 def test_markdown_cells_caption_and_summary(run):

@@ -20,8 +20,10 @@ def _command(out, *overrides):
 
 
 def _metrics(out):
-    return {p.relative_to(out).as_posix(): json.loads(p.read_text())["metrics"]
-            for p in (out / "records").rglob("*.json")}
+    return {
+        p.relative_to(out).as_posix(): json.loads(p.read_text())["metrics"]
+        for p in (out / "records").rglob("*.json")
+    }
 
 
 def test_doctor_lists_and_fixes_damage_and_the_run_recomputes_it(cli, tmp_path):
@@ -31,14 +33,18 @@ def test_doctor_lists_and_fixes_damage_and_the_run_recomputes_it(cli, tmp_path):
     record = out / "records/supervised/S8/S11/seed0.json"
     record.write_text(record.read_text()[:30])
     (out / "manifest.json").write_text("{not json")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     leftover = out / "records/supervised/S8" / f".seed0.json.{dead}.abc123.tmp"
     leftover.write_text("partial")
     report = cli("doctor", str(out))
     assert report.returncode == 0, report.stderr
-    for name in ("seed0.json: record is damaged", "manifest.json: the manifest does not parse",
-                 "abc123.tmp: temporary file"):
+    for name in (
+        "seed0.json: record is damaged",
+        "manifest.json: the manifest does not parse",
+        "abc123.tmp: temporary file",
+    ):
         assert name in report.stdout, report.stdout
     fixed = cli("doctor", str(out), "--fix")
     assert "removed 3 file(s)" in fixed.stdout
@@ -61,8 +67,10 @@ def test_a_truncated_record_is_recomputed_without_doctor(tmp_path):
 
 def test_two_commands_at_once_on_one_folder(tmp_path):
     same = tmp_path / "same"
-    runs = [subprocess.Popen(_command(same), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True) for _ in range(2)]
+    runs = [
+        subprocess.Popen(_command(same), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     errors = [run.communicate(timeout=600)[1] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], errors
     stage_files = list((same / "stages").glob("*.pt"))
@@ -76,8 +84,15 @@ def test_two_commands_at_once_on_one_folder(tmp_path):
     assert _metrics(same) == _metrics(single)
 
     other = tmp_path / "other"
-    runs = [subprocess.Popen(_command(other, f"supervised.lr={lr}"), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True) for lr in (1e-3, 2e-3)]
+    runs = [
+        subprocess.Popen(
+            _command(other, f"supervised.lr={lr}"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for lr in (1e-3, 2e-3)
+    ]
     errors = [run.communicate(timeout=600)[1] for run in runs]
     assert sorted(run.returncode for run in runs) == [0, 2], errors
     assert any("holds a run made with other settings of method supervised" in e for e in errors)

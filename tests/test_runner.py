@@ -15,14 +15,28 @@ def _records(out):
 
 
 def _metrics(out):
-    return {p.relative_to(out).as_posix(): json.loads(p.read_text())["metrics"]
-            for p in (out / "records").rglob("*.json")}
+    return {
+        p.relative_to(out).as_posix(): json.loads(p.read_text())["metrics"]
+        for p in (out / "records").rglob("*.json")
+    }
 
 
 def test_grid_writes_one_record_per_cell_and_a_manifest(cli, tmp_path):
     out = tmp_path / "run"
-    result = cli("run", "--methods", "supervised", "--sources", "S3", "--targets", "S3,S5,S8",
-                 "--seeds", "0,1", "--out", str(out), *tiny_args())
+    result = cli(
+        "run",
+        "--methods",
+        "supervised",
+        "--sources",
+        "S3",
+        "--targets",
+        "S3,S5,S8",
+        "--seeds",
+        "0,1",
+        "--out",
+        str(out),
+        *tiny_args(),
+    )
     assert result.returncode == 0, result.stderr
     assert len(_records(out)) == 6
     manifest = json.loads((out / "manifest.json").read_text())
@@ -36,8 +50,7 @@ def test_grid_writes_one_record_per_cell_and_a_manifest(cli, tmp_path):
 
 
 def test_rerun_trains_nothing_and_same_seed_gives_same_numbers(cli, tmp_path):
-    args = ["run", "--methods", "supervised", "--sources", "S3", "--targets", "S3,S5",
-            *tiny_args()]
+    args = ["run", "--methods", "supervised", "--sources", "S3", "--targets", "S3,S5", *tiny_args()]
     first = cli(*args, "--out", str(tmp_path / "a"))
     assert first.returncode == 0, first.stderr
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "a" / "records").rglob("*.json")}
@@ -54,8 +67,21 @@ def test_rerun_trains_nothing_and_same_seed_gives_same_numbers(cli, tmp_path):
 
 def test_a_killed_run_resumes_without_redoing_finished_cells(tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "hcibench.cli", "run", "--methods", "supervised",
-               "--sources", "S3,S5", "--targets", "S3,S5", "--out", str(out), *tiny_args()]
+    command = [
+        sys.executable,
+        "-m",
+        "hcibench.cli",
+        "run",
+        "--methods",
+        "supervised",
+        "--sources",
+        "S3,S5",
+        "--targets",
+        "S3,S5",
+        "--out",
+        str(out),
+        *tiny_args(),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not list((out / "records").rglob("*.json")) and time.time() < deadline:
@@ -73,8 +99,7 @@ def test_a_killed_run_resumes_without_redoing_finished_cells(tmp_path):
 
 def test_changed_settings_in_the_same_folder_are_refused(cli, tmp_path):
     out = tmp_path / "run"
-    args = ["run", "--methods", "supervised", "--sources", "S3", "--targets", "S3",
-            "--out", str(out)]
+    args = ["run", "--methods", "supervised", "--sources", "S3", "--targets", "S3", "--out", str(out)]
     assert cli(*args, *tiny_args()).returncode == 0
     changed = cli(*args, *tiny_args("supervised.lr=0.01"))
     assert changed.returncode == 2
@@ -87,13 +112,19 @@ def test_a_later_command_may_add_a_method_but_not_change_one(cli, tmp_path):
     first = cli(*base, "--methods", "supervised", *tiny_args())
     assert first.returncode == 0, first.stderr
     # dual-dino's sections (dino, task) are its own: setting them concerns its records only.
-    dual = ("dino.epochs=1", "dino.n_local=2", "dino.head_out_dim=64", "task.epochs=1",
-            "task.model.depth=1", "task.model.embed_dim=32", "task.model.num_heads=2")
+    dual = (
+        "dino.epochs=1",
+        "dino.n_local=2",
+        "dino.head_out_dim=64",
+        "task.epochs=1",
+        "task.model.depth=1",
+        "task.model.embed_dim=32",
+        "task.model.num_heads=2",
+    )
     added = cli(*base, "--methods", "supervised,dual-dino", *tiny_args(*dual))
     assert added.returncode == 0, added.stderr
     assert "1 cell(s) computed" in added.stderr
-    changed_dino = cli(*base, "--methods", "dual-dino",
-                       *tiny_args(*dual, "dino.lr=0.01", supervised=False))
+    changed_dino = cli(*base, "--methods", "dual-dino", *tiny_args(*dual, "dino.lr=0.01", supervised=False))
     assert changed_dino.returncode == 2 and "settings of method dual-dino" in changed_dino.stderr
     changed = cli(*base, "--methods", "supervised", *tiny_args("supervised.lr=0.01"))
     assert changed.returncode == 2 and "settings of method supervised" in changed.stderr

@@ -61,9 +61,18 @@ def test_step_one_with_knn_selection_records_its_curve_and_changes_only_its_own_
 
 
 def test_knn_selection_without_validation_plates_is_one_clear_line(cli, tmp_path):
-    done = cli("run", "--methods", "dual-dino", "--sources", "S8", "--targets", "S8",
-               "--out", str(tmp_path / "run"),
-               *tiny_args(*TINY_DUAL, "dino.select=knn", "split.val_plates=0", supervised=False))
+    done = cli(
+        "run",
+        "--methods",
+        "dual-dino",
+        "--sources",
+        "S8",
+        "--targets",
+        "S8",
+        "--out",
+        str(tmp_path / "run"),
+        *tiny_args(*TINY_DUAL, "dino.select=knn", "split.val_plates=0", supervised=False),
+    )
     assert done.returncode == 2, done.stderr
     assert "dino.select=knn" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "records").exists()

@@ -28,8 +28,9 @@ def test_two_processes_asking_at_the_same_moment_compute_the_stage_once(tmp_path
     marks = tmp_path / "computed.txt"
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
-    workers = [context.Process(target=_compute_slowly, args=(tmp_path / "cache", marks, ready))
-               for _ in range(2)]
+    workers = [
+        context.Process(target=_compute_slowly, args=(tmp_path / "cache", marks, ready)) for _ in range(2)
+    ]
     for worker in workers:
         worker.start()
     ready.set()
@@ -64,8 +65,18 @@ def test_an_unreadable_stage_file_is_recomputed(tmp_path):
 
 def test_two_run_folders_share_their_stages_through_the_cache(cli, tmp_path):
     cache = tmp_path / "cache"
-    args = ["run", "--methods", "supervised", "--sources", "S8", "--targets", "S8",
-            "--cache", str(cache), *tiny_args()]
+    args = [
+        "run",
+        "--methods",
+        "supervised",
+        "--sources",
+        "S8",
+        "--targets",
+        "S8",
+        "--cache",
+        str(cache),
+        *tiny_args(),
+    ]
     for name in ("a", "b"):
         result = cli(*args, "--out", str(tmp_path / name))
         assert result.returncode == 0, result.stderr

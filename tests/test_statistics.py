@@ -30,8 +30,12 @@ CELLS = [("S3", "S3"), ("S3", "S5"), ("S5", "S3"), ("S5", "S5")]
 BASE = {("S3", "S3"): 0.40, ("S3", "S5"): 0.10, ("S5", "S3"): 0.08, ("S5", "S5"): 0.36}
 NOISE = [0.003, -0.012, 0.021]
 # coda - supervised per seed in S3->S5: differences 1, 2, 3 percentage points.
-CODA_GAIN = {("S3", "S3"): [0.0, 0.01, 0.0], ("S3", "S5"): [0.01, 0.02, 0.03],
-             ("S5", "S3"): [0.15, 0.17, 0.16], ("S5", "S5"): [0.01, -0.01, 0.02]}
+CODA_GAIN = {
+    ("S3", "S3"): [0.0, 0.01, 0.0],
+    ("S3", "S5"): [0.01, 0.02, 0.03],
+    ("S5", "S3"): [0.15, 0.17, 0.16],
+    ("S5", "S5"): [0.01, -0.01, 0.02],
+}
 
 
 @pytest.fixture
@@ -125,8 +129,8 @@ def test_compare_within_cells_and_across_cells(run):
     diffs = [np.mean(CODA_GAIN[c]) for c in [("S3", "S5"), ("S5", "S3")]]
     t_row = across[across["test"] == "paired t"].iloc[0]
     expected = scipy_stats.ttest_rel(
-        [means["S3", "S5"] + diffs[0], means["S5", "S3"] + diffs[1]],
-        [means["S3", "S5"], means["S5", "S3"]])
+        [means["S3", "S5"] + diffs[0], means["S5", "S3"] + diffs[1]], [means["S3", "S5"], means["S5", "S3"]]
+    )
     assert t_row["p"] == pytest.approx(expected.pvalue)
     gains = [d / means[c] * 100 for d, c in zip(diffs, [("S3", "S5"), ("S5", "S3")])]
     assert t_row["rel_improvement"] == pytest.approx(np.mean(gains))
@@ -151,11 +155,15 @@ def test_relative_improvement_reproduces_the_paper():
 
 
 def test_relative_improvement_per_cell():
-    frame = pd.DataFrame({
-        "method": ["supervised", "coda", "supervised", "coda"],
-        "source": ["S3", "S3", "S3", "S3"], "target": ["S5", "S5", "S3", "S3"],
-        "metric": ["accuracy"] * 4, "mean": [0.10, 0.25, 0.40, 0.30],
-    })
+    frame = pd.DataFrame(
+        {
+            "method": ["supervised", "coda", "supervised", "coda"],
+            "source": ["S3", "S3", "S3", "S3"],
+            "target": ["S5", "S5", "S3", "S3"],
+            "metric": ["accuracy"] * 4,
+            "mean": [0.10, 0.25, 0.40, 0.30],
+        }
+    )
     cells = relative_improvements(frame, "accuracy", "supervised").set_index("target")
     assert cells.loc["S5", "improvement"] == pytest.approx(150.0)
     assert cells.loc["S3", "improvement"] == pytest.approx(-25.0)

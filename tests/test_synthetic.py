@@ -87,8 +87,7 @@ def test_image_size_option_renders_at_that_size():
 
 
 def test_layout_every_compound_on_every_plate_in_several_batches(small):
-    expected = {"S3": (4, 6), "S5": (6, 6), "S8": (3, 3), "S11": (2, 4), "S7": (3, 3),
-                "S10": (3, 3)}
+    expected = {"S3": (4, 6), "S5": (6, 6), "S8": (3, 3), "S11": (2, 4), "S7": (3, 3), "S10": (3, 3)}
     compounds = None
     for source in small.sources():
         meta = small.domain(source).meta
@@ -182,8 +181,7 @@ def test_signal_is_learnable_in_domain_and_shifts_across_sources(full):
 def test_folder_round_trip_is_exact(tmp_path, small):
     out = tmp_path / "synth"
     index = write_folder(small, out, ["S8", "S11"])
-    assert list(index.columns) == ["path", "source", "batch", "plate", "well", "compound",
-                                   "label", "site"]
+    assert list(index.columns) == ["path", "source", "batch", "plate", "well", "compound", "label", "site"]
     assert index["path"][0].startswith("images/S8/S8-P01/")
     meta, images = read_folder(out)
     expected = pd.concat([small.domain(s).meta for s in ("S8", "S11")], ignore_index=True)
@@ -218,8 +216,22 @@ def test_hooks_register_the_dataset_and_the_synth_command(tmp_path):
 
     out = tmp_path / "cli"
     result = CliRunner().invoke(
-        root, ["data", "synth", "--out", str(out), "--sources", "S8", "--scale", "0.34",
-               "--seed", "2", "--image-size", "16"])
+        root,
+        [
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--sources",
+            "S8",
+            "--scale",
+            "0.34",
+            "--seed",
+            "2",
+            "--image-size",
+            "16",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "180 images" in result.output and len(result.output.strip().splitlines()) == 1
     meta, images = read_folder(out)
@@ -233,8 +245,7 @@ def test_artifacts_option_adds_batch_specific_artifacts_and_nothing_else():
     difference = (dirty.images.tensor - clean.images.tensor).abs().mean((1, 2, 3))
     assert (difference > 0).float().mean() > 0.5  # most fields carry some debris
     # The default is the clean dataset, image for image.
-    assert torch.equal(SyntheticDataset(seed=0, **SMALL).domain("S5").images.tensor,
-                       clean.images.tensor)
+    assert torch.equal(SyntheticDataset(seed=0, **SMALL).domain("S5").images.tensor, clean.images.tensor)
 
 
 def test_each_batch_draws_its_own_artifact_look_from_its_sources_kinds():

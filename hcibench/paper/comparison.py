@@ -28,8 +28,18 @@ TABLES = {
 # The table a run's metric is compared with.
 METRIC_TABLES = {"accuracy": "table2_accuracy", "f1": "table4_f1"}
 REFERENCE_COLUMNS = ["method", "source", "target", "metric", "mean", "std"]
-COMPARE_COLUMNS = ["method", "source", "target", "metric", "ours_mean", "ours_std", "n",
-                   "paper_mean", "paper_std", "diff"]
+COMPARE_COLUMNS = [
+    "method",
+    "source",
+    "target",
+    "metric",
+    "ours_mean",
+    "ours_std",
+    "n",
+    "paper_mean",
+    "paper_std",
+    "diff",
+]
 COMPARE_FORMATS = ("table", "markdown", "csv", "json")
 COMPARE_HEADER = ["Method", "Source", "Target", "Ours (%)", "n", "Paper (%)", "Δ (pp)"]
 
@@ -65,8 +75,7 @@ def comparison(run_dir, metric: str = "accuracy") -> tuple[pd.DataFrame, dict]:
     from hcibench.report.tables import _load, _percent, _round4, summarise
 
     if metric not in METRIC_TABLES:
-        raise UsageError(
-            f"--compare paper covers metric accuracy (Table 2) and f1 (Table 4), not '{metric}'")
+        raise UsageError(f"--compare paper covers metric accuracy (Table 2) and f1 (Table 4), not '{metric}'")
     long_df, manifest, records = _load(run_dir)
     summary = summarise(long_df)
     ours = summary[summary["metric"].astype(str) == metric]
@@ -79,24 +88,37 @@ def comparison(run_dir, metric: str = "accuracy") -> tuple[pd.DataFrame, dict]:
             continue
         mean = _percent(r.mean)
         std = "" if _round4(r.std) is None else _percent(r.std)
-        rows.append({
-            "method": str(r.method), "source": str(r.source), "target": str(r.target),
-            "metric": metric, "ours_mean": mean, "ours_std": std, "n": int(r.n),
-            "paper_mean": ref.mean_text, "paper_std": ref.std_text,
-            "diff": f"{Decimal(mean) - Decimal(ref.mean_text):+.1f}",
-        })
+        rows.append(
+            {
+                "method": str(r.method),
+                "source": str(r.source),
+                "target": str(r.target),
+                "metric": metric,
+                "ours_mean": mean,
+                "ours_std": std,
+                "n": int(r.n),
+                "paper_mean": ref.mean_text,
+                "paper_std": ref.std_text,
+                "diff": f"{Decimal(mean) - Decimal(ref.mean_text):+.1f}",
+            }
+        )
     if not rows:
         methods = ", ".join(dict.fromkeys(paper["method"]))
         raise UsageError(
             f"no (method, source, target) of {run_dir} is in the paper's "
             f"{TABLES[METRIC_TABLES[metric]].split(':')[0]}: it has methods {methods} and "
-            f"sources S3, S5, S8, S11 (targets also S7, S10)")
+            f"sources S3, S5, S8, S11 (targets also S7, S10)"
+        )
     from hcibench.report.tables import _dataset_names
 
-    facts = {"table": TABLES[METRIC_TABLES[metric]], "matched": len(rows),
-             "ours_cells": len(ours), "paper_cells": len(paper),
-             "dataset": ", ".join(_dataset_names(manifest, records)) or "unknown",
-             "claims": claims.check(ours, paper.assign(mean=paper["mean"] / 100))}
+    facts = {
+        "table": TABLES[METRIC_TABLES[metric]],
+        "matched": len(rows),
+        "ours_cells": len(ours),
+        "paper_cells": len(paper),
+        "dataset": ", ".join(_dataset_names(manifest, records)) or "unknown",
+        "claims": claims.check(ours, paper.assign(mean=paper["mean"] / 100)),
+    }
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS), facts
 
 
@@ -110,20 +132,28 @@ def caption(facts: dict, metric: str) -> str:
 
 
 def claims_title(metric: str) -> str:
-    return (f"The paper's claims on this run (off-diagonal mean {metric} (%) over the cells "
-            f"both report):")
+    return f"The paper's claims on this run (off-diagonal mean {metric} (%) over the cells both report):"
 
 
 def display_rows(frame: pd.DataFrame) -> list[list[str]]:
     def pm(mean, std):
         return f"{mean} ± {std}" if std else mean
 
-    return [[r.method, r.source, r.target, pm(r.ours_mean, r.ours_std), str(r.n),
-             pm(r.paper_mean, r.paper_std), r.diff] for r in frame.itertuples(index=False)]
+    return [
+        [
+            r.method,
+            r.source,
+            r.target,
+            pm(r.ours_mean, r.ours_std),
+            str(r.n),
+            pm(r.paper_mean, r.paper_std),
+            r.diff,
+        ]
+        for r in frame.itertuples(index=False)
+    ]
 
 
-def render_comparison(run_dir, fmt: str = "table", metric: str = "accuracy",
-                      console=None) -> str:
+def render_comparison(run_dir, fmt: str = "table", metric: str = "accuracy", console=None) -> str:
     """The comparison as a rich table, markdown, CSV (``COMPARE_COLUMNS``) or JSON."""
     if fmt not in COMPARE_FORMATS:
         raise UsageError(f"--compare supports --format {', '.join(COMPARE_FORMATS)}, not '{fmt}'")
@@ -136,8 +166,12 @@ def render_comparison(run_dir, fmt: str = "table", metric: str = "accuracy",
         return out.getvalue()
     if fmt == "json":
         rows = frame.to_dict(orient="records")
-        payload = {"metric": metric, "paper_table": facts["table"], "rows": rows,
-                   "claims": [claim.to_json() for claim in facts["claims"]]}
+        payload = {
+            "metric": metric,
+            "paper_table": facts["table"],
+            "rows": rows,
+            "claims": [claim.to_json() for claim in facts["claims"]],
+        }
         return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
     from hcibench.report.formats import markdown_table, rich_table
 
@@ -153,8 +187,9 @@ def render_comparison(run_dir, fmt: str = "table", metric: str = "accuracy",
     from hcibench.report.tables import render_text
 
     verdicts = Text("\n".join([claims_title(metric), *claims.lines(facts["claims"])]))
-    return render_text([Text(text), rich_table(COMPARE_HEADER, display_rows(frame), None, 3),
-                        verdicts], console)
+    return render_text(
+        [Text(text), rich_table(COMPARE_HEADER, display_rows(frame), None, 3), verdicts], console
+    )
 
 
 def html_section(run_dir, metric: str) -> str:
@@ -168,5 +203,6 @@ def html_section(run_dir, metric: str) -> str:
         frame, facts = comparison(run_dir, metric)
     except UsageError:
         return ""  # nothing of this run is in the paper's tables
-    return ("<h2>Beside the CODA paper</h2>\n"
-            + table(COMPARE_HEADER, display_rows(frame), caption(facts, metric), numeric_from=3))
+    return "<h2>Beside the CODA paper</h2>\n" + table(
+        COMPARE_HEADER, display_rows(frame), caption(facts, metric), numeric_from=3
+    )

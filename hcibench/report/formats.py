@@ -15,8 +15,9 @@ def markdown_cell(text: str) -> str:
     return _UNESCAPED_PIPE.sub(r"\\|", text)
 
 
-def markdown_table(header: list[str], rows: list[list[str]], right_from: int,
-                   right_to: int | None = None) -> list[str]:
+def markdown_table(
+    header: list[str], rows: list[list[str]], right_from: int, right_to: int | None = None
+) -> list[str]:
     """A pipe table, one line per row; columns right_from..right_to-1 right-aligned (numbers)."""
     right_to = len(header) if right_to is None else right_to
     align = ["---:" if right_from <= i < right_to else "---" for i in range(len(header))]

@@ -40,9 +40,15 @@ def _e(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def table(header: list[str], rows: list[list[str]], caption: str = "", numeric_from: int = 0,
-           numeric_to: int | None = None, classes: list[list[str]] | None = None,
-           row_classes: list[str] | None = None) -> str:
+def table(
+    header: list[str],
+    rows: list[list[str]],
+    caption: str = "",
+    numeric_from: int = 0,
+    numeric_to: int | None = None,
+    classes: list[list[str]] | None = None,
+    row_classes: list[str] | None = None,
+) -> str:
     """An HTML table; cells with index in [numeric_from, numeric_to) are right-aligned."""
     numeric_to = len(header) if numeric_to is None else numeric_to
     out = ["<table>"]
@@ -73,14 +79,19 @@ def _table2(layout) -> str:
         for i, method in enumerate(methods):
             cells = layout.row(source, method)
             rows.append([source if i == 0 else "", method, *[text for text, _ in cells]])
-            classes.append(["", "", *["diag" if diag and text != MISSING else ""
-                                      for text, diag in cells]])
+            classes.append(["", "", *["diag" if diag and text != MISSING else "" for text, diag in cells]])
             groups.append("group" if i == 0 else "")
-    main = table(["Source", "Method", *layout.targets], rows,
-                  layout.caption + " In-domain cells (source = target) in bold.",
-                  numeric_from=2, classes=classes, row_classes=groups)
-    summary = table(list(SUMMARY_HEADER), [list(r) for r in layout.summary_rows()],
-                     SUMMARY_TITLE + ".", numeric_from=1)
+    main = table(
+        ["Source", "Method", *layout.targets],
+        rows,
+        layout.caption + " In-domain cells (source = target) in bold.",
+        numeric_from=2,
+        classes=classes,
+        row_classes=groups,
+    )
+    summary = table(
+        list(SUMMARY_HEADER), [list(r) for r in layout.summary_rows()], SUMMARY_TITLE + ".", numeric_from=1
+    )
     return main + "\n" + summary
 
 
@@ -88,11 +99,25 @@ def _all_metrics(summary) -> str:
     """Every metric and variant as in ``report --format csv`` (fractions, 4 decimals)."""
     from hcibench.report.tables import SUMMARY_COLUMNS, _fraction_text
 
-    rows = [[str(r.method), str(r.source), str(r.target), str(r.metric),
-             _fraction_text(r.mean), _fraction_text(r.std), str(r.n)]
-            for r in summary.itertuples(index=False)]
-    metrics_table = table(SUMMARY_COLUMNS, rows, "Every recorded metric: mean, sample std and n over "
-                           "seeds, as fractions (the numbers of report --format csv).", numeric_from=4)
+    rows = [
+        [
+            str(r.method),
+            str(r.source),
+            str(r.target),
+            str(r.metric),
+            _fraction_text(r.mean),
+            _fraction_text(r.std),
+            str(r.n),
+        ]
+        for r in summary.itertuples(index=False)
+    ]
+    metrics_table = table(
+        SUMMARY_COLUMNS,
+        rows,
+        "Every recorded metric: mean, sample std and n over "
+        "seeds, as fractions (the numbers of report --format csv).",
+        numeric_from=4,
+    )
     return f"<details><summary>All metrics ({len(rows)} rows)</summary>\n{metrics_table}\n</details>"
 
 
@@ -113,8 +138,10 @@ def _stats_section(long_df, metric: str, baseline: str | None) -> str:
     methods = [str(m) for m in long_df["method"].unique()]
     baseline = baseline or default_baseline(methods)
     if baseline not in methods:
-        return (f"<h2>Statistics</h2><p class=\"note\">No paired comparisons: the baseline "
-                f"method '{_e(baseline)}' is not in this run.</p>")
+        return (
+            f'<h2>Statistics</h2><p class="note">No paired comparisons: the baseline '
+            f"method '{_e(baseline)}' is not in this run.</p>"
+        )
     if len(methods) < 2:
         return ""
     rows = long_df[long_df["metric"].astype(str) == metric]
@@ -122,15 +149,18 @@ def _stats_section(long_df, metric: str, baseline: str | None) -> str:
     totals = improvement_summary(relative_improvements(summarise(rows), metric, baseline))
     ns = summarise(rows)["n"]
     seeds = f"n = {int(ns.min())}" if ns.min() == ns.max() else f"n = {int(ns.min())}–{int(ns.max())}"
-    caption = stats_caption(metric, baseline, seeds).replace(
-        "{m}", str(int(comparisons["p"].notna().sum())))
-    improvement = table(IMPROVEMENT_HEADER, improvement_rows(totals),
-                         f"Relative improvement over '{baseline}' on the off-diagonal cells: "
-                         f"mean ± sample std over cells (%). The ratio column is 100 + the "
-                         f"improvement, the form of the paper's '232.6 % ± 63.6'.",
-                         numeric_from=1)
-    comparisons_table = table(COMPARISON_HEADER, comparison_rows(comparisons), caption,
-                              numeric_from=3, numeric_to=9)
+    caption = stats_caption(metric, baseline, seeds).replace("{m}", str(int(comparisons["p"].notna().sum())))
+    improvement = table(
+        IMPROVEMENT_HEADER,
+        improvement_rows(totals),
+        f"Relative improvement over '{baseline}' on the off-diagonal cells: "
+        f"mean ± sample std over cells (%). The ratio column is 100 + the "
+        f"improvement, the form of the paper's '232.6 % ± 63.6'.",
+        numeric_from=1,
+    )
+    comparisons_table = table(
+        COMPARISON_HEADER, comparison_rows(comparisons), caption, numeric_from=3, numeric_to=9
+    )
     return f"<h2>Statistics against {_e(baseline)}</h2>\n{improvement}\n{comparisons_table}"
 
 
@@ -140,9 +170,11 @@ def _figures(run_dir, metric: str) -> str:
     parts = []
     for plot in build_plots(run_dir, metric):
         data = base64.b64encode(plot.png()).decode("ascii")
-        parts.append(f'<figure id="fig-{_e(plot.name)}"><img alt="{_e(plot.caption)}" '
-                     f'src="data:image/png;base64,{data}"><figcaption>{_e(plot.caption)}'
-                     f"</figcaption></figure>")
+        parts.append(
+            f'<figure id="fig-{_e(plot.name)}"><img alt="{_e(plot.caption)}" '
+            f'src="data:image/png;base64,{data}"><figcaption>{_e(plot.caption)}'
+            f"</figcaption></figure>"
+        )
     return "<h2>Figures</h2>\n" + "\n".join(parts) if parts else ""
 
 
@@ -159,8 +191,9 @@ def _caption_notes(manifest: dict, records: list[dict]) -> str:
     return notes
 
 
-def render_html(run_dir, metric: str = "accuracy", baseline: str | None = None,
-                figures: bool = True, extra_sections=()) -> str:
+def render_html(
+    run_dir, metric: str = "accuracy", baseline: str | None = None, figures: bool = True, extra_sections=()
+) -> str:
     """The whole report as one HTML document (a string). ``extra_sections``: functions
     ``(run_dir, metric) -> HTML`` whose sections follow the statistics (the command adds the
     comparison with the CODA paper, ``hcibench.paper.comparison.html_section``)."""
@@ -175,9 +208,11 @@ def render_html(run_dir, metric: str = "accuracy", baseline: str | None = None,
     layout.caption += _caption_notes(manifest, records)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     seeds = sorted({str(s) for s in long_df["seed"].unique()})
-    meta = (f"Run folder <code>{_e(run_dir)}</code>; dataset {_e(', '.join(datasets) or 'unknown')}; "
-            f"preset {_e(manifest.get('preset', 'unknown'))}; seeds {_e(', '.join(seeds))}; "
-            f"{len(records)} records. Made by hcibench {_e(__version__)} on {_e(stamp)}.")
+    meta = (
+        f"Run folder <code>{_e(run_dir)}</code>; dataset {_e(', '.join(datasets) or 'unknown')}; "
+        f"preset {_e(manifest.get('preset', 'unknown'))}; seeds {_e(', '.join(seeds))}; "
+        f"{len(records)} records. Made by hcibench {_e(__version__)} on {_e(stamp)}."
+    )
     sections = [
         f"<h2>{_e(metric)} by source and target</h2>\n{_table2(layout)}",
         _stats_section(long_df, metric, baseline),
@@ -188,7 +223,7 @@ def render_html(run_dir, metric: str = "accuracy", baseline: str | None = None,
     body = "\n".join(section for section in sections if section)
     title = f"hcibench report: {run_dir.name}"
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{_e(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
-        f"<h1>{_e(title)}</h1>\n<p class=\"meta\">{meta}</p>\n{body}\n</body>\n</html>\n"
+        f'<h1>{_e(title)}</h1>\n<p class="meta">{meta}</p>\n{body}\n</body>\n</html>\n'
     )

@@ -116,8 +116,7 @@ def heatmaps(summary: pd.DataFrame, metric: str, sources, targets, methods) -> l
             spread[srcs.index(r.source), tgts.index(r.target)] = r.std * 100
         figure = _figure(1.1 * len(tgts) + 2.4, 0.75 * len(srcs) + 1.6)
         axes = figure.add_subplot()
-        image = axes.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=vmax,
-                            aspect="auto")
+        image = axes.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
         for i in range(len(srcs)):
             for j in range(len(tgts)):
                 if np.isnan(grid[i, j]):
@@ -126,9 +125,16 @@ def heatmaps(summary: pd.DataFrame, metric: str, sources, targets, methods) -> l
                 if not np.isnan(spread[i, j]):
                     text += f"\n± {spread[i, j]:.1f}"
                 dark = grid[i, j] < 0.6 * vmax
-                axes.text(j, i, text, ha="center", va="center", fontsize=8,
-                          color="white" if dark else "black",
-                          fontweight="bold" if srcs[i] == tgts[j] else "normal")
+                axes.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if dark else "black",
+                    fontweight="bold" if srcs[i] == tgts[j] else "normal",
+                )
         axes.set_xticks(range(len(tgts)), tgts)
         axes.set_yticks(range(len(srcs)), srcs)
         axes.set_xlabel("Target source (tested on)")
@@ -136,8 +142,10 @@ def heatmaps(summary: pd.DataFrame, metric: str, sources, targets, methods) -> l
         seeds = _seeds_text(mine["n"])
         axes.set_title(f"{method}: {metric} (%), mean ± std, {seeds}", fontsize=10)
         figure.colorbar(image, ax=axes, label=f"{metric} (%)")
-        caption = (f"{method}: {metric} by source (rows) and target (columns), mean ± sample "
-                   f"std over seeds ({seeds}); in-domain cells in bold.")
+        caption = (
+            f"{method}: {metric} by source (rows) and target (columns), mean ± sample "
+            f"std over seeds ({seeds}); in-domain cells in bold."
+        )
         plots.append(Plot(f"heatmap-{_safe(method)}", figure, caption))
     return plots
 
@@ -145,8 +153,7 @@ def heatmaps(summary: pd.DataFrame, metric: str, sources, targets, methods) -> l
 # --------------------------------------------------------------------------- Figure 7
 
 
-def out_of_domain_bars(summary: pd.DataFrame, metric: str, sources, targets,
-                       methods) -> Plot | None:
+def out_of_domain_bars(summary: pd.DataFrame, metric: str, sources, targets, methods) -> Plot | None:
     """Grouped bars (the paper's Figure 7): per source a panel, per target a group of bars,
     one bar per method, error bars = sample std over seeds."""
     rows = _metric_summary(summary, metric)
@@ -165,26 +172,36 @@ def out_of_domain_bars(summary: pd.DataFrame, metric: str, sources, targets,
         tgts = [t for t in targets if t in set(mine["target"])]
         for k, method in enumerate(present):
             cells = mine[mine["method"] == method].set_index("target")
-            x = [i + (k - (len(present) - 1) / 2) * width for i, t in enumerate(tgts)
-                 if t in cells.index]
+            x = [i + (k - (len(present) - 1) / 2) * width for i, t in enumerate(tgts) if t in cells.index]
             y = [cells.loc[t, "mean"] * 100 for t in tgts if t in cells.index]
-            err = [0 if math.isnan(cells.loc[t, "std"]) else cells.loc[t, "std"] * 100
-                   for t in tgts if t in cells.index]
-            axes.bar(x, y, width, yerr=err, capsize=2, color=colours[method], label=method,
-                     error_kw={"elinewidth": 0.8})
+            err = [
+                0 if math.isnan(cells.loc[t, "std"]) else cells.loc[t, "std"] * 100
+                for t in tgts
+                if t in cells.index
+            ]
+            axes.bar(
+                x,
+                y,
+                width,
+                yerr=err,
+                capsize=2,
+                color=colours[method],
+                label=method,
+                error_kw={"elinewidth": 0.8},
+            )
         axes.set_xticks(range(len(tgts)), [f"{source}→{t}" for t in tgts])
         axes.set_ylabel(f"{metric} (%)")
         axes.set_ylim(0, top * 1.1 + 1e-9)
         axes.set_title(f"Trained on {source}", fontsize=10, loc="left")
         axes.grid(axis="y", alpha=0.3)
     handles, labels = axes_list[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6),
-                  title="Method")
+    figure.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), title="Method")
     seeds = _seeds_text(rows["n"])
-    figure.suptitle(f"Out-of-domain {metric} (%) per target: mean ± std over seeds ({seeds})",
-                    fontsize=11)
-    caption = (f"Out-of-domain {metric} (source ≠ target) per method and target, one panel "
-               f"per training source; error bars: sample std over seeds ({seeds}).")
+    figure.suptitle(f"Out-of-domain {metric} (%) per target: mean ± std over seeds ({seeds})", fontsize=11)
+    caption = (
+        f"Out-of-domain {metric} (source ≠ target) per method and target, one panel "
+        f"per training source; error bars: sample std over seeds ({seeds})."
+    )
     return Plot("out-of-domain", figure, caption)
 
 
@@ -200,8 +217,11 @@ def _granularity_rows(records: list[dict], metric: str) -> pd.DataFrame:
         metrics = record.get("metrics") or {}
         info = record.get("info") or {}
         granularity = info.get("granularity")
-        base = {"method": str(record["method"]),
-                "cell": f"{record['source']}→{record['target']}", "seed": record["seed"]}
+        base = {
+            "method": str(record["method"]),
+            "cell": f"{record['source']}→{record['target']}",
+            "seed": record["seed"],
+        }
         value = metrics.get(metric)
         if granularity is None:
             if isinstance(value, (int, float)):
@@ -211,11 +231,15 @@ def _granularity_rows(records: list[dict], metric: str) -> pd.DataFrame:
             label = "whole source" if granularity == "source" else f"each {granularity}, scored on it"
             rows.append({**base, "setting": label, "value": float(value)})
         prefix = f"{metric}@{granularity}="
-        parts = [float(v) for k, v in metrics.items()
-                 if k.startswith(prefix) and isinstance(v, (int, float))]
+        parts = [float(v) for k, v in metrics.items() if k.startswith(prefix) and isinstance(v, (int, float))]
         if parts:  # eval_on == "full": each part's FE scored on the whole target
-            rows.append({**base, "setting": f"single {granularity}, scored on whole target",
-                         "value": float(np.mean(parts))})
+            rows.append(
+                {
+                    **base,
+                    "setting": f"single {granularity}, scored on whole target",
+                    "value": float(np.mean(parts)),
+                }
+            )
     return pd.DataFrame(rows, columns=["method", "setting", "cell", "seed", "value"])
 
 
@@ -231,7 +255,8 @@ def granularity_plot(records: list[dict], metric: str, methods) -> Plot | None:
         return None
     per_seed = rows.groupby(["method", "setting", "cell", "seed"], sort=False)["value"].mean()
     stats = per_seed.groupby(["method", "setting", "cell"], sort=False).agg(
-        ["mean", lambda v: v.std(ddof=1), "count"])
+        ["mean", lambda v: v.std(ddof=1), "count"]
+    )
     stats.columns = ["mean", "std", "n"]
     stats = stats.reset_index()
     bars = list(dict.fromkeys(zip(stats["method"], stats["setting"])))
@@ -247,22 +272,25 @@ def granularity_plot(records: list[dict], metric: str, methods) -> Plot | None:
         mine = mine.set_index("cell")
         xs = [i + (k - (len(bars) - 1) / 2) * width for i, c in enumerate(cells) if c in mine.index]
         ys = [mine.loc[c, "mean"] * 100 for c in cells if c in mine.index]
-        err = [0 if math.isnan(mine.loc[c, "std"]) else mine.loc[c, "std"] * 100
-               for c in cells if c in mine.index]
+        err = [
+            0 if math.isnan(mine.loc[c, "std"]) else mine.loc[c, "std"] * 100
+            for c in cells
+            if c in mine.index
+        ]
         label = method if setting == "no adaptation" else f"{method} · {setting}"
-        axes.bar(xs, ys, width, yerr=err, capsize=2, label=label,
-                 color=colours[f"{method} · {setting}"])
+        axes.bar(xs, ys, width, yerr=err, capsize=2, label=label, color=colours[f"{method} · {setting}"])
     axes.set_xticks(range(len(cells)), cells)
     axes.set_ylabel(f"{metric} (%)")
     axes.set_xlabel("Transfer (source → target)")
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     seeds = _seeds_text(stats["n"])
-    axes.set_title(f"Adaptation granularity: {metric} (%), mean ± std over seeds ({seeds})",
-                   fontsize=10)
-    caption = (f"Effect of adaptation granularity on out-of-domain {metric}: adapting to the "
-               f"whole target source, to each batch or plate (scored on that part), or to a "
-               f"single part scored on the whole target (mean over parts); {seeds}.")
+    axes.set_title(f"Adaptation granularity: {metric} (%), mean ± std over seeds ({seeds})", fontsize=10)
+    caption = (
+        f"Effect of adaptation granularity on out-of-domain {metric}: adapting to the "
+        f"whole target source, to each batch or plate (scored on that part), or to a "
+        f"single part scored on the whole target (mean over parts); {seeds}."
+    )
     return Plot("granularity", figure, caption)
 
 
@@ -274,8 +302,9 @@ def ttt_steps_plot(long_df: pd.DataFrame, metric: str) -> Plot | None:
     thin lines per off-diagonal cell (seed means), a thick line for the mean over cells with
     error bars = sample std over seeds of the per-seed mean over cells."""
     pattern = re.compile(rf"^{re.escape(metric)}@steps=(\d+)$")
-    names = {str(m): int(match.group(1)) for m in long_df["metric"].unique()
-             if (match := pattern.match(str(m)))}
+    names = {
+        str(m): int(match.group(1)) for m in long_df["metric"].unique() if (match := pattern.match(str(m)))
+    }
     if not names:
         return None
     rows = long_df[long_df["metric"].astype(str).isin(names)].copy()
@@ -298,8 +327,16 @@ def ttt_steps_plot(long_df: pd.DataFrame, metric: str) -> Plot | None:
         mean = per_seed.mean(axis=0) * 100
         std = per_seed.std(axis=0, ddof=1) * 100 if len(per_seed) > 1 else mean * np.nan
         counts.append(len(per_seed))
-        axes.errorbar(mean.index, mean.to_numpy(), yerr=std.fillna(0).to_numpy(), color="C3",
-                      linewidth=2, capsize=3, marker="o", label="mean over cells ± std over seeds")
+        axes.errorbar(
+            mean.index,
+            mean.to_numpy(),
+            yerr=std.fillna(0).to_numpy(),
+            color="C3",
+            linewidth=2,
+            capsize=3,
+            marker="o",
+            label="mean over cells ± std over seeds",
+        )
         axes.plot([], [], color="grey", alpha=0.6, linewidth=0.8, label="one source → target cell")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("Adaptation steps per test image (0 = none)")
@@ -310,8 +347,10 @@ def ttt_steps_plot(long_df: pd.DataFrame, metric: str) -> Plot | None:
     seeds = _seeds_text(counts)
     scope = "out-of-domain cells" if not off.empty else "cells"
     figure.suptitle(f"Test-time training: {metric} (%) by steps, {scope}, {seeds}", fontsize=11)
-    caption = (f"{metric} against the number of test-time training steps on {scope}; thick "
-               f"line: mean over cells, error bars: sample std over seeds ({seeds}).")
+    caption = (
+        f"{metric} against the number of test-time training steps on {scope}; thick "
+        f"line: mean over cells, error bars: sample std over seeds ({seeds})."
+    )
     return Plot("ttt-steps", figure, caption)
 
 
@@ -344,10 +383,16 @@ def _adaptation_series(records: list[dict]) -> pd.DataFrame:
                 first, values = read(diagnostics)
                 for epoch, value in enumerate(values or [], start=first):
                     if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                        rows.append({"method": str(record["method"]),
-                                     "off": record["source"] != record["target"],
-                                     "seed": record["seed"], "panel": panel, "epoch": epoch,
-                                     "value": float(value)})
+                        rows.append(
+                            {
+                                "method": str(record["method"]),
+                                "off": record["source"] != record["target"],
+                                "seed": record["seed"],
+                                "panel": panel,
+                                "epoch": epoch,
+                                "value": float(value),
+                            }
+                        )
     return pd.DataFrame(rows)
 
 
@@ -379,20 +424,26 @@ def adaptation_plot(records: list[dict], long_df: pd.DataFrame, metric: str) -> 
                 mine = series[(series["method"] == method) & (series["panel"] == panel)]
                 line = mine.groupby("epoch")["value"].mean()
             if not line.empty:
-                axes.plot(line.index, line.to_numpy(), marker="o", markersize=3,
-                          color=colours[method], label=method)
+                axes.plot(
+                    line.index, line.to_numpy(), marker="o", markersize=3, color=colours[method], label=method
+                )
         axes.set_title(panel, fontsize=9, color="C3" if panel.startswith("ORACLE") else "black")
         axes.set_xlabel("adaptation epoch (0 = step 1's FE)", fontsize=8)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
-    for axes in axes_grid[len(panels):]:
+    for axes in axes_grid[len(panels) :]:
         axes.set_visible(False)
     axes_grid[0].legend(fontsize=7)
     scope = "out-of-domain cells" if not off.empty else "cells"
-    figure.suptitle(f"Step 3 by epoch, mean over {scope} and seeds; the last panel uses target "
-                    f"labels and is for analysis only", fontsize=10)
-    caption = (f"Label-free diagnostics of the adaptation by epoch (mean over {scope} and seeds); "
-               f"the last panel is an oracle curve of target {metric}, never used to choose.")
+    figure.suptitle(
+        f"Step 3 by epoch, mean over {scope} and seeds; the last panel uses target "
+        f"labels and is for analysis only",
+        fontsize=10,
+    )
+    caption = (
+        f"Label-free diagnostics of the adaptation by epoch (mean over {scope} and seeds); "
+        f"the last panel is an oracle curve of target {metric}, never used to choose."
+    )
     return Plot("adaptation", figure, caption)
 
 
@@ -410,17 +461,18 @@ def build_plots(run_dir, metric: str = "accuracy") -> list[Plot]:
     sources = [str(s) for s in summary["source"].unique().sort_values()]
     targets = [str(t) for t in summary["target"].unique().sort_values()]
     plots = heatmaps(summary, metric, sources, targets, methods)
-    for plot in (out_of_domain_bars(summary, metric, sources, targets, methods),
-                 granularity_plot(records, metric, methods),
-                 ttt_steps_plot(long_df, metric),
-                 adaptation_plot(records, long_df, metric)):
+    for plot in (
+        out_of_domain_bars(summary, metric, sources, targets, methods),
+        granularity_plot(records, metric, methods),
+        ttt_steps_plot(long_df, metric),
+        adaptation_plot(records, long_df, metric),
+    ):
         if plot is not None:
             plots.append(plot)
     return plots
 
 
-def write_plots(run_dir, out_dir, metric: str = "accuracy",
-                formats=PLOT_FORMATS) -> list[Path]:
+def write_plots(run_dir, out_dir, metric: str = "accuracy", formats=PLOT_FORMATS) -> list[Path]:
     """Write every figure as ``OUT_DIR/<name>.<fmt>``; returns the paths written."""
     unknown = [f for f in formats if f not in ("png", "svg", "pdf")]
     if unknown:

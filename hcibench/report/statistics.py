@@ -41,8 +41,22 @@ OFF_DIAGONAL = "off-diagonal"
 _ZERO = 1e-12
 
 COMPARISON_COLUMNS = [
-    "method", "baseline", "scope", "source", "target", "test", "n", "mean_diff", "sd_diff",
-    "d_z", "statistic", "p", "p_holm", "rel_improvement", "rel_improvement_std", "note",
+    "method",
+    "baseline",
+    "scope",
+    "source",
+    "target",
+    "test",
+    "n",
+    "mean_diff",
+    "sd_diff",
+    "d_z",
+    "statistic",
+    "p",
+    "p_holm",
+    "rel_improvement",
+    "rel_improvement_std",
+    "note",
 ]
 IMPROVEMENT_COLUMNS = ["method", "baseline", "n_cells", "mean", "std", "ratio_mean"]
 
@@ -68,8 +82,7 @@ def _differences(a, b) -> np.ndarray:
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired samples need two 1-d arrays of equal length, got "
-                         f"{a.shape} and {b.shape}")
+        raise ValueError(f"paired samples need two 1-d arrays of equal length, got {a.shape} and {b.shape}")
     return a - b
 
 
@@ -100,12 +113,19 @@ def paired_t(a, b) -> PairedResult:
     if n < 2:
         return PairedResult("paired t", n, mean, sd, d_z, math.nan, math.nan, "n < 2: no test")
     if np.all(np.abs(diff) <= _ZERO):
-        return PairedResult("paired t", n, 0.0, 0.0, 0.0, 0.0, 1.0,
-                          "identical: all differences are zero")
+        return PairedResult("paired t", n, 0.0, 0.0, 0.0, 0.0, 1.0, "identical: all differences are zero")
     if sd <= _ZERO:
         # scipy says t = inf, p = 0; from a handful of seeds that is no evidence worth a star.
-        return PairedResult("paired t", n, mean, sd, d_z, math.copysign(math.inf, mean),
-                            math.nan, "all differences equal (sd 0): t-test undefined")
+        return PairedResult(
+            "paired t",
+            n,
+            mean,
+            sd,
+            d_z,
+            math.copysign(math.inf, mean),
+            math.nan,
+            "all differences equal (sd 0): t-test undefined",
+        )
     result = stats.ttest_rel(np.asarray(a, float), np.asarray(b, float))
     return PairedResult("paired t", n, mean, sd, d_z, float(result.statistic), float(result.pvalue))
 
@@ -123,18 +143,18 @@ def wilcoxon(a, b) -> PairedResult:
         return PairedResult("Wilcoxon", n, mean, sd, d_z, math.nan, math.nan, "n < 2: no test")
     nonzero = int(np.sum(np.abs(diff) > _ZERO))
     if nonzero == 0:
-        return PairedResult("Wilcoxon", n, 0.0, 0.0, 0.0, 0.0, 1.0,
-                          "identical: all differences are zero")
+        return PairedResult("Wilcoxon", n, 0.0, 0.0, 0.0, 0.0, 1.0, "identical: all differences are zero")
     notes = []
     if nonzero < n:
         notes.append(f"{n - nonzero} zero difference{'s' if n - nonzero > 1 else ''} dropped")
-    floor = 2.0 / 2 ** nonzero
+    floor = 2.0 / 2**nonzero
     if floor > 0.01:
         notes.append(f"{nonzero} non-zero pairs: p cannot go below {floor:.3g}")
     diff = np.where(np.abs(diff) <= _ZERO, 0.0, diff)
     result = stats.wilcoxon(diff, zero_method="wilcox")
-    return PairedResult("Wilcoxon", n, mean, sd, d_z, float(result.statistic),
-                      float(result.pvalue), "; ".join(notes))
+    return PairedResult(
+        "Wilcoxon", n, mean, sd, d_z, float(result.statistic), float(result.pvalue), "; ".join(notes)
+    )
 
 
 def holm(pvalues) -> np.ndarray:
@@ -194,8 +214,9 @@ def _cell_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def relative_improvements(summary: pd.DataFrame, metric: str = "accuracy",
-                          baseline: str | None = None) -> pd.DataFrame:
+def relative_improvements(
+    summary: pd.DataFrame, metric: str = "accuracy", baseline: str | None = None
+) -> pd.DataFrame:
     """Per method (baseline excluded) and cell present for both: the seed means and
     ``improvement = (mean - base_mean) / base_mean * 100`` (NaN when the baseline is 0).
 
@@ -224,8 +245,9 @@ def improvement_summary(improvements: pd.DataFrame) -> pd.DataFrame:
         values = off.loc[off["method"] == method, "improvement"].to_numpy(float)
         mean = float(values.mean()) if len(values) else math.nan
         std = float(values.std(ddof=1)) if len(values) >= 2 else math.nan
-        rows.append({"method": method, "n_cells": len(values), "mean": mean, "std": std,
-                     "ratio_mean": 100 + mean})
+        rows.append(
+            {"method": method, "n_cells": len(values), "mean": mean, "std": std, "ratio_mean": 100 + mean}
+        )
     frame = pd.DataFrame(rows, columns=[c for c in IMPROVEMENT_COLUMNS if c != "baseline"])
     return frame
 
@@ -233,8 +255,7 @@ def improvement_summary(improvements: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- comparisons
 
 
-def compare(long_df: pd.DataFrame, metric: str = "accuracy",
-            baseline: str | None = None) -> pd.DataFrame:
+def compare(long_df: pd.DataFrame, metric: str = "accuracy", baseline: str | None = None) -> pd.DataFrame:
     """Every paired comparison of each method with ``baseline`` on ``metric``.
 
     Per cell present for both (in-domain included): paired t across seeds paired by seed.
@@ -248,14 +269,15 @@ def compare(long_df: pd.DataFrame, metric: str = "accuracy",
 
     summary = summarise(rows)
     improvements = relative_improvements(summary, metric, baseline)
-    per_cell = {(r.method, r.source, r.target): r.improvement
-                for r in improvements.itertuples(index=False)}
+    per_cell = {(r.method, r.source, r.target): r.improvement for r in improvements.itertuples(index=False)}
     totals = improvement_summary(improvements).set_index("method")
     values = _cell_frame(rows)
     base = values[values["method"] == baseline]
     methods = [str(m) for m in summary["method"].unique() if str(m) != baseline]
-    cell_order = [(str(r.source), str(r.target))
-                  for r in summary[["source", "target"]].drop_duplicates().itertuples(index=False)]
+    cell_order = [
+        (str(r.source), str(r.target))
+        for r in summary[["source", "target"]].drop_duplicates().itertuples(index=False)
+    ]
     out = []
     for method in methods:
         mine = values[values["method"] == method]
@@ -264,16 +286,31 @@ def compare(long_df: pd.DataFrame, metric: str = "accuracy",
             b = base[(base["source"] == source) & (base["target"] == target)]
             if a.empty or b.empty:
                 continue
-            paired = a[["seed", "value"]].merge(b[["seed", "value"]], on="seed",
-                                                suffixes=("", "_base"))
+            paired = a[["seed", "value"]].merge(b[["seed", "value"]], on="seed", suffixes=("", "_base"))
             result = paired_t(paired["value"], paired["value_base"])
             unpaired = len(a) + len(b) - 2 * len(paired)
             if unpaired:
-                result.note = "; ".join(filter(None, [
-                    result.note, f"{unpaired} seed record{'s' if unpaired > 1 else ''} "
-                                 f"without a partner left out"]))
-            out.append(_row(method, baseline, f"{source}{ARROW}{target}", source, target,
-                            result, per_cell.get((method, source, target), math.nan), math.nan))
+                result.note = "; ".join(
+                    filter(
+                        None,
+                        [
+                            result.note,
+                            f"{unpaired} seed record{'s' if unpaired > 1 else ''} without a partner left out",
+                        ],
+                    )
+                )
+            out.append(
+                _row(
+                    method,
+                    baseline,
+                    f"{source}{ARROW}{target}",
+                    source,
+                    target,
+                    result,
+                    per_cell.get((method, source, target), math.nan),
+                    math.nan,
+                )
+            )
         off = improvements[(improvements["method"] == method) & ~improvements["in_domain"]]
         if off.empty:
             continue
@@ -281,27 +318,43 @@ def compare(long_df: pd.DataFrame, metric: str = "accuracy",
         total = totals.loc[method]
         for test in (wilcoxon, paired_t):
             result = test(off["mean"].to_numpy(float), off["base_mean"].to_numpy(float))
-            out.append(_row(method, baseline, scope, "", "", result, total["mean"],
-                            total["std"]))
+            out.append(_row(method, baseline, scope, "", "", result, total["mean"], total["std"]))
     frame = pd.DataFrame(out, columns=COMPARISON_COLUMNS)
     frame["p_holm"] = holm(frame["p"].to_numpy(float)) if len(frame) else []
     return frame
 
 
 def _row(method, baseline, scope, source, target, result: PairedResult, rel, rel_std) -> dict:
-    row = {"method": method, "baseline": baseline, "scope": scope, "source": source,
-           "target": target, **asdict(result), "p_holm": math.nan,
-           "rel_improvement": rel, "rel_improvement_std": rel_std}
+    row = {
+        "method": method,
+        "baseline": baseline,
+        "scope": scope,
+        "source": source,
+        "target": target,
+        **asdict(result),
+        "p_holm": math.nan,
+        "rel_improvement": rel,
+        "rel_improvement_std": rel_std,
+    }
     return {column: row[column] for column in COMPARISON_COLUMNS}
 
 
 # --------------------------------------------------------------------------- rendering
 
 STATS_FORMATS = ("table", "markdown", "csv", "json")
-COMPARISON_HEADER = ["Method", "Cells", "Test", "n", "Δ mean (pp)", "d_z", "p", "p (Holm)",
-                     "Rel. impr. (%)", "Note"]
-IMPROVEMENT_HEADER = ["Method", "Off-diagonal cells", "Rel. improvement (%)",
-                      "Ratio to baseline (%)"]
+COMPARISON_HEADER = [
+    "Method",
+    "Cells",
+    "Test",
+    "n",
+    "Δ mean (pp)",
+    "d_z",
+    "p",
+    "p (Holm)",
+    "Rel. impr. (%)",
+    "Note",
+]
+IMPROVEMENT_HEADER = ["Method", "Off-diagonal cells", "Rel. improvement (%)", "Ratio to baseline (%)"]
 
 
 def _num(value: float, digits: int) -> str:
@@ -329,8 +382,20 @@ def comparison_rows(comparisons: pd.DataFrame, scale: float = 100.0) -> list[lis
         if not math.isnan(r.rel_improvement_std):
             rel = f"{rel} ± {r.rel_improvement_std:.1f}"
         d_z = _num(r.d_z, 2).lstrip("+") if not math.isnan(r.d_z) else "–"
-        rows.append([r.method, r.scope, r.test, str(r.n), _num(r.mean_diff * scale, 2), d_z,
-                     format_p(r.p), format_p(r.p_holm), rel, r.note])
+        rows.append(
+            [
+                r.method,
+                r.scope,
+                r.test,
+                str(r.n),
+                _num(r.mean_diff * scale, 2),
+                d_z,
+                format_p(r.p),
+                format_p(r.p_holm),
+                rel,
+                r.note,
+            ]
+        )
     return rows
 
 
@@ -373,8 +438,9 @@ def _json_number(value):
     return value
 
 
-def render_stats(run_dir, fmt: str = "table", metric: str = "accuracy",
-                 baseline: str | None = None, console=None) -> str:
+def render_stats(
+    run_dir, fmt: str = "table", metric: str = "accuracy", baseline: str | None = None, console=None
+) -> str:
     """The comparisons table and the relative-improvement summary of a run as text.
 
     ``fmt``: table, markdown, csv (the comparisons, one row per test) or json (both).
@@ -387,8 +453,10 @@ def render_stats(run_dir, fmt: str = "table", metric: str = "accuracy",
     baseline = _resolve_baseline(_metric_rows(long_df, metric), baseline)
     comparisons = compare(long_df, metric, baseline)
     if comparisons.empty:
-        raise UsageError(f"nothing to compare: no method besides '{baseline}' shares a cell "
-                         f"with it (use --baseline to pick another method)")
+        raise UsageError(
+            f"nothing to compare: no method besides '{baseline}' shares a cell "
+            f"with it (use --baseline to pick another method)"
+        )
     from hcibench.report.tables import summarise
 
     summary = summarise(_metric_rows(long_df, metric))
@@ -397,20 +465,23 @@ def render_stats(run_dir, fmt: str = "table", metric: str = "accuracy",
         return comparisons_csv(comparisons)
     if fmt == "json":
         payload = {
-            "metric": metric, "baseline": baseline,
-            "comparisons": [{k: _json_number(v) for k, v in row.items()}
-                            for row in comparisons.to_dict(orient="records")],
-            "relative_improvement": [{"baseline": baseline,
-                                      **{k: _json_number(v) for k, v in row.items()}}
-                                     for row in totals.to_dict(orient="records")],
+            "metric": metric,
+            "baseline": baseline,
+            "comparisons": [
+                {k: _json_number(v) for k, v in row.items()} for row in comparisons.to_dict(orient="records")
+            ],
+            "relative_improvement": [
+                {"baseline": baseline, **{k: _json_number(v) for k, v in row.items()}}
+                for row in totals.to_dict(orient="records")
+            ],
         }
         return json.dumps(payload, indent=2, ensure_ascii=False, default=json_default) + "\n"
     ns = summary["n"]
     seeds = f"n = {int(ns.min())}" if ns.min() == ns.max() else f"n = {int(ns.min())}–{int(ns.max())}"
-    caption = stats_caption(metric, baseline, seeds).replace(
-        "{m}", str(int(comparisons["p"].notna().sum())))
-    improvement_title = (f"Relative improvement over '{baseline}' on the off-diagonal cells: "
-                         f"mean ± sample std over cells (%)")
+    caption = stats_caption(metric, baseline, seeds).replace("{m}", str(int(comparisons["p"].notna().sum())))
+    improvement_title = (
+        f"Relative improvement over '{baseline}' on the off-diagonal cells: mean ± sample std over cells (%)"
+    )
     if fmt == "markdown":
         lines = [f"**Paired comparisons.** {caption}", ""]
         lines += markdown_table(COMPARISON_HEADER, comparison_rows(comparisons), 3, 9)
@@ -421,10 +492,15 @@ def render_stats(run_dir, fmt: str = "table", metric: str = "accuracy",
 
     from hcibench.report.tables import render_text
 
-    return render_text([
-        Text(caption), rich_table(COMPARISON_HEADER, comparison_rows(comparisons), None, 3, 9),
-        Text(""), rich_table(IMPROVEMENT_HEADER, improvement_rows(totals), improvement_title, 1),
-    ], console)
+    return render_text(
+        [
+            Text(caption),
+            rich_table(COMPARISON_HEADER, comparison_rows(comparisons), None, 3, 9),
+            Text(""),
+            rich_table(IMPROVEMENT_HEADER, improvement_rows(totals), improvement_title, 1),
+        ],
+        console,
+    )
 
 
 def comparisons_csv(comparisons: pd.DataFrame) -> str:
@@ -433,7 +509,5 @@ def comparisons_csv(comparisons: pd.DataFrame) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COMPARISON_COLUMNS)
     for row in comparisons.itertuples(index=False):
-        writer.writerow([
-            _fraction(value) if isinstance(value, float) else value for value in row
-        ])
+        writer.writerow([_fraction(value) if isinstance(value, float) else value for value in row])
     return out.getvalue()

@@ -87,9 +87,9 @@ def _record_files(records_dir: Path) -> list[Path]:
     if not records_dir.is_dir():
         return []
     files = [
-        path for path in records_dir.rglob("*.json")
-        if path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(records_dir).parts)
+        path
+        for path in records_dir.rglob("*.json")
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(records_dir).parts)
     ]
     return sorted(files)
 
@@ -123,8 +123,10 @@ def _metric_value(value: Any, name: str, path: Path) -> float | None:
 def _long_rows(record: dict, path: Path) -> list[dict]:
     """One row per metric of a record: the long format every summary starts from."""
     cell = {
-        "method": str(record["method"]), "source": str(record["source"]),
-        "target": str(record["target"]), "seed": record["seed"],
+        "method": str(record["method"]),
+        "source": str(record["source"]),
+        "target": str(record["target"]),
+        "seed": record["seed"],
     }
     rows = []
     for name, raw in record["metrics"].items():
@@ -183,27 +185,34 @@ class RunSelection(type(Path())):
         return selection
 
 
-def _one_settings(folder: Path, files: list[Path], records: list[dict],
-                  digest: str | None) -> tuple[list[Path], list[dict]]:
+def _one_settings(
+    folder: Path, files: list[Path], records: list[dict], digest: str | None
+) -> tuple[list[Path], list[dict]]:
     """The records of ``digest`` (a run's digest or one method's) when given; else all of them,
     provided each method's records were made with one set of settings. Averaging records made
     with different settings would be meaningless, so it is refused."""
     if digest is not None:
-        kept = [(f, r) for f, r in zip(files, records)
-                if digest in (str(r.get("settings_digest")), str(r.get("run_digest")))]
+        kept = [
+            (f, r)
+            for f, r in zip(files, records)
+            if digest in (str(r.get("settings_digest")), str(r.get("run_digest")))
+        ]
         if not kept:
             known = sorted({str(r.get("run_digest") or r.get("settings_digest")) for r in records})
-            raise UsageError(f"no record in {folder} has settings digest {digest}; it has "
-                             f"{', '.join(known) or 'none'}")
+            raise UsageError(
+                f"no record in {folder} has settings digest {digest}; it has {', '.join(known) or 'none'}"
+            )
         return [f for f, _ in kept], [r for _, r in kept]
     by_method: dict[str, set[str]] = {}
     for record in records:
         by_method.setdefault(str(record["method"]), set()).add(str(record.get("settings_digest")))
     for method, digests in by_method.items():
         if len(digests) > 1:
-            raise UsageError(f"{folder} holds records of {method} made with {len(digests)} "
-                             f"different settings ({', '.join(sorted(digests))}); choose one "
-                             f"with --digest")
+            raise UsageError(
+                f"{folder} holds records of {method} made with {len(digests)} "
+                f"different settings ({', '.join(sorted(digests))}); choose one "
+                f"with --digest"
+            )
     return files, records
 
 
@@ -361,8 +370,7 @@ class _Layout:
     def row(self, source: str, method: str) -> list[tuple[str, bool]]:
         """Cell texts of one row with their in-domain flag; missing cells show a dash."""
         return [
-            (self.cells.get((source, method, target), MISSING), source == target)
-            for target in self.targets
+            (self.cells.get((source, method, target), MISSING), source == target) for target in self.targets
         ]
 
     def summary_rows(self) -> list[tuple[str, str, str]]:
@@ -395,8 +403,10 @@ def _scoring_note(records: list[dict]) -> str:
     scored = sum(int(s.get("scored", s.get("labelled", 0))) for s in scorings)
     if not any(s.get("unscored_classes") for s in scorings):
         return ""
-    return (f" Accuracy and F1 score only target samples of classes present in the source's "
-            f"training labels ({scored} of {labelled} labelled samples over all cells).")
+    return (
+        f" Accuracy and F1 score only target samples of classes present in the source's "
+        f"training labels ({scored} of {labelled} labelled samples over all cells)."
+    )
 
 
 def _data_note(manifest: dict) -> str:
@@ -404,8 +414,10 @@ def _data_note(manifest: dict) -> str:
     skipped = int((manifest.get("data_problems") or {}).get("skipped_images", 0))
     if not skipped:
         return ""
-    return (f" {skipped} image(s) were left out as unreadable or incomplete (dataset.on_error="
-            f"skip; manifest.json 'data_problems' lists them).")
+    return (
+        f" {skipped} image(s) were left out as unreadable or incomplete (dataset.on_error="
+        f"skip; manifest.json 'data_problems' lists them)."
+    )
 
 
 SUMMARY_TITLE = "Per method: mean over cells of the cell means (%)"
@@ -430,16 +442,18 @@ def _render_table(layout: _Layout, console) -> str:
                 for text, diag in layout.row(source, method)
             ]
             # Text (not str) so names with brackets are never read as rich markup.
-            table.add_row(Text(source if i == 0 else ""), Text(method), *cells,
-                          end_section=i == len(methods) - 1)
+            table.add_row(
+                Text(source if i == 0 else ""), Text(method), *cells, end_section=i == len(methods) - 1
+            )
     means = Table(box=box.SIMPLE_HEAD, show_edge=False, title=SUMMARY_TITLE, title_justify="left")
     means.add_column(SUMMARY_HEADER[0])
     for header in SUMMARY_HEADER[1:]:
         means.add_column(header, justify="right")
     for row in layout.summary_rows():
         means.add_row(*(Text(cell) for cell in row))
-    return render_text([Text(layout.caption + " * in-domain (source = target)."), table,
-                        Text(""), means], console)
+    return render_text(
+        [Text(layout.caption + " * in-domain (source = target)."), table, Text(""), means], console
+    )
 
 
 def render_text(renderables, console=None) -> str:
@@ -474,8 +488,16 @@ def _render_markdown(layout: _Layout) -> str:
 
 
 _LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
 }
 _LATEX_SYMBOLS = {PLUS_MINUS: r"$\pm$", MISSING: "--", "≠": r"$\neq$"}
 
@@ -513,8 +535,7 @@ def _render_latex(layout: _Layout) -> str:
         groups.append(group)
     caption = _tex(layout.caption + " In-domain cells (source = target) in bold.")
     header = ["Source", "Method", *map(_tex, layout.targets)]
-    lines = ["% requires \\usepackage{booktabs}", r"\begin{table}", r"\centering",
-             rf"\caption{{{caption}}}"]
+    lines = ["% requires \\usepackage{booktabs}", r"\begin{table}", r"\centering", rf"\caption{{{caption}}}"]
     lines += _tex_tabular(header, groups, left=2) + [r"\end{table}", ""]
     summary = [[[_tex(cell) for cell in row] for row in layout.summary_rows()]]
     lines += [r"\begin{table}", r"\centering", rf"\caption{{{_tex(SUMMARY_TITLE)}.}}"]
@@ -529,17 +550,24 @@ def _render_csv(summary: pd.DataFrame) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(SUMMARY_COLUMNS)
     for r in summary.itertuples(index=False):
-        writer.writerow([r.method, r.source, r.target, r.metric,
-                         _fraction_text(r.mean), _fraction_text(r.std), r.n])
+        writer.writerow(
+            [r.method, r.source, r.target, r.metric, _fraction_text(r.mean), _fraction_text(r.std), r.n]
+        )
     return out.getvalue()
 
 
 def _render_json(summary: pd.DataFrame, metric: str, long_df: pd.DataFrame) -> str:
     """The CSV's numbers as JSON; 'seeds' counts the distinct seeds the run used."""
     rows = [
-        {"method": str(r.method), "source": str(r.source), "target": str(r.target),
-         "metric": str(r.metric), "mean": _fraction_json(r.mean), "std": _fraction_json(r.std),
-         "n": int(r.n)}
+        {
+            "method": str(r.method),
+            "source": str(r.source),
+            "target": str(r.target),
+            "metric": str(r.metric),
+            "mean": _fraction_json(r.mean),
+            "std": _fraction_json(r.std),
+            "n": int(r.n),
+        }
         for r in summary.itertuples(index=False)
     ]
     payload = {"metric": metric, "seeds": int(long_df["seed"].nunique()), "rows": rows}

@@ -40,8 +40,9 @@ def resolve_device(name: str | None) -> torch.device:
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise UsageError(f"device '{name}' asked for, but torch sees no CUDA GPU here; use "
-                             f"--set device=cpu (or auto)")
+            raise UsageError(
+                f"device '{name}' asked for, but torch sees no CUDA GPU here; use --set device=cpu (or auto)"
+            )
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(f"device '{name}': only {torch.cuda.device_count()} GPU(s) here")
@@ -76,8 +77,11 @@ def resolve_precision(name: str | None, device: torch.device) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if cpu_has_bf16() else "fp32"
     if name == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        warnings.warn("precision bf16 on a CPU without bfloat16 instructions (AMX or "
-                      "AVX512-BF16) runs several times slower than fp32", stacklevel=2)
+        warnings.warn(
+            "precision bf16 on a CPU without bfloat16 instructions (AMX or "
+            "AVX512-BF16) runs several times slower than fp32",
+            stacklevel=2,
+        )
     return name
 
 
@@ -123,8 +127,11 @@ def prefetch(batches: Iterable[tuple], device: torch.device, depth: int = 2) -> 
     its order before the first)."""
     if device.type != "cuda":
         return iter(batches)
-    return read_ahead(batches, depth, lambda batch: tuple(
-        x.pin_memory() if isinstance(x, torch.Tensor) else x for x in batch))
+    return read_ahead(
+        batches,
+        depth,
+        lambda batch: tuple(x.pin_memory() if isinstance(x, torch.Tensor) else x for x in batch),
+    )
 
 
 def read_ahead(items: Iterable, depth: int, prepare=lambda item: item) -> Iterator:

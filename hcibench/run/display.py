@@ -31,9 +31,16 @@ def run_with_progress(spec: RunSpec, console: Console) -> None:
     console.print(
         f"[bold]hcibench[/] {len(run.grid.methods)} method(s) × {len(run.grid.sources)} source(s)"
         f" × {len(run.grid.targets)} target(s) × {len(run.grid.seeds)} seed(s) = {total} cells"
-        f" on '{spec.dataset}' ({spec.preset} preset); {finished} already done -> {run.out}")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+        f" on '{spec.dataset}' ({spec.preset} preset); {finished} already done -> {run.out}"
+    )
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as display:
         grid_task = display.add_task("grid cells", total=total, completed=finished)
 
@@ -43,8 +50,10 @@ def run_with_progress(spec: RunSpec, console: Console) -> None:
             display.console.print(
                 f"{record['method']:<11} {record['source']:>4} -> {record['target']:<4} "
                 f"seed {record['seed']}: accuracy {metrics.get('accuracy', float('nan')):.3f}"
-                f"  f1 {metrics.get('f1', float('nan')):.3f}")
+                f"  f1 {metrics.get('f1', float('nan')):.3f}"
+            )
 
         result = execute(run, RichProgress(display, run.out / "run.log"), on_cell)
-    console.print(f"{result['computed_cells']} cell(s) computed, {finished} reused. "
-                  f"Report: hcibench report {run.out}")
+    console.print(
+        f"{result['computed_cells']} cell(s) computed, {finished} reused. Report: hcibench report {run.out}"
+    )

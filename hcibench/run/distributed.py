@@ -73,10 +73,12 @@ def local_slice(batch: torch.Tensor) -> torch.Tensor:
     if n == 1:
         return batch
     if len(batch) % n:
-        raise ValueError(f"a batch of {len(batch)} does not split over {n} processes; choose a "
-                         f"batch size that is a multiple of {n}")
+        raise ValueError(
+            f"a batch of {len(batch)} does not split over {n} processes; choose a "
+            f"batch size that is a multiple of {n}"
+        )
     size = len(batch) // n
-    return batch[rank() * size:(rank() + 1) * size]
+    return batch[rank() * size : (rank() + 1) * size]
 
 
 def share(batch: torch.Tensor) -> torch.Tensor:
@@ -122,8 +124,7 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
 
 def sync_batch_norm(module: nn.Module) -> nn.Module:
     """``module`` with batch-norm synchronised over the ranks on CUDA (unchanged otherwise)."""
-    if not active() or not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                               for m in module.modules()):
+    if not active() or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
         return module
     if next(module.parameters()).device.type != "cuda":
         return module

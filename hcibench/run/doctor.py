@@ -34,8 +34,11 @@ def record_is_valid(path: Path) -> bool:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(record, dict) and all(key in record for key in RECORD_KEYS) \
+    return (
+        isinstance(record, dict)
+        and all(key in record for key in RECORD_KEYS)
         and isinstance(record["metrics"], dict)
+    )
 
 
 def _temp_files(out: Path) -> list[Finding]:
@@ -59,8 +62,11 @@ def _json_index(path: Path, what: str) -> list[Finding]:
         json.loads(path.read_text())
         return []
     except (OSError, ValueError):
-        return [Finding(path, f"{what} does not parse; `hcibench run` with the run's options "
-                              f"writes it again", True)]
+        return [
+            Finding(
+                path, f"{what} does not parse; `hcibench run` with the run's options writes it again", True
+            )
+        ]
 
 
 def examine(out: Path, load_stages: bool = True) -> list[Finding]:
@@ -86,8 +92,7 @@ def examine(out: Path, load_stages: bool = True) -> list[Finding]:
                 try:
                     storage.load_torch(path)
                 except Exception:  # any unreadable file is damaged
-                    findings.append(Finding(path, "stage file cannot be loaded; the run "
-                                                  "recomputes it", True))
+                    findings.append(Finding(path, "stage file cannot be loaded; the run recomputes it", True))
     return findings
 
 

@@ -53,8 +53,9 @@ def parse_slurm_options(items) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"bad --slurm '{item}': expected KEY=VALUE, e.g. "
-                             f"slurm_partition=gpu or timeout_min=600")
+            raise UsageError(
+                f"bad --slurm '{item}': expected KEY=VALUE, e.g. slurm_partition=gpu or timeout_min=600"
+            )
         try:
             options[key.strip()] = int(value)
         except ValueError:
@@ -72,12 +73,14 @@ def _require(module: str, extra: str):
     try:
         return __import__(module, fromlist=["_"])
     except ImportError:
-        raise UsageError(f"--executor {extra} needs the {extra} extra: pip install "
-                         f"'hcibench[{extra}]'") from None
+        raise UsageError(
+            f"--executor {extra} needs the {extra} extra: pip install 'hcibench[{extra}]'"
+        ) from None
 
 
-def run_with_dask(spec: RunSpec, options: ExecutorOptions,
-                  on_job: Callable[[Job, str], None] | None = None) -> int:
+def run_with_dask(
+    spec: RunSpec, options: ExecutorOptions, on_job: Callable[[Job, str], None] | None = None
+) -> int:
     """The plan's jobs (:mod:`hcibench.run.plan`) as Dask tasks with their dependencies, on a
     ``LocalCluster`` of ``options.workers`` processes or on the scheduler at
     ``options.scheduler``: the stages of a group run as soon as what they build on exists (the
@@ -90,16 +93,19 @@ def run_with_dask(spec: RunSpec, options: ExecutorOptions,
     if not plan.jobs:
         return 0
     workers = options.workers or default_workers()
-    threads = options.threads or run.config.get("threads") or max(
-        1, (os.cpu_count() or 1) // workers)
+    threads = options.threads or run.config.get("threads") or max(1, (os.cpu_count() or 1) // workers)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     cluster = None
     if options.scheduler:
         client = distributed.Client(options.scheduler)
     else:
-        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
-                                           processes=True, dashboard_address=None,
-                                           resources={"GPU": 1} if gpus else None)
+        cluster = distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            resources={"GPU": 1} if gpus else None,
+        )
         client = distributed.Client(cluster)
     try:
         futures = submit_plan(client, spec, plan, threads, options.retries)
@@ -124,8 +130,16 @@ def submit_plan(client, spec: RunSpec, plan: Plan, threads: int | None, retries:
     for job in plan.jobs.values():
         needs = [futures[need] for need in job.needs if need in futures]
         futures[job.id] = client.submit(
-            run_plan_job, spec, job, threads, *needs, pure=False, retries=retries,
-            key=f"{job.id}@{spec.out}", resources={"GPU": job.gpus} if job.gpus else None)
+            run_plan_job,
+            spec,
+            job,
+            threads,
+            *needs,
+            pure=False,
+            retries=retries,
+            key=f"{job.id}@{spec.out}",
+            resources={"GPU": job.gpus} if job.gpus else None,
+        )
     return futures
 
 
@@ -143,8 +157,7 @@ def prepared(spec: RunSpec):
     return _PREPARED[key]
 
 
-def run_plan_job(spec: RunSpec, job: Job, threads: int | None = None,
-                 *needs) -> tuple[str, int]:
+def run_plan_job(spec: RunSpec, job: Job, threads: int | None = None, *needs) -> tuple[str, int]:
     """One job of the plan, in the calling process (a Dask worker, a SLURM job); ``needs`` are
     the results of the jobs it depends on (only their being finished matters). Returns what
     happened, in words, and the cells computed."""
@@ -180,8 +193,7 @@ def _slurm_job_class(submitit):
 
         def __call__(self, spec, job, threads=None):
             if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-                submitit.helpers.TorchDistributedEnvironment().export(
-                    set_cuda_visible_devices=False)
+                submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             return run_plan_job(spec, job, threads)
 
     return PlanJob
@@ -205,15 +217,17 @@ def submit_to_slurm(spec: RunSpec, options: ExecutorOptions) -> list[str]:
     executor = submitit.AutoExecutor(folder=run.out / "slurm" / "%j", cluster=cluster)
     local = cluster == "local"
     if local:  # the local executor knows no SLURM-only or CPU-count parameters
-        parameters = {k: v for k, v in parameters.items()
-                      if k in ("timeout_min", "tasks_per_node", "gpus_per_node", "name")}
+        parameters = {
+            k: v
+            for k, v in parameters.items()
+            if k in ("timeout_min", "tasks_per_node", "gpus_per_node", "name")
+        }
     job_class = _slurm_job_class(submitit)
     threads = run.config.get("threads") or parameters.get("cpus_per_task")
     extra = dict(parameters.pop("slurm_additional_parameters", None) or {})
     ids: dict[str, str] = {}
     for job in plan.jobs.values():
-        asked = {"timeout_min": max(1, round(job.hours * 60)), **parameters,
-                 "name": f"hcibench-{job.id}"}
+        asked = {"timeout_min": max(1, round(job.hours * 60)), **parameters, "name": f"hcibench-{job.id}"}
         if job.gpus and "gpus_per_node" not in parameters:
             asked["gpus_per_node"] = job.gpus
         needs = [ids[need] for need in job.needs if need in ids]

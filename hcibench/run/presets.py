@@ -20,16 +20,19 @@ from hcibench.errors import UsageError
 # keeps its figures comparable between machines. The paper preset takes bf16 where it pays.
 # ``resources``: what each stage's job asks a cluster for (hcibench plan, the executors): GPUs
 # (null: one where the run computes on a GPU, else none) and hours.
-QUICK_RUNTIME = {"device": "auto", "precision": "fp32",
-                 "resources": {"gpus": None, "hours": 1.0}}
-PAPER_RUNTIME = {"device": "auto", "precision": "auto",
-                 "resources": {"gpus": None, "hours": 24.0}}
+QUICK_RUNTIME = {"device": "auto", "precision": "fp32", "resources": {"gpus": None, "hours": 1.0}}
+PAPER_RUNTIME = {"device": "auto", "precision": "auto", "resources": {"gpus": None, "hours": 24.0}}
 
 QUICK = {
     **QUICK_RUNTIME,
     "backbone": {
-        "model": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4,
-        "embed_dim": 128, "depth": 4, "num_heads": 4, "pretrained": None,
+        "model": "vit_tiny_patch16_224",
+        "img_size": 32,
+        "patch_size": 4,
+        "embed_dim": 128,
+        "depth": 4,
+        "num_heads": 4,
+        "pretrained": None,
     },
     "input_size": 32,
     "eval_batch_size": 256,
@@ -39,7 +42,9 @@ QUICK = {
 PAPER = {
     **PAPER_RUNTIME,
     "backbone": {
-        "model": "deit_small_patch16_224", "img_size": 224, "pretrained": None,
+        "model": "deit_small_patch16_224",
+        "img_size": 224,
+        "pretrained": None,
     },
     "input_size": 224,
     "eval_batch_size": 128,

@@ -86,16 +86,22 @@ def prepare(spec: RunSpec) -> Run:
     grid = spec.grid
     if not grid.methods or not grid.seeds:
         raise UsageError("empty grid: give at least one method and one seed")
-    for kind, names in (("methods", grid.methods), ("sources", grid.sources),
-                        ("targets", grid.targets), ("seeds", grid.seeds)):
+    for kind, names in (
+        ("methods", grid.methods),
+        ("sources", grid.sources),
+        ("targets", grid.targets),
+        ("seeds", grid.seeds),
+    ):
         _check_unique(kind, list(names))
     if any(not 0 <= seed < 2**31 for seed in grid.seeds):
-        raise UsageError(f"seeds must be integers from 0 to {2**31 - 1}, got "
-                         f"{', '.join(str(s) for s in grid.seeds)}")
+        raise UsageError(
+            f"seeds must be integers from 0 to {2**31 - 1}, got {', '.join(str(s) for s in grid.seeds)}"
+        )
     method_classes = {name: plugins.methods().get(name) for name in grid.methods}
     dataset_class = plugins.datasets().get(spec.dataset)
-    evaluator_names = (list(spec.evaluators) or list(dataset_class.default_evaluators or [])
-                       or list(DEFAULT_EVALUATORS))
+    evaluator_names = (
+        list(spec.evaluators) or list(dataset_class.default_evaluators or []) or list(DEFAULT_EVALUATORS)
+    )
     _check_unique("evaluators", evaluator_names)
     evaluators = {name: plugins.evaluators().get(name)() for name in evaluator_names}
     config = resolve_config(spec, method_classes, dataset_class)[-1][1]
@@ -107,8 +113,12 @@ def prepare(spec: RunSpec) -> Run:
     for source in [*grid.sources, *grid.targets]:
         if source not in known:
             raise unknown_name("source", source, known)
-    grid = Grid(list(grid.methods), list(grid.sources) or list(known), list(grid.targets) or list(known),
-                [int(s) for s in grid.seeds])
+    grid = Grid(
+        list(grid.methods),
+        list(grid.sources) or list(known),
+        list(grid.targets) or list(known),
+        [int(s) for s in grid.seeds],
+    )
     # A method's own section (e.g. ``supervised``) and the sections it declares (e.g. ``dino``)
     # concern its cells only, so a later command may add or drop methods in the same folder;
     # everything else must stay equal. Where a run computes (``device``) and what its jobs ask
@@ -116,23 +126,28 @@ def prepare(spec: RunSpec) -> Run:
     # GPU may share a folder; the conditions stored with each stage tell them apart.
     declared = {name: sorted(cls.settings_sections(spec.preset)) for name, cls in method_classes.items()}
     owned = set(method_classes).union(*declared.values())
-    shared = {key: value for key, value in config.items()
-              if key not in owned and key not in RUNTIME_ONLY}
-    settings = {"config": shared, "dataset": spec.dataset, "data": spec.data,
-                "evaluators": evaluator_names}
+    shared = {key: value for key, value in config.items() if key not in owned and key not in RUNTIME_ONLY}
+    settings = {"config": shared, "dataset": spec.dataset, "data": spec.data, "evaluators": evaluator_names}
     run_digest = digest(settings)
-    method_digests = {name: digest({"run": run_digest, "method": config.get(name),
-                                    "sections": {s: config[s] for s in declared[name]}})
-                      for name in method_classes}
-    return Run(spec, grid, config, dataset, method_classes, evaluators, run_digest,
-               method_digests)
+    method_digests = {
+        name: digest(
+            {
+                "run": run_digest,
+                "method": config.get(name),
+                "sections": {s: config[s] for s in declared[name]},
+            }
+        )
+        for name in method_classes
+    }
+    return Run(spec, grid, config, dataset, method_classes, evaluators, run_digest, method_digests)
 
 
 RUNTIME_ONLY = ("device", "resources")
 
 
-def resolve_config(spec: RunSpec, method_classes: dict[str, type],
-                   dataset_class: type) -> list[tuple[str, dict]]:
+def resolve_config(
+    spec: RunSpec, method_classes: dict[str, type], dataset_class: type
+) -> list[tuple[str, dict]]:
     """The run's settings, layer by layer: ``[(origin, config after that layer), ...]`` from the
     preset to the ``--set`` options; the last one is the run's. Every value is checked
     (:mod:`hcibench.run.settings_check`), so a bad one stops the run before anything is written."""
@@ -147,8 +162,10 @@ def resolve_config(spec: RunSpec, method_classes: dict[str, type],
             if section not in config:
                 config[section], declared_by[section], added = copy.deepcopy(values), name, True
             elif declared_by.get(section) and config[section] != values:
-                raise ValueError(f"methods {declared_by[section]} and {name} declare settings "
-                                 f"section '{section}' with different defaults")
+                raise ValueError(
+                    f"methods {declared_by[section]} and {name} declare settings "
+                    f"section '{section}' with different defaults"
+                )
         section = cls.default_settings(spec.preset)
         if section and name not in config:
             config[name], added = copy.deepcopy(section), True
@@ -231,7 +248,8 @@ def open_run_folder(run: Run) -> None:
     if conflict:
         raise UsageError(
             f"{out} holds a run made with other {conflict}; use a new --out folder or the same "
-            f"options as before (methods, sources, targets and seeds may change)")
+            f"options as before (methods, sources, targets and seeds may change)"
+        )
 
 
 def write_manifest(run: Run, stages: StageCache, started: str | None = None) -> None:
@@ -247,26 +265,28 @@ def write_manifest(run: Run, stages: StageCache, started: str | None = None) -> 
     started = started or datetime.now(UTC).isoformat(timespec="seconds")
     for key, values in old.items():
         grid[key] = list(dict.fromkeys([*values, *grid[key]]))
-    storage.write_json(manifest_path, {
-        "settings_digest": run.settings_digest,
-        "method_digests": {**old_digests, **run.method_digests},
-        "grid": grid,
-        "dataset": {"name": run.spec.dataset, "data": run.spec.data,
-                    "options": run.config["dataset"]},
-        "preset": run.spec.preset,
-        "overrides": run.spec.overrides,
-        "config": run.config,
-        "evaluators": list(run.evaluators),
-        "versions": package_versions(),
-        "git_revision": git_revision(),
-        "hostname": os.uname().nodename,
-        "torch_threads": torch.get_num_threads(),
-        "started": started,
-        "updated": datetime.now(UTC).isoformat(timespec="seconds"),
-        "stages": stages.counts,
-        "stage_folder": str(stages.store.folder) if stages.store else None,
-        "data_problems": data_problems(run.dataset),
-    })
+    storage.write_json(
+        manifest_path,
+        {
+            "settings_digest": run.settings_digest,
+            "method_digests": {**old_digests, **run.method_digests},
+            "grid": grid,
+            "dataset": {"name": run.spec.dataset, "data": run.spec.data, "options": run.config["dataset"]},
+            "preset": run.spec.preset,
+            "overrides": run.spec.overrides,
+            "config": run.config,
+            "evaluators": list(run.evaluators),
+            "versions": package_versions(),
+            "git_revision": git_revision(),
+            "hostname": os.uname().nodename,
+            "torch_threads": torch.get_num_threads(),
+            "started": started,
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+            "stages": stages.counts,
+            "stage_folder": str(stages.store.folder) if stages.store else None,
+            "data_problems": data_problems(run.dataset),
+        },
+    )
 
 
 def _problems(dataset: Dataset) -> list[dict]:
@@ -275,18 +295,19 @@ def _problems(dataset: Dataset) -> list[dict]:
 
 def _skipped(problems: list[dict], source: str | None = None) -> int:
     """Images left out (``on_error=skip``), in all sources or in ``source``."""
-    return int(sum(p.get("skipped", 0) for p in problems
-                   if source is None or p.get("source") == source))
+    return int(sum(p.get("skipped", 0) for p in problems if source is None or p.get("source") == source))
 
 
 def data_problems(dataset: Dataset, limit: int = 50) -> dict:
     """What went wrong reading the data so far: counts, images left out (``on_error=skip``) and
     the first ``limit`` problems (``hcibench data check`` lists them all)."""
     problems = _problems(dataset)
-    return {"skipped_images": _skipped(problems),
-            "errors": sum(p.get("severity") == "error" for p in problems),
-            "warnings": sum(p.get("severity") == "warning" for p in problems),
-            "problems": problems[:limit]}
+    return {
+        "skipped_images": _skipped(problems),
+        "errors": sum(p.get("severity") == "error" for p in problems),
+        "warnings": sum(p.get("severity") == "warning" for p in problems),
+        "problems": problems[:limit],
+    }
 
 
 def skipped_images(dataset: Dataset, source: str, target: str) -> dict[str, int]:
@@ -296,19 +317,24 @@ def skipped_images(dataset: Dataset, source: str, target: str) -> dict[str, int]
     return {"source": _skipped(problems, source), "target": _skipped(problems, target)}
 
 
-def score(run: Run, logits: torch.Tensor, domain: Domain, variant: str = "",
-          labels: torch.Tensor | None = None,
-          embeddings: torch.Tensor | None = None) -> dict[str, float]:
+def score(
+    run: Run,
+    logits: torch.Tensor,
+    domain: Domain,
+    variant: str = "",
+    labels: torch.Tensor | None = None,
+    embeddings: torch.Tensor | None = None,
+) -> dict[str, float]:
     """Every evaluator on one prediction; ``labels`` default to the domain's. Evaluators that
     list ``embeddings`` or ``domain`` in their ``uses`` get them, for the main prediction only."""
     labels = domain.labels if labels is None else labels
     metrics = {}
     for evaluator in run.evaluators.values():
         uses = () if variant else getattr(evaluator, "uses", ())
-        extras = {key: value for key, value in (("embeddings", embeddings), ("domain", domain))
-                  if key in uses}
-        for name, value in evaluator(logits, labels, domain.meta, len(domain.classes),
-                                     **extras).items():
+        extras = {
+            key: value for key, value in (("embeddings", embeddings), ("domain", domain)) if key in uses
+        }
+        for name, value in evaluator(logits, labels, domain.meta, len(domain.classes), **extras).items():
             metrics[f"{name}@{variant}" if variant else name] = value
     return metrics
 
@@ -322,9 +348,12 @@ def scored_labels(domain: Domain, seen: torch.Tensor) -> tuple[torch.Tensor, dic
     known = labels >= 0
     keep = known & torch.isin(labels, seen)
     unseen = sorted({domain.classes[i] for i in labels[known & ~keep].tolist()})
-    scoring = {"rule": "target samples whose class is absent from the source training labels "
-                       "are not scored", "labelled": int(known.sum()), "scored": int(keep.sum()),
-               "unscored_classes": unseen}
+    scoring = {
+        "rule": "target samples whose class is absent from the source training labels are not scored",
+        "labelled": int(known.sum()),
+        "scored": int(keep.sum()),
+        "unscored_classes": unseen,
+    }
     return torch.where(keep, labels, torch.full_like(labels, -1)), scoring
 
 
@@ -334,8 +363,11 @@ def pending_cells(run: Run) -> list[tuple[str, str, int, list[str]]]:
     for seed in run.grid.seeds:
         for source in run.grid.sources:
             for method in run.grid.methods:
-                targets = [t for t in run.grid.targets
-                           if not record_is_valid(record_path(run.out, method, source, t, seed))]
+                targets = [
+                    t
+                    for t in run.grid.targets
+                    if not record_is_valid(record_path(run.out, method, source, t, seed))
+                ]
                 if targets:
                     groups.append((method, source, seed, targets))
     return groups
@@ -389,8 +421,9 @@ def _execute(run: Run, progress: Progress | None, on_cell) -> dict:
     if main:
         open_run_folder(run)
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    stages = StageCache(run.out, store=run.spec.cache, log=progress.log, strict=run.spec.strict,
-                        device=device)
+    stages = StageCache(
+        run.out, store=run.spec.cache, log=progress.log, strict=run.spec.strict, device=device
+    )
     claims = StageStore(run.out, log=progress.log)
     # Checking the folder's settings and writing the manifest are one step for concurrent
     # commands on the same folder: of two with different settings, one is always refused.
@@ -422,8 +455,14 @@ def start_run_folder(run: Run, stages: StageCache | None = None) -> str:
     return started
 
 
-def execute_group(run: Run, method: str, source: str, seed: int,
-                  progress: Progress | None = None, domains: DomainCache | None = None) -> int:
+def execute_group(
+    run: Run,
+    method: str,
+    source: str,
+    seed: int,
+    progress: Progress | None = None,
+    domains: DomainCache | None = None,
+) -> int:
     """Compute one (method, source, seed) group of a started run folder in this process, under
     the group's claim (waiting while another process holds it), and update the manifest.
     Returns the cells computed (0 when another process finished them)."""
@@ -431,15 +470,19 @@ def execute_group(run: Run, method: str, source: str, seed: int,
     device = accelerator.resolve_device(run.config.get("device"))
     device = distributed.init_from_environment(device)  # a job of several tasks
     main = distributed.is_main()
-    stages = StageCache(run.out, store=run.spec.cache, log=progress.log, strict=run.spec.strict,
-                        device=device)
+    stages = StageCache(
+        run.out, store=run.spec.cache, log=progress.log, strict=run.spec.strict, device=device
+    )
     claims = StageStore(run.out, log=progress.log)
     held = claims.exclusive(_group_claim(method, source, seed)) if main else contextlib.nullcontext()
     with held:
         group = next((g for g in pending_cells(run) if g[:3] == (method, source, seed)), None)
         group = distributed.broadcast_object(group)
-        done = 0 if group is None else _run_group(run, group, domains or DomainCache(run),
-                                                   stages, progress, None)
+        done = (
+            0
+            if group is None
+            else _run_group(run, group, domains or DomainCache(run), stages, progress, None)
+        )
     if main:
         with claims.exclusive("run"):
             write_manifest(run, stages)
@@ -486,23 +529,30 @@ def _group_claim(method: str, source: str, seed: int) -> str:
     return f"cells-{method}-{source}-seed{seed}"
 
 
-def group_context(run: Run, source: str, seed: int, stages: StageCache,
-                  progress: Progress | None = None) -> Context:
+def group_context(
+    run: Run, source: str, seed: int, stages: StageCache, progress: Progress | None = None
+) -> Context:
     """What a method of ``run`` sees when trained on ``source`` with ``seed``."""
-    dataset_identity = {"name": run.spec.dataset, "data": run.spec.data,
-                        "options": run.config["dataset"]}
+    dataset_identity = {"name": run.spec.dataset, "data": run.spec.data, "options": run.config["dataset"]}
     device = stages.device or torch.device("cpu")
-    return Context(run.config, seed=seed, source=source, dataset=dataset_identity,
-                   stages=stages, progress=progress or Progress(), device=device,
-                   precision=accelerator.resolve_precision(run.config.get("precision"), device))
+    return Context(
+        run.config,
+        seed=seed,
+        source=source,
+        dataset=dataset_identity,
+        stages=stages,
+        progress=progress or Progress(),
+        device=device,
+        precision=accelerator.resolve_precision(run.config.get("precision"), device),
+    )
 
 
-def _run_group(run: Run, group, domains: DomainCache, stages: StageCache, progress: Progress,
-               on_cell) -> int:
+def _run_group(run: Run, group, domains: DomainCache, stages: StageCache, progress: Progress, on_cell) -> int:
     """Fit one (method, source, seed) and score its unfinished targets; returns how many."""
     method_name, source, seed, _ = group
-    targets = [t for t in run.grid.targets
-               if not record_is_valid(record_path(run.out, method_name, source, t, seed))]
+    targets = [
+        t for t in run.grid.targets if not record_is_valid(record_path(run.out, method_name, source, t, seed))
+    ]
     targets = distributed.broadcast_object(targets)  # under torchrun: rank 0's view
     if not targets:  # finished by another process meanwhile
         return 0
@@ -520,18 +570,25 @@ def _run_group(run: Run, group, domains: DomainCache, stages: StageCache, progre
         cell_started = time.perf_counter()
         prediction = method.predict(domain)
         labels, scoring = scored_labels(domain, seen)
-        metrics = score(run, prediction.logits, domain, labels=labels,
-                        embeddings=prediction.embeddings)
+        metrics = score(run, prediction.logits, domain, labels=labels, embeddings=prediction.embeddings)
         for variant, logits in prediction.variants.items():
             metrics.update(score(run, logits, domain, variant, labels=labels))
         record = {
-            "method": method_name, "source": source, "target": target, "seed": seed,
-            "dataset": run.spec.dataset, "in_domain": source == target,
-            "metrics": metrics, "n_images": len(domain),
+            "method": method_name,
+            "source": source,
+            "target": target,
+            "seed": seed,
+            "dataset": run.spec.dataset,
+            "in_domain": source == target,
+            "metrics": metrics,
+            "n_images": len(domain),
             "fit_seconds": round(fit_seconds, 3),
             "seconds": round(time.perf_counter() - cell_started, 3),
-            "info": {**prediction.info, "scoring": scoring,
-                     "skipped_images": skipped_images(run.dataset, source, target)},
+            "info": {
+                **prediction.info,
+                "scoring": scoring,
+                "skipped_images": skipped_images(run.dataset, source, target),
+            },
             "computed_with": conditions(stages.device),
             "settings_digest": run.method_digests[method_name],
             "run_digest": run.settings_digest,

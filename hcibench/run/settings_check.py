@@ -20,42 +20,82 @@ INT, FLOAT = "an integer", "a number"
 
 # name -> (kind, lowest, highest).
 RANGES: dict[str, tuple[str, float, float]] = {
-    "epochs": (INT, 1, 100_000), "warmup_epochs": (INT, 0, 100_000),
-    "warmup_teacher_temp_epochs": (INT, 0, 100_000), "freeze_last_layer_epochs": (INT, 0, 100_000),
-    "batch_size": (INT, 1, 1_000_000), "eval_batch_size": (INT, 1, 1_000_000),
-    "patience": (INT, 1, 100_000), "depth": (INT, 1, 1_000), "embed_dim": (INT, 1, 100_000),
-    "num_heads": (INT, 1, 1_000), "img_size": (INT, 4, 100_000), "patch_size": (INT, 1, 10_000),
-    "input_size": (INT, 4, 100_000), "global_size": (INT, 2, 100_000),
-    "local_size": (INT, 2, 100_000), "n_local": (INT, 0, 1_000), "head_layers": (INT, 1, 100),
-    "head_hidden_dim": (INT, 1, 1_000_000), "head_bottleneck_dim": (INT, 1, 1_000_000),
-    "head_out_dim": (INT, 2, 10_000_000), "early_blocks": (INT, 0, 1_000),
-    "decoder_dim": (INT, 1, 100_000), "decoder_depth": (INT, 1, 1_000),
-    "decoder_heads": (INT, 1, 1_000), "threads": (INT, 1, 4_096), "steps": (INT, 0, 100_000),
-    "copies": (INT, 1, 100_000), "chunk": (INT, 1, 100_000), "val_plates": (INT, 0, 10_000),
+    "epochs": (INT, 1, 100_000),
+    "warmup_epochs": (INT, 0, 100_000),
+    "warmup_teacher_temp_epochs": (INT, 0, 100_000),
+    "freeze_last_layer_epochs": (INT, 0, 100_000),
+    "batch_size": (INT, 1, 1_000_000),
+    "eval_batch_size": (INT, 1, 1_000_000),
+    "patience": (INT, 1, 100_000),
+    "depth": (INT, 1, 1_000),
+    "embed_dim": (INT, 1, 100_000),
+    "num_heads": (INT, 1, 1_000),
+    "img_size": (INT, 4, 100_000),
+    "patch_size": (INT, 1, 10_000),
+    "input_size": (INT, 4, 100_000),
+    "global_size": (INT, 2, 100_000),
+    "local_size": (INT, 2, 100_000),
+    "n_local": (INT, 0, 1_000),
+    "head_layers": (INT, 1, 100),
+    "head_hidden_dim": (INT, 1, 1_000_000),
+    "head_bottleneck_dim": (INT, 1, 1_000_000),
+    "head_out_dim": (INT, 2, 10_000_000),
+    "early_blocks": (INT, 0, 1_000),
+    "decoder_dim": (INT, 1, 100_000),
+    "decoder_depth": (INT, 1, 1_000),
+    "decoder_heads": (INT, 1, 1_000),
+    "threads": (INT, 1, 4_096),
+    "steps": (INT, 0, 100_000),
+    "copies": (INT, 1, 100_000),
+    "chunk": (INT, 1, 100_000),
+    "val_plates": (INT, 0, 10_000),
     "test_plates": (INT, 1, 10_000),
-    "lr": (FLOAT, 0, 10), "min_lr": (FLOAT, 0, 10), "adapt_lr": (FLOAT, 0, 10),
-    "weight_decay": (FLOAT, 0, 10), "weight_decay_end": (FLOAT, 0, 10),
-    "momentum_teacher": (FLOAT, 0, 1), "center_momentum": (FLOAT, 0, 1),
-    "drop_path": (FLOAT, 0, 1), "decay": (FLOAT, 0, 1), "mask_ratio": (FLOAT, 0, 0.99),
-    "teacher_temp": (FLOAT, 0, 100), "warmup_teacher_temp": (FLOAT, 0, 100),
-    "student_temp": (FLOAT, 0, 100), "clip_grad": (FLOAT, 0, 1e6),
-    "shift_std": (FLOAT, 0, 10), "gamma_std": (FLOAT, 0, 10),
-    "feature_alignment": (FLOAT, 0, 1e6), "gpus": (INT, 0, 1_024), "hours": (FLOAT, 0, 100_000),
+    "lr": (FLOAT, 0, 10),
+    "min_lr": (FLOAT, 0, 10),
+    "adapt_lr": (FLOAT, 0, 10),
+    "weight_decay": (FLOAT, 0, 10),
+    "weight_decay_end": (FLOAT, 0, 10),
+    "momentum_teacher": (FLOAT, 0, 1),
+    "center_momentum": (FLOAT, 0, 1),
+    "drop_path": (FLOAT, 0, 1),
+    "decay": (FLOAT, 0, 1),
+    "mask_ratio": (FLOAT, 0, 0.99),
+    "teacher_temp": (FLOAT, 0, 100),
+    "warmup_teacher_temp": (FLOAT, 0, 100),
+    "student_temp": (FLOAT, 0, 100),
+    "clip_grad": (FLOAT, 0, 1e6),
+    "shift_std": (FLOAT, 0, 10),
+    "gamma_std": (FLOAT, 0, 10),
+    "feature_alignment": (FLOAT, 0, 1e6),
+    "gpus": (INT, 0, 1_024),
+    "hours": (FLOAT, 0, 100_000),
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "clip_mode": ("global", "parameter"), "trainable": ("all", "early", "norm"),
-    "predict_with": ("teacher", "student"), "granularity": ("source", "batch", "plate"),
-    "eval_on": ("subset", "full"), "precision": ("auto", "fp32", "bf16"),
-    "pair_key": ("batch", "plate"), "center": ("zero", "source"),
+    "clip_mode": ("global", "parameter"),
+    "trainable": ("all", "early", "norm"),
+    "predict_with": ("teacher", "student"),
+    "granularity": ("source", "batch", "plate"),
+    "eval_on": ("subset", "full"),
+    "precision": ("auto", "fp32", "bf16"),
+    "pair_key": ("batch", "plate"),
+    "center": ("zero", "source"),
     "select": ("last", "knn"),
 }
 
 # Settings whose default is None and what else they admit.
 NULLABLE: dict[str, str] = {
-    "lr": FLOAT, "adapt_lr": FLOAT, "momentum_teacher": FLOAT, "threads": INT,
-    "clip_grad": FLOAT, "epochs": INT, "steps": INT, "pair_key": "a name", "clip_mode": "a name",
-    "pretrained": "a name", "gpus": INT,
+    "lr": FLOAT,
+    "adapt_lr": FLOAT,
+    "momentum_teacher": FLOAT,
+    "threads": INT,
+    "clip_grad": FLOAT,
+    "epochs": INT,
+    "steps": INT,
+    "pair_key": "a name",
+    "clip_mode": "a name",
+    "pretrained": "a name",
+    "gpus": INT,
 }
 
 
@@ -97,8 +137,11 @@ def _allowed(name: str, kind: str | None, nullable: bool) -> str:
         parts.append("one of " + ", ".join(CHOICES[name]))
     elif name in RANGES:
         rkind, low, high = RANGES[name]
-        span = (f"above {_number(low)} and at most {_number(high)}" if name in ABOVE_LOWEST
-                else f"from {_number(low)} to {_number(high)}")
+        span = (
+            f"above {_number(low)} and at most {_number(high)}"
+            if name in ABOVE_LOWEST
+            else f"from {_number(low)} to {_number(high)}"
+        )
         parts.append(f"{rkind} {span}")
     elif kind:
         parts.append(kind)
@@ -136,8 +179,7 @@ def check_value(path: str, value: Any, default: Any) -> None:
         _, low, high = RANGES[name]
         problem = value < low or value > high or (name in ABOVE_LOWEST and value == low)
     if problem:
-        raise UsageError(f"bad setting {path}={_show(value)}: expected "
-                         f"{_allowed(name, kind, nullable)}")
+        raise UsageError(f"bad setting {path}={_show(value)}: expected {_allowed(name, kind, nullable)}")
 
 
 def _show(value: Any) -> str:
@@ -151,8 +193,10 @@ def check_config(config: dict, defaults: dict, prefix: str = "") -> None:
         path = f"{prefix}{key}"
         default = defaults.get(key) if isinstance(defaults, dict) else None
         if isinstance(default, dict) and not isinstance(value, dict):
-            raise UsageError(f"bad setting {path}={_show(value)}: {path} is a section of "
-                             f"settings; set one of them, e.g. {path}.{next(iter(default), 'key')}=...")
+            raise UsageError(
+                f"bad setting {path}={_show(value)}: {path} is a section of "
+                f"settings; set one of them, e.g. {path}.{next(iter(default), 'key')}=..."
+            )
         if isinstance(value, dict):
             check_config(value, default if isinstance(default, dict) else {}, f"{path}.")
         else:
@@ -169,8 +213,7 @@ def normalise_numbers(config: dict, defaults: dict) -> None:
         default = defaults.get(key) if isinstance(defaults, dict) else None
         if isinstance(value, dict):
             normalise_numbers(value, default if isinstance(default, dict) else {})
-        elif isinstance(value, int) and not isinstance(value, bool) and (
-                _kind_for(key, default) == FLOAT):
+        elif isinstance(value, int) and not isinstance(value, bool) and (_kind_for(key, default) == FLOAT):
             config[key] = float(value)
 
 
@@ -179,8 +222,9 @@ def _vit_shape(section: dict | None, where: str) -> None:
         return
     dim, heads = section.get("embed_dim"), section.get("num_heads")
     if isinstance(dim, int) and isinstance(heads, int) and dim % heads:
-        raise UsageError(f"bad setting {where}.embed_dim={dim}: it must be a multiple of "
-                         f"{where}.num_heads={heads}")
+        raise UsageError(
+            f"bad setting {where}.embed_dim={dim}: it must be a multiple of {where}.num_heads={heads}"
+        )
 
 
 def check_device(value: Any) -> None:
@@ -188,8 +232,9 @@ def check_device(value: Any) -> None:
     starts, on the machine that computes)."""
     if value is None:
         return
-    ok = isinstance(value, str) and (value in ("auto", "cpu", "cuda") or (
-        value.startswith("cuda:") and value[5:].isdigit()))
+    ok = isinstance(value, str) and (
+        value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
+    )
     if not ok:
         raise UsageError(f"bad setting device={_show(value)}: expected auto, cpu, cuda or cuda:N")
 
@@ -201,12 +246,21 @@ def check_shapes(config: dict) -> None:
     _vit_shape((config.get("task") or {}).get("model"), "task.model")
     dino, size = config.get("dino") or {}, config.get("input_size")
     if isinstance(size, int) and isinstance(dino.get("global_size"), int) and dino["global_size"] > size:
-        raise UsageError(f"bad setting dino.global_size={dino['global_size']}: a crop cannot be "
-                         f"larger than input_size={size}")
+        raise UsageError(
+            f"bad setting dino.global_size={dino['global_size']}: a crop cannot be "
+            f"larger than input_size={size}"
+        )
     if dino.get("select") == "knn" and (config.get("split") or {}).get("val_plates") == 0:
-        raise UsageError("bad setting dino.select=knn: it chooses step 1's epoch on the source's "
-                         "validation plates, and split.val_plates is 0 (set it to 1 or more)")
-    if isinstance(dino.get("local_size"), int) and isinstance(dino.get("global_size"), int) \
-            and dino["local_size"] > dino["global_size"]:
-        raise UsageError(f"bad setting dino.local_size={dino['local_size']}: local crops must not "
-                         f"be larger than dino.global_size={dino['global_size']}")
+        raise UsageError(
+            "bad setting dino.select=knn: it chooses step 1's epoch on the source's "
+            "validation plates, and split.val_plates is 0 (set it to 1 or more)"
+        )
+    if (
+        isinstance(dino.get("local_size"), int)
+        and isinstance(dino.get("global_size"), int)
+        and dino["local_size"] > dino["global_size"]
+    ):
+        raise UsageError(
+            f"bad setting dino.local_size={dino['local_size']}: local crops must not "
+            f"be larger than dino.global_size={dino['global_size']}"
+        )

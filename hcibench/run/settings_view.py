@@ -25,8 +25,9 @@ def resolved_settings(spec: RunSpec) -> list[dict]:
     what is allowed."""
     method_classes = {name: plugins.methods().get(name) for name in spec.grid.methods}
     dataset_class = plugins.datasets().get(spec.dataset)
-    layers = [(origin, _flat(config)) for origin, config in
-              resolve_config(spec, method_classes, dataset_class)]
+    layers = [
+        (origin, _flat(config)) for origin, config in resolve_config(spec, method_classes, dataset_class)
+    ]
     defaults = layers[-2][1]
     rows = []
     for path, value in layers[-1][1].items():
@@ -34,6 +35,7 @@ def resolved_settings(spec: RunSpec) -> list[dict]:
         for (name, flat), (_, before) in zip(layers[1:], layers[:-1]):
             if path in flat and (path not in before or flat[path] != before[path]):
                 origin = name
-        rows.append({"setting": path, "value": value, "origin": origin,
-                     "allowed": describe(path, defaults.get(path))})
+        rows.append(
+            {"setting": path, "value": value, "origin": origin, "allowed": describe(path, defaults.get(path))}
+        )
     return rows

@@ -16,8 +16,9 @@ class SourceSplit:
     test: Domain
 
 
-def split_source(domain: Domain, val_plates: int = 1, test_plates: int = 1,
-                 order: str = "name") -> SourceSplit:
+def split_source(
+    domain: Domain, val_plates: int = 1, test_plates: int = 1, order: str = "name"
+) -> SourceSplit:
     """The last ``test_plates`` plates are held out for in-domain testing, the ones before them
     for validation, the rest for training. Plates are ordered by name (``order="name"``), or
     by their number of labelled samples, then name (``order="labelled"``: for plate layouts
@@ -34,9 +35,10 @@ def split_source(domain: Domain, val_plates: int = 1, test_plates: int = 1,
     if len(plates) < needed:
         raise UsageError(
             f"source '{domain.name}' has {len(plates)} plate(s); training on it needs at least "
-            f"{needed} (train + {val_plates} validation + {test_plates} test)")
-    test = plates[len(plates) - test_plates:]
-    val = plates[len(plates) - test_plates - val_plates:len(plates) - test_plates]
+            f"{needed} (train + {val_plates} validation + {test_plates} test)"
+        )
+    test = plates[len(plates) - test_plates :]
+    val = plates[len(plates) - test_plates - val_plates : len(plates) - test_plates]
     plate = domain.meta["plate"].astype(str)
     return SourceSplit(
         train=domain.subset(~plate.isin(val + test), f"{domain.name}:train"),

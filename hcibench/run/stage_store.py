@@ -69,8 +69,13 @@ class Claim:
 class StageStore:
     """Stage files in ``folder`` (``<id>.pt``), each computed once across processes."""
 
-    def __init__(self, folder: Path, stale_seconds: float = STALE_SECONDS,
-                 poll_seconds: float = 0.5, log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        stale_seconds: float = STALE_SECONDS,
+        poll_seconds: float = 0.5,
+        log: Callable[[str], None] | None = None,
+    ):
         self.folder = Path(folder)
         self.stale_seconds = stale_seconds
         self.poll_seconds = poll_seconds
@@ -91,8 +96,7 @@ class StageStore:
         try:
             return storage.load_torch(path)
         except Exception as error:  # any unreadable file: the stage is computed again
-            self.log(f"stage {stage_id}: its file cannot be read ({type(error).__name__}); "
-                     f"recomputing it")
+            self.log(f"stage {stage_id}: its file cannot be read ({type(error).__name__}); recomputing it")
             path.unlink(missing_ok=True)
             return None
 
@@ -100,8 +104,11 @@ class StageStore:
         """The claim on ``stage_id``, or None when a live process holds it."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self._claim_path(stage_id)
-        holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": datetime.now(UTC).isoformat(timespec="seconds")}
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         for _ in range(2):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

@@ -93,8 +93,7 @@ def conditions(device: torch.device | None = None) -> dict:
     torch version and, off the CPU, the device (its kind and model)."""
     now = {"threads": torch.get_num_threads(), "torch": torch.__version__}
     if device is not None and device.type != "cpu":
-        now["device"] = (torch.cuda.get_device_name(device) if device.type == "cuda"
-                         else device.type)
+        now["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     return now
 
 
@@ -110,9 +109,15 @@ class StageCache:
     shared between run folders) or, when ``folder`` is ``None``, in memory only. Counts are kept
     in ``folder/stages.json``."""
 
-    def __init__(self, folder: Path | None = None, keep_in_memory: int = 6,
-                 store: Path | None = None, log=None, strict: bool = False,
-                 device: torch.device | None = None):
+    def __init__(
+        self,
+        folder: Path | None = None,
+        keep_in_memory: int = 6,
+        store: Path | None = None,
+        log=None,
+        strict: bool = False,
+        device: torch.device | None = None,
+    ):
         self.device = device  # where stages are computed (part of their conditions)
         self.folder = Path(folder) if folder else None
         self.memory: OrderedDict[str, Any] = OrderedDict()
@@ -140,9 +145,9 @@ class StageCache:
     def _count(self, stage_id: str, name: str, key: dict, computed: bool) -> None:
         """Add one use to ``stages.json``: read, add and write under the folder's claim, so
         that processes sharing the folder lose no count."""
+
         def add(counts: dict) -> None:
-            entry = counts.setdefault(stage_id, {"name": name, "key": key, "computed": 0,
-                                                 "reused": 0})
+            entry = counts.setdefault(stage_id, {"name": name, "key": key, "computed": 0, "reused": 0})
             entry["computed" if computed else "reused"] += 1
 
         if not self.folder or not distributed.is_main():
@@ -156,8 +161,9 @@ class StageCache:
     def get(self, name: str, key: dict, compute: Callable[[], Any]) -> Any:
         stage_id = f"{name}-{digest(key)}"
 
-        checkpoint = (StageCheckpoint(self.store.folder / f".{stage_id}.partial.pt")
-                      if self.store is not None else None)
+        checkpoint = (
+            StageCheckpoint(self.store.folder / f".{stage_id}.partial.pt") if self.store is not None else None
+        )
 
         def seeded_compute():
             # Seeding from the key makes a stage's result independent of what ran before it.
@@ -173,8 +179,7 @@ class StageCache:
             self.memory.move_to_end(stage_id)
             computed = False
         elif distributed.active():
-            value, computed = self._get_together(stage_id,
-                                                 lambda: stamped(seeded_compute(), self.device))
+            value, computed = self._get_together(stage_id, lambda: stamped(seeded_compute(), self.device))
         elif self.store is not None:
             value, computed = self.store.get(stage_id, lambda: stamped(seeded_compute(), self.device))
         else:
@@ -217,13 +222,17 @@ class StageCache:
         then = value.get(CONDITIONS) if isinstance(value, dict) else None
         now = conditions(self.device)
         if then and then != now and self.strict:
-            raise UsageError(f"stage {stage_id} was computed with {then}, this process runs with "
-                             f"{now}; run with the same settings (e.g. --set threads=...) or "
-                             f"without --strict")
+            raise UsageError(
+                f"stage {stage_id} was computed with {then}, this process runs with "
+                f"{now}; run with the same settings (e.g. --set threads=...) or "
+                f"without --strict"
+            )
         if then and then != now and stage_id not in self.warned and self.log:
             self.warned.add(stage_id)
-            self.log(f"stage {stage_id} was computed with {then}, this process runs with {now}: "
-                     f"what builds on it may differ in the last digits from a run made at once")
+            self.log(
+                f"stage {stage_id} was computed with {then}, this process runs with {now}: "
+                f"what builds on it may differ in the last digits from a run made at once"
+            )
 
     def _remember(self, stage_id: str, value: Any) -> None:
         self.memory[stage_id] = value
@@ -264,8 +273,7 @@ class Context:
         return accelerator.autocast(self.device, self.precision)
 
     def stage_key(self, settings: Any) -> dict:
-        return {"settings": settings, "dataset": self.dataset, "source": self.source,
-                "seed": self.seed}
+        return {"settings": settings, "dataset": self.dataset, "source": self.source, "seed": self.seed}
 
     def stage_id(self, name: str, settings: Any) -> str:
         """The id (file name) of stage ``name`` with ``settings`` in this context."""

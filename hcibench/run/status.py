@@ -17,16 +17,17 @@ def folder_status(out: Path) -> dict:
     try:
         manifest = storage.read_json(out / "manifest.json")
     except FileNotFoundError:
-        raise UsageError(f"{out} is not a run folder (no manifest.json); start one with "
-                         f"hcibench run --out {out}") from None
+        raise UsageError(
+            f"{out} is not a run folder (no manifest.json); start one with hcibench run --out {out}"
+        ) from None
     except ValueError:
-        raise UsageError(f"{out}/manifest.json does not parse; `hcibench run` with the same "
-                         f"options rewrites it") from None
+        raise UsageError(
+            f"{out}/manifest.json does not parse; `hcibench run` with the same options rewrites it"
+        ) from None
     grid = manifest["grid"]
     methods = {}
     for method in grid["methods"]:
-        cells = [(s, t, seed) for seed in grid["seeds"] for s in grid["sources"]
-                 for t in grid["targets"]]
+        cells = [(s, t, seed) for seed in grid["seeds"] for s in grid["sources"] for t in grid["targets"]]
         done = sum(record_is_valid(record_path(out, method, *cell)) for cell in cells)
         methods[method] = {"done": done, "total": len(cells)}
     claims = []
@@ -36,7 +37,7 @@ def folder_status(out: Path) -> dict:
                 holder = json.loads(path.read_text() or "{}")
             except (OSError, ValueError):
                 holder = {}
-            claims.append({"claim": path.name[1:-len(".claim")], **holder})
+            claims.append({"claim": path.name[1 : -len(".claim")], **holder})
     return {"methods": methods, "claims": claims}
 
 
@@ -51,6 +52,8 @@ def render_status(out: Path) -> str:
     for claim in status["claims"]:
         if claim["claim"] in ("run", "stage-counts"):
             continue
-        lines.append(f"  computing {claim['claim']} (pid {claim.get('pid', '?')} on "
-                     f"{claim.get('host', '?')} since {claim.get('started', '?')})")
+        lines.append(
+            f"  computing {claim['claim']} (pid {claim.get('pid', '?')} on "
+            f"{claim.get('host', '?')} since {claim.get('started', '?')})"
+        )
     return "\n".join(lines)

@@ -40,8 +40,9 @@ def _swept_values(item: str) -> tuple[str, list[str]] | None:
         pass
     values = [value.strip() for value in raw.split(",")]
     if any(not value for value in values):
-        raise UsageError(f"bad --set '{item}': a sweep lists values separated by commas, "
-                         f"e.g. adapt.lr=1e-5,1e-4,5e-4")
+        raise UsageError(
+            f"bad --set '{item}': a sweep lists values separated by commas, e.g. adapt.lr=1e-5,1e-4,5e-4"
+        )
     if len(set(values)) != len(values):
         raise UsageError(f"bad --set '{item}': a value is listed twice")
     return path.strip(), values
@@ -64,8 +65,7 @@ def sweep_variants(spec: RunSpec) -> list[RunSpec] | None:
         settings = [f"{path}={value}" for (path, _), value in zip(swept, combination)]
         label = " ".join(settings)
         folder = Path(spec.out) / label.replace(" ", ",").replace("/", "_")
-        variants.append(dataclasses.replace(spec, out=folder, overrides=[*fixed, *settings],
-                                            cache=cache))
+        variants.append(dataclasses.replace(spec, out=folder, overrides=[*fixed, *settings], cache=cache))
     return variants
 
 

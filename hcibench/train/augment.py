@@ -18,8 +18,13 @@ from __future__ import annotations
 import torch
 
 __all__ = [
-    "center_crop", "cross_batch_views", "intensity_jitter", "multi_crop", "random_crops",
-    "random_flips", "self_normalise",
+    "center_crop",
+    "cross_batch_views",
+    "intensity_jitter",
+    "multi_crop",
+    "random_crops",
+    "random_flips",
+    "self_normalise",
 ]
 
 
@@ -48,8 +53,7 @@ def _randn(shape, generator, device) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=_gen_device(generator)).to(device)
 
 
-def _crops(x: torch.Tensor, size, n: int, generator: torch.Generator | None,
-           flip: bool) -> torch.Tensor:
+def _crops(x: torch.Tensor, size, n: int, generator: torch.Generator | None, flip: bool) -> torch.Tensor:
     """``n`` random crops (each with its own offset and flips) of every image: n×B×C×h×w.
 
     One ``gather`` reads all of them: the crop offsets and the flips only change which source
@@ -86,7 +90,7 @@ def center_crop(x: torch.Tensor, size) -> torch.Tensor:
     if crop_h > height or crop_w > width:
         raise ValueError(f"crop {crop_h}×{crop_w} is larger than the images ({height}×{width})")
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    return x[..., top:top + crop_h, left:left + crop_w]
+    return x[..., top : top + crop_h, left : left + crop_w]
 
 
 def random_crops(x: torch.Tensor, size, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -105,8 +109,11 @@ def random_flips(x: torch.Tensor, generator: torch.Generator | None = None) -> t
 
 
 def intensity_jitter(
-    x: torch.Tensor, generator: torch.Generator | None = None, shift_std: float = 0.005,
-    gamma_std: float = 0.005, value_range: tuple[float, float] | None = (0.0, 1.0),
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    shift_std: float = 0.005,
+    gamma_std: float = 0.005,
+    value_range: tuple[float, float] | None = (0.0, 1.0),
 ) -> torch.Tensor:
     """Per-image, per-channel gamma ~ N(1, gamma_std) and additive shift ~ N(0, shift_std).
 
@@ -144,8 +151,13 @@ def self_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def _views(
-    sources: list[tuple[torch.Tensor, int, int]], global_size, local_size,
-    generator: torch.Generator | None, jitter: bool, shift_std: float, gamma_std: float,
+    sources: list[tuple[torch.Tensor, int, int]],
+    global_size,
+    local_size,
+    generator: torch.Generator | None,
+    jitter: bool,
+    shift_std: float,
+    gamma_std: float,
     value_range,
 ) -> list[torch.Tensor]:
     """Views from (images, n_global, n_local) triples: all globals first, then all locals."""
@@ -167,9 +179,16 @@ def _views(
 
 
 def multi_crop(
-    x: torch.Tensor, global_size, local_size, n_local: int,
-    generator: torch.Generator | None = None, jitter: bool = True, *, n_global: int = 2,
-    shift_std: float = 0.005, gamma_std: float = 0.005,
+    x: torch.Tensor,
+    global_size,
+    local_size,
+    n_local: int,
+    generator: torch.Generator | None = None,
+    jitter: bool = True,
+    *,
+    n_global: int = 2,
+    shift_std: float = 0.005,
+    gamma_std: float = 0.005,
     value_range: tuple[float, float] | None = (0.0, 1.0),
 ) -> list[torch.Tensor]:
     """DINO views of a batch: ``n_global`` (2) global crops then ``n_local`` local crops.
@@ -177,14 +196,30 @@ def multi_crop(
     Each view is B×C×size×size, cropped at its own random offset per image, flipped, jittered
     (globals only, when ``jitter``) and self-normalised.
     """
-    return _views([(x, n_global, n_local)], global_size, local_size, generator, jitter,
-                  shift_std, gamma_std, value_range)
+    return _views(
+        [(x, n_global, n_local)],
+        global_size,
+        local_size,
+        generator,
+        jitter,
+        shift_std,
+        gamma_std,
+        value_range,
+    )
 
 
 def cross_batch_views(
-    anchor: torch.Tensor, partner: torch.Tensor, global_size, local_size, n_local: int,
-    generator: torch.Generator | None = None, jitter: bool = True, *, shift_std: float = 0.005,
-    gamma_std: float = 0.005, value_range: tuple[float, float] | None = (0.0, 1.0),
+    anchor: torch.Tensor,
+    partner: torch.Tensor,
+    global_size,
+    local_size,
+    n_local: int,
+    generator: torch.Generator | None = None,
+    jitter: bool = True,
+    *,
+    shift_std: float = 0.005,
+    gamma_std: float = 0.005,
+    value_range: tuple[float, float] | None = (0.0, 1.0),
 ) -> list[torch.Tensor]:
     """Cross-batch DINO views: global 1 from ``anchor``, global 2 from ``partner``, then the
     local views, the first ``ceil(n_local / 2)`` from the anchor and the rest from the partner.
@@ -195,5 +230,13 @@ def cross_batch_views(
     if anchor.shape != partner.shape:
         raise ValueError(f"anchor {tuple(anchor.shape)} and partner {tuple(partner.shape)} differ")
     n_anchor = (n_local + 1) // 2
-    return _views([(anchor, 1, n_anchor), (partner, 1, n_local - n_anchor)], global_size,
-                  local_size, generator, jitter, shift_std, gamma_std, value_range)
+    return _views(
+        [(anchor, 1, n_anchor), (partner, 1, n_local - n_anchor)],
+        global_size,
+        local_size,
+        generator,
+        jitter,
+        shift_std,
+        gamma_std,
+        value_range,
+    )

@@ -20,8 +20,7 @@ ensure_torchvision_importable()
 import timm  # noqa: E402  (must follow the torchvision fix)
 
 
-def create_vit(settings: dict, in_chans: int = 3, num_classes: int = 0,
-               drop_path: float = 0.0) -> nn.Module:
+def create_vit(settings: dict, in_chans: int = 3, num_classes: int = 0, drop_path: float = 0.0) -> nn.Module:
     """A timm ViT from ``settings`` (``model`` plus timm keyword overrides, ``pretrained`` file).
 
     ``dynamic_img_size`` is always on so one model takes global and local crops of any size
@@ -32,8 +31,13 @@ def create_vit(settings: dict, in_chans: int = 3, num_classes: int = 0,
     weights = options.pop("pretrained", None)
     try:
         model = timm.create_model(
-            name, pretrained=False, in_chans=in_chans, num_classes=num_classes,
-            drop_path_rate=drop_path, dynamic_img_size=True, **options,
+            name,
+            pretrained=False,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            drop_path_rate=drop_path,
+            dynamic_img_size=True,
+            **options,
         )
     except RuntimeError as error:  # timm's "Unknown model" is a RuntimeError
         raise UsageError(f"cannot create backbone '{name}': {error}") from error
@@ -50,8 +54,7 @@ def backbone_settings(config: dict) -> dict:
     return config["backbone"]
 
 
-def create_backbone(config: dict, in_chans: int, num_classes: int = 0,
-                    drop_path: float = 0.0) -> nn.Module:
+def create_backbone(config: dict, in_chans: int, num_classes: int = 0, drop_path: float = 0.0) -> nn.Module:
     """The feature extractor for this run's modality: a timm ViT on C×H×W images (``in_chans``
     channels), or an MLP on F-feature profiles (``in_chans`` = F; ``drop_path`` becomes its
     dropout). Both offer ``forward_features``, ``forward_head`` and ``embed_dim``."""
@@ -59,8 +62,7 @@ def create_backbone(config: dict, in_chans: int, num_classes: int = 0,
         from hcibench.train.profiles import create_mlp
 
         return create_mlp(config["profile"]["fe"], in_chans, num_classes, dropout=drop_path)
-    return create_vit(config["backbone"], in_chans=in_chans, num_classes=num_classes,
-                      drop_path=drop_path)
+    return create_vit(config["backbone"], in_chans=in_chans, num_classes=num_classes, drop_path=drop_path)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

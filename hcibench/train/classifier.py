@@ -22,8 +22,9 @@ from hcibench.train import augment
 from hcibench.train.loop import SavedProgress, parameter_groups, set_schedule
 
 
-def prepare_images(x: torch.Tensor, input_size: int, training: bool,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+def prepare_images(
+    x: torch.Tensor, input_size: int, training: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Model input from raw images: random crop and flips when training, centre crop otherwise,
     then per-image per-channel standardisation (which removes gain and offset differences)."""
     if x.dim() == 4 and x.shape[-1] > input_size:
@@ -37,18 +38,26 @@ def prepare_images(x: torch.Tensor, input_size: int, training: bool,
 
 
 @torch.no_grad()
-def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], domain: Domain,
-                   batch_size: int, input_size: int,
-                   device: torch.device | None = None) -> torch.Tensor:
+def predict_logits(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    domain: Domain,
+    batch_size: int,
+    input_size: int,
+    device: torch.device | None = None,
+) -> torch.Tensor:
     """Logits for every sample of ``domain``, in order, on the CPU; ``forward`` runs on
     ``device`` (the device of the model behind it; None: where the data is)."""
     return predict_outputs(lambda x: (forward(x),), domain, batch_size, input_size, device)[0]
 
 
 @torch.no_grad()
-def predict_outputs(forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], domain: Domain,
-                    batch_size: int, input_size: int,
-                    device: torch.device | None = None) -> tuple[torch.Tensor, ...]:
+def predict_outputs(
+    forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+    domain: Domain,
+    batch_size: int,
+    input_size: int,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, ...]:
     """Like :func:`predict_logits` for a ``forward`` that returns several tensors per batch
     (e.g. logits and embeddings): each concatenated over the domain, in order, on the CPU."""
     outputs = []
@@ -61,8 +70,9 @@ def predict_outputs(forward: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
     return tuple(torch.cat(parts).cpu() for parts in zip(*outputs))
 
 
-def _evaluate(forward, domain: Domain, batch_size: int, input_size: int,
-              device: torch.device | None = None) -> tuple[float, float]:
+def _evaluate(
+    forward, domain: Domain, batch_size: int, input_size: int, device: torch.device | None = None
+) -> tuple[float, float]:
     logits = predict_logits(forward, domain, batch_size, input_size, device)
     labels = domain.labels
     known = labels >= 0
@@ -93,23 +103,24 @@ def train_classifier(
     device = context.device
     trainable.to(device)
     generator = torch.Generator().manual_seed(context.seed)
-    optimizer = torch.optim.AdamW(parameter_groups([trainable], settings["weight_decay"]),
-                                  lr=settings["lr"])
+    optimizer = torch.optim.AdamW(parameter_groups([trainable], settings["weight_decay"]), lr=settings["lr"])
     labels_known = (train.labels >= 0).sum().item()
     steps_per_epoch = max(1, -(-labels_known // settings["batch_size"]))
     warmup_steps = settings["warmup_epochs"] * steps_per_epoch
     lr, step, stale, best_loss = settings["lr"], 0, 0, float("inf")
     best = {"accuracy": -1.0, "state": None, "epoch": -1}
     history, first_epoch = [], 0
-    saved_progress = SavedProgress({"model": trainable}, optimizer, generator, log=context.log,
-                                   description=description)
+    saved_progress = SavedProgress(
+        {"model": trainable}, optimizer, generator, log=context.log, description=description
+    )
     saved = saved_progress.restore(settings["epochs"])
     if saved is not None:
         first_epoch, (step, lr, stale, best_loss, best, history) = saved["epoch"], saved["loop"]
     for epoch in context.track(range(first_epoch, settings["epochs"]), description=description):
         trainable.train()
-        for x, y, _ in prefetch(train.batches(settings["batch_size"], shuffle=True,
-                                              generator=generator), device):
+        for x, y, _ in prefetch(
+            train.batches(settings["batch_size"], shuffle=True, generator=generator), device
+        ):
             known = y >= 0
             if known.sum() == 0:
                 continue
@@ -125,7 +136,8 @@ def train_classifier(
                 logits = forward(local_x)
             if distributed.active():
                 loss = F.cross_entropy(logits.float(), local_y, reduction="sum") * (
-                    distributed.world_size() / len(y))
+                    distributed.world_size() / len(y)
+                )
             else:
                 loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -134,10 +146,8 @@ def train_classifier(
             optimizer.step()
             step += 1
         trainable.eval()
-        val_loss, val_accuracy = _evaluate(forward, val, settings["batch_size"] * 4, input_size,
-                                           device)
-        history.append({"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_accuracy,
-                        "lr": lr})
+        val_loss, val_accuracy = _evaluate(forward, val, settings["batch_size"] * 4, input_size, device)
+        history.append({"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_accuracy, "lr": lr})
         if val_accuracy > best["accuracy"]:
             best = {"accuracy": val_accuracy, "state": cpu_state(trainable), "epoch": epoch}
         # Step decay when the validation loss saturates (after warm-up).
@@ -147,7 +157,12 @@ def train_classifier(
             stale += 1
             if stale >= settings["patience"]:
                 lr, stale = max(lr * settings["decay"], settings["min_lr"]), 0
-        saved_progress.save_if_due(epoch + 1, settings["epochs"],
-                                   {"loop": (step, lr, stale, best_loss, best, history)})
-    return {"state": best["state"], "history": history, "best_epoch": best["epoch"],
-            "val_accuracy": best["accuracy"]}
+        saved_progress.save_if_due(
+            epoch + 1, settings["epochs"], {"loop": (step, lr, stale, best_loss, best, history)}
+        )
+    return {
+        "state": best["state"],
+        "history": history,
+        "best_epoch": best["epoch"],
+        "val_accuracy": best["accuracy"],
+    }

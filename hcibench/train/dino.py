@@ -40,9 +40,19 @@ from hcibench.train.loop import SavedProgress, parameter_groups, set_schedule
 from hcibench.train.pairs import cross_batch_partners
 
 __all__ = [
-    "DINOHead", "DINOLoss", "DinoSettings", "DinoTrainer", "MultiCropWrapper", "as_float",
-    "cancel_last_layer", "default_views",
-    "class_token", "clip_gradients", "cosine_schedule", "dino_loss", "train_dino",
+    "DINOHead",
+    "DINOLoss",
+    "DinoSettings",
+    "DinoTrainer",
+    "MultiCropWrapper",
+    "as_float",
+    "cancel_last_layer",
+    "default_views",
+    "class_token",
+    "clip_gradients",
+    "cosine_schedule",
+    "dino_loss",
+    "train_dino",
 ]
 
 FeatureFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -95,15 +105,25 @@ class DinoSettings:
         return 2 + self.n_local
 
     def build_head(self, in_dim: int) -> DINOHead:
-        return DINOHead(in_dim, self.head_hidden_dim, self.head_bottleneck_dim, self.head_out_dim,
-                        self.head_layers, self.head_batch_norm)
+        return DINOHead(
+            in_dim,
+            self.head_hidden_dim,
+            self.head_bottleneck_dim,
+            self.head_out_dim,
+            self.head_layers,
+            self.head_batch_norm,
+        )
 
 
 # ----------------------------------------------------------------------------------- schedules
 
 
 def cosine_schedule(
-    base: float, final: float, epochs: int, steps_per_epoch: int, warmup_epochs: int = 0,
+    base: float,
+    final: float,
+    epochs: int,
+    steps_per_epoch: int,
+    warmup_epochs: int = 0,
     start_warmup: float = 0.0,
 ) -> np.ndarray:
     """A per-step value: linear warm-up from ``start_warmup`` to ``base`` over ``warmup_epochs``,
@@ -134,8 +154,15 @@ class DINOHead(nn.Module):
     with 1 and frozen, so only the direction (``original1``, the old ``weight_v``) trains.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 out_dim: int = 4096, n_layers: int = 3, batch_norm: bool = False):
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        out_dim: int = 4096,
+        n_layers: int = 3,
+        batch_norm: bool = False,
+    ):
         super().__init__()
         n_layers = max(n_layers, 1)
 
@@ -153,7 +180,8 @@ class DINOHead(nn.Module):
             self.mlp = nn.Sequential(*layers)
         self.apply(self._init_weights)
         self.last_layer = nn.utils.parametrizations.weight_norm(
-            nn.Linear(bottleneck_dim, out_dim, bias=False))
+            nn.Linear(bottleneck_dim, out_dim, bias=False)
+        )
         norm = self.last_layer.parametrizations.weight.original0
         with torch.no_grad():
             norm.fill_(1.0)
@@ -194,10 +222,13 @@ def _join(views: Sequence[torch.Tensor]) -> torch.Tensor:
         return first
     step = first.numel()
     adjacent = all(
-        v.is_contiguous() and v.shape == first.shape and v.dtype == first.dtype
-        and v.device == first.device and v.untyped_storage().data_ptr()
-        == first.untyped_storage().data_ptr() and v.storage_offset()
-        == first.storage_offset() + i * step and not v.requires_grad
+        v.is_contiguous()
+        and v.shape == first.shape
+        and v.dtype == first.dtype
+        and v.device == first.device
+        and v.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        and v.storage_offset() == first.storage_offset() + i * step
+        and not v.requires_grad
         for i, v in enumerate(views)
     )
     if adjacent:
@@ -240,9 +271,15 @@ class MultiCropWrapper(nn.Module):
 # ----------------------------------------------------------------------------------- loss
 
 
-def dino_loss(student_output: torch.Tensor, teacher_output: torch.Tensor, center: torch.Tensor,
-              student_temp: float, teacher_temp: float, n_crops: int,
-              n_global: int = 2) -> torch.Tensor:
+def dino_loss(
+    student_output: torch.Tensor,
+    teacher_output: torch.Tensor,
+    center: torch.Tensor,
+    student_temp: float,
+    teacher_temp: float,
+    n_crops: int,
+    n_global: int = 2,
+) -> torch.Tensor:
     """The DINO loss, without any state.
 
     With ``B`` images per view, ``s_v`` = rows ``v·B … (v+1)·B`` of ``student_output`` (views in
@@ -266,15 +303,17 @@ def dino_loss(student_output: torch.Tensor, teacher_output: torch.Tensor, center
     return (cross * keep).sum() / (n_global * n_crops - min(n_global, n_crops))
 
 
-def target_spread(teacher_output: torch.Tensor, center: torch.Tensor,
-                  teacher_temp: float) -> dict[str, float]:
+def target_spread(
+    teacher_output: torch.Tensor, center: torch.Tensor, teacher_temp: float
+) -> dict[str, float]:
     """:func:`spread_tensors` as numbers."""
     return {k: float(v) for k, v in spread_tensors(teacher_output, center, teacher_temp).items()}
 
 
 @torch.no_grad()
-def spread_tensors(teacher_output: torch.Tensor, center: torch.Tensor,
-                   teacher_temp: float) -> dict[str, torch.Tensor]:
+def spread_tensors(
+    teacher_output: torch.Tensor, center: torch.Tensor, teacher_temp: float
+) -> dict[str, torch.Tensor]:
     """How informative the teacher's targets are, as fractions of the largest entropy ln K.
 
     ``entropy``: mean entropy of one image's target. Near 1, every target is uniform: DINO has
@@ -316,10 +355,18 @@ class DINOLoss(nn.Module):
     ``teacher_temp`` over ``warmup_teacher_temp_epochs`` epochs, then stays.
     """
 
-    def __init__(self, out_dim: int, n_crops: int, warmup_teacher_temp: float = 0.04,
-                 teacher_temp: float = 0.07, warmup_teacher_temp_epochs: int = 30,
-                 n_epochs: int = 300, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 n_global: int = 2):
+    def __init__(
+        self,
+        out_dim: int,
+        n_crops: int,
+        warmup_teacher_temp: float = 0.04,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp_epochs: int = 30,
+        n_epochs: int = 300,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        n_global: int = 2,
+    ):
         super().__init__()
         self.out_dim = out_dim
         self.n_crops = n_crops
@@ -328,10 +375,12 @@ class DINOLoss(nn.Module):
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
         warmup = max(int(warmup_teacher_temp_epochs), 0)
-        self.teacher_temp_schedule = np.concatenate((
-            np.linspace(warmup_teacher_temp, teacher_temp, warmup),
-            np.ones(max(int(n_epochs) - warmup, 0)) * teacher_temp,
-        ))
+        self.teacher_temp_schedule = np.concatenate(
+            (
+                np.linspace(warmup_teacher_temp, teacher_temp, warmup),
+                np.ones(max(int(n_epochs) - warmup, 0)) * teacher_temp,
+            )
+        )
         if len(self.teacher_temp_schedule) == 0:
             self.teacher_temp_schedule = np.array([teacher_temp])
 
@@ -339,11 +388,17 @@ class DINOLoss(nn.Module):
         schedule = self.teacher_temp_schedule
         return float(schedule[min(max(int(epoch), 0), len(schedule) - 1)])
 
-    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor,
-                epoch: int) -> torch.Tensor:
+    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: int) -> torch.Tensor:
         temperature = self.teacher_temperature(epoch)
-        loss = dino_loss(student_output, teacher_output, self.center, self.student_temp,
-                         temperature, self.n_crops, self.n_global)
+        loss = dino_loss(
+            student_output,
+            teacher_output,
+            self.center,
+            self.student_temp,
+            temperature,
+            self.n_crops,
+            self.n_global,
+        )
         # 0-d tensors, left on the device: reading them every step would wait for the GPU.
         self.last_targets = spread_tensors(teacher_output, self.center, temperature)
         self.update_center(teacher_output)
@@ -406,10 +461,18 @@ class DinoTrainer:
     ``loss_state``). :func:`train_dino` drives it over a domain; benchmarks drive it directly.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, student_head: nn.Module,
-                 teacher_head: nn.Module, settings: DinoSettings, steps_per_epoch: int,
-                 features: FeatureFn | None = None, loss_state: dict | None = None,
-                 extra_loss: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        student_head: nn.Module,
+        teacher_head: nn.Module,
+        settings: DinoSettings,
+        steps_per_epoch: int,
+        features: FeatureFn | None = None,
+        loss_state: dict | None = None,
+        extra_loss: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None,
+    ):
         self.settings = settings
         self.extra_loss = extra_loss  # added to the DINO loss (e.g. feature alignment)
         # Under torchrun: heads' batch-norm synchronised over the ranks on CUDA (in place).
@@ -431,18 +494,23 @@ class DinoTrainer:
         device = self.student_params[0].device
         self.device = device
         self.loss = DINOLoss(
-            settings.head_out_dim, settings.n_crops, settings.warmup_teacher_temp,
-            settings.teacher_temp, settings.warmup_teacher_temp_epochs, settings.epochs,
-            settings.student_temp, settings.center_momentum,
+            settings.head_out_dim,
+            settings.n_crops,
+            settings.warmup_teacher_temp,
+            settings.teacher_temp,
+            settings.warmup_teacher_temp_epochs,
+            settings.epochs,
+            settings.student_temp,
+            settings.center_momentum,
         ).to(device)
         if loss_state and loss_state.get("center") is not None:
             self.loss.center.copy_(loss_state["center"].to(device).view_as(self.loss.center))
         self.optimizer = torch.optim.AdamW(parameter_groups([self.student]), lr=settings.lr)
         epochs, steps = settings.epochs, max(steps_per_epoch, 1)
-        self.lr_schedule = cosine_schedule(settings.lr, settings.min_lr, epochs, steps,
-                                           settings.warmup_epochs)
-        self.wd_schedule = cosine_schedule(settings.weight_decay, settings.weight_decay_end,
-                                           epochs, steps)
+        self.lr_schedule = cosine_schedule(
+            settings.lr, settings.min_lr, epochs, steps, settings.warmup_epochs
+        )
+        self.wd_schedule = cosine_schedule(settings.weight_decay, settings.weight_decay_end, epochs, steps)
         self.momentum_schedule = cosine_schedule(settings.momentum_teacher, 1.0, epochs, steps)
         if settings.clip_mode not in CLIP_MODES:
             raise ValueError(f"clip_mode must be one of {CLIP_MODES}, not {settings.clip_mode!r}")
@@ -460,8 +528,11 @@ class DinoTrainer:
         rank trains on its slice (see :mod:`hcibench.run.distributed`)."""
         settings = self.settings
         views = distributed.local_views(views)
-        set_schedule(self.optimizer, self._schedule_value(self.lr_schedule, step),
-                     self._schedule_value(self.wd_schedule, step))
+        set_schedule(
+            self.optimizer,
+            self._schedule_value(self.lr_schedule, step),
+            self._schedule_value(self.wd_schedule, step),
+        )
         self.student.train()
         self.teacher.eval()
         if settings.head_batch_norm:
@@ -510,23 +581,32 @@ def default_views(settings: DinoSettings) -> ViewFn:
     """The reference augmentation: multi-crop, or cross-batch views when a partner is given."""
 
     def views(anchor: torch.Tensor, partner: torch.Tensor | None, generator: torch.Generator):
-        options = dict(jitter=settings.jitter, shift_std=settings.shift_std,
-                       gamma_std=settings.gamma_std)
+        options = dict(jitter=settings.jitter, shift_std=settings.shift_std, gamma_std=settings.gamma_std)
         if partner is None:
-            return augment.multi_crop(anchor, settings.global_size, settings.local_size,
-                                      settings.n_local, generator, **options)
-        return augment.cross_batch_views(anchor, partner, settings.global_size,
-                                         settings.local_size, settings.n_local, generator,
-                                         **options)
+            return augment.multi_crop(
+                anchor, settings.global_size, settings.local_size, settings.n_local, generator, **options
+            )
+        return augment.cross_batch_views(
+            anchor, partner, settings.global_size, settings.local_size, settings.n_local, generator, **options
+        )
 
     return views
 
 
 def train_dino(
-    student: nn.Module, teacher: nn.Module, student_head: nn.Module, teacher_head: nn.Module,
-    domain: Domain, settings: DinoSettings, progress: Progress | None = None,
-    generator: torch.Generator | None = None, loss_state: dict | None = None, *,
-    features: FeatureFn | None = None, views: ViewFn | None = None, description: str = "DINO",
+    student: nn.Module,
+    teacher: nn.Module,
+    student_head: nn.Module,
+    teacher_head: nn.Module,
+    domain: Domain,
+    settings: DinoSettings,
+    progress: Progress | None = None,
+    generator: torch.Generator | None = None,
+    loss_state: dict | None = None,
+    *,
+    features: FeatureFn | None = None,
+    views: ViewFn | None = None,
+    description: str = "DINO",
     on_epoch: Callable[[int], None] | None = None,
     extra_loss: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None,
     keep_with_checkpoint: dict | None = None,
@@ -562,8 +642,17 @@ def train_dino(
         raise ValueError(f"domain '{domain.name}' has no images to train DINO on")
     batch_size = min(settings.batch_size, n)  # a domain smaller than a batch is one batch
     steps_per_epoch = n // batch_size  # drop_last, as the reference
-    trainer = DinoTrainer(student, teacher, student_head, teacher_head, settings, steps_per_epoch,
-                          features, loss_state, extra_loss)
+    trainer = DinoTrainer(
+        student,
+        teacher,
+        student_head,
+        teacher_head,
+        settings,
+        steps_per_epoch,
+        features,
+        loss_state,
+        extra_loss,
+    )
     make_views = views or default_views(settings)
     was_training = student.training, student_head.training, teacher.training, teacher_head.training
 
@@ -574,16 +663,20 @@ def train_dino(
     epoch_extra: list[float] = []
     last_loss = float("nan")
     step, first_epoch = 0, 0
-    modules = {"student": student, "teacher": teacher, "student_head": student_head,
-               "teacher_head": teacher_head}
-    saved_progress = SavedProgress(modules, trainer.optimizer, generator, keep_with_checkpoint,
-                                   progress.log, description)
+    modules = {
+        "student": student,
+        "teacher": teacher,
+        "student_head": student_head,
+        "teacher_head": teacher_head,
+    }
+    saved_progress = SavedProgress(
+        modules, trainer.optimizer, generator, keep_with_checkpoint, progress.log, description
+    )
     saved = saved_progress.restore(settings.epochs)
     if saved is not None:
         first_epoch, step = saved["epoch"], saved["step"]
         trainer.loss.center.copy_(saved["center"].to(trainer.device))
-        (epoch_losses, epoch_entropy, epoch_usage, epoch_extra, pair_stats,
-         last_loss) = saved["curves"]
+        (epoch_losses, epoch_entropy, epoch_usage, epoch_extra, pair_stats, last_loss) = saved["curves"]
     start = time.perf_counter()
     try:
         for epoch in progress.track(range(first_epoch, settings.epochs), description=description):
@@ -598,12 +691,13 @@ def train_dino(
                             f"{stats['fallback_plate']} of {stats['pairs']} images paired on "
                             f"another plate, {stats['fallback_self']} with themselves "
                             f"({stats['fallback_compounds']} compounds without a partner in "
-                            f"another {stats['key']})")
+                            f"another {stats['key']})"
+                        )
             # Sums stay on the device during the epoch and are read once at its end.
             total, entropy, usage, extra = 0.0, 0.0, 0.0, 0.0
-            for images, _, positions in prefetch(domain.batches(
-                    batch_size, shuffle=True, generator=generator, drop_last=True),
-                    trainer.device):
+            for images, _, positions in prefetch(
+                domain.batches(batch_size, shuffle=True, generator=generator, drop_last=True), trainer.device
+            ):
                 anchor = as_float(images, trainer.device)
                 partner = None
                 if partners is not None:
@@ -617,7 +711,8 @@ def train_dino(
             # Under torchrun each rank saw its slice: the epoch's figures are their means.
             total, entropy, usage, extra, loss = (
                 distributed.mean_over_ranks(torch.as_tensor(v, device=trainer.device))
-                for v in (total, entropy, usage, extra, loss))
+                for v in (total, entropy, usage, extra, loss)
+            )
             last_loss = float(loss)
             epoch_loss = float(total) / max(steps_per_epoch, 1)
             if not math.isfinite(epoch_loss):
@@ -630,10 +725,15 @@ def train_dino(
                 for module in (student, student_head, teacher, teacher_head):
                     module.eval()
                 on_epoch(epoch + 1)
-            saved_progress.save_if_due(epoch + 1, settings.epochs, {
-                "step": step, "center": trainer.loss.center.detach().cpu(),
-                "curves": (epoch_losses, epoch_entropy, epoch_usage, epoch_extra, pair_stats,
-                           last_loss)})
+            saved_progress.save_if_due(
+                epoch + 1,
+                settings.epochs,
+                {
+                    "step": step,
+                    "center": trainer.loss.center.detach().cpu(),
+                    "curves": (epoch_losses, epoch_entropy, epoch_usage, epoch_extra, pair_stats, last_loss),
+                },
+            )
     finally:
         for module, mode in zip((student, student_head, teacher, teacher_head), was_training):
             module.train(mode)
@@ -644,7 +744,8 @@ def train_dino(
         progress.log(
             f"warning: {description} collapsed from epoch {collapsed} of {settings.epochs}: the "
             f"teacher's targets are uniform ({epoch_entropy[-1]:.0%} of the largest entropy), so "
-            f"the feature extractor stopped learning there.")
+            f"the feature extractor stopped learning there."
+        )
     return {
         "loss": epoch_losses[-1] if epoch_losses else float("nan"),
         "last_loss": last_loss,

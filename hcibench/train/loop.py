@@ -34,8 +34,7 @@ def parameter_groups(modules: Iterable[nn.Module], weight_decay: float | None = 
     return [first, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def set_schedule(optimizer: torch.optim.Optimizer, lr: float,
-                 weight_decay: float | None = None) -> None:
+def set_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
     """This step's learning rate for every group and, when given, weight decay for the group
     that decays (the first of :func:`parameter_groups`)."""
     for index, group in enumerate(optimizer.param_groups):
@@ -54,9 +53,15 @@ class SavedProgress:
     ``save_if_due(epochs_done, total, figures)`` at the end of each epoch saves at most every
     ``HCIBENCH_CHECKPOINT_SECONDS``, never after the last epoch (the stage file follows)."""
 
-    def __init__(self, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
-                 generator: torch.Generator, kept: dict[str, Any] | None = None,
-                 log: Callable[[str], None] | None = None, description: str = "training"):
+    def __init__(
+        self,
+        modules: dict[str, nn.Module],
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        kept: dict[str, Any] | None = None,
+        log: Callable[[str], None] | None = None,
+        description: str = "training",
+    ):
         self.modules, self.optimizer, self.generator = modules, optimizer, generator
         self.kept = kept or {}
         self.log, self.description = log, description
@@ -76,8 +81,10 @@ class SavedProgress:
         for name, keeper in self.kept.items():
             keeper.load_state_dict(saved["kept"][name])
         if self.log is not None:
-            self.log(f"{self.description}: going on from epoch {saved['figures']['epoch']} of "
-                     f"{total_epochs} (saved progress)")
+            self.log(
+                f"{self.description}: going on from epoch {saved['figures']['epoch']} of "
+                f"{total_epochs} (saved progress)"
+            )
         return saved["figures"]
 
     def save_if_due(self, epochs_done: int, total_epochs: int, figures: dict) -> None:
@@ -85,11 +92,14 @@ class SavedProgress:
         to go on."""
         if self.checkpoint is None or not self.checkpoint.due() or epochs_done >= total_epochs:
             return
-        self.checkpoint.save({
-            "modules": {name: module.state_dict() for name, module in self.modules.items()},
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(), "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "kept": {name: keeper.state_dict() for name, keeper in self.kept.items()},
-            "figures": {**figures, "epoch": epochs_done},
-        })
+        self.checkpoint.save(
+            {
+                "modules": {name: module.state_dict() for name, module in self.modules.items()},
+                "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(),
+                "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "kept": {name: keeper.state_dict() for name, keeper in self.kept.items()},
+                "figures": {**figures, "epoch": epochs_done},
+            }
+        )

@@ -79,32 +79,39 @@ def encode_visible(vit: nn.Module, images: torch.Tensor, noise: torch.Tensor, ma
 class MAEDecoder(nn.Module):
     """Mask tokens + fixed 2-d sin-cos positions + transformer blocks -> pixels per patch."""
 
-    def __init__(self, embed_dim: int, patch_size: int, in_chans: int, dim: int = 256,
-                 depth: int = 4, heads: int = 8, prefix_tokens: int = 1):
+    def __init__(
+        self,
+        embed_dim: int,
+        patch_size: int,
+        in_chans: int,
+        dim: int = 256,
+        depth: int = 4,
+        heads: int = 8,
+        prefix_tokens: int = 1,
+    ):
         super().__init__()
         self.patch_size, self.prefix_tokens, self.dim = patch_size, prefix_tokens, dim
         self.embed = nn.Linear(embed_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.normal_(self.mask_token, std=0.02)
-        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio=4.0, qkv_bias=True)
-                                      for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.pred = nn.Linear(dim, patch_size * patch_size * in_chans)
 
     def forward(self, latent: torch.Tensor, restore: torch.Tensor, grid) -> torch.Tensor:
         x = self.embed(latent)
-        prefix, kept = x[:, :self.prefix_tokens], x[:, self.prefix_tokens:]
+        prefix, kept = x[:, : self.prefix_tokens], x[:, self.prefix_tokens :]
         b, n = restore.shape
         filled = torch.cat([kept, self.mask_token.expand(b, n - kept.shape[1], -1)], dim=1)
         filled = torch.gather(filled, 1, restore.unsqueeze(-1).expand(-1, -1, self.dim))
-        positions = build_sincos2d_pos_embed(list(grid), dim=self.dim, device=x.device,
-                                             dtype=x.dtype)
+        positions = build_sincos2d_pos_embed(list(grid), dim=self.dim, device=x.device, dtype=x.dtype)
         x = torch.cat([prefix, filled + positions.unsqueeze(0)], dim=1)
-        return self.pred(self.norm(self.blocks(x)))[:, self.prefix_tokens:]
+        return self.pred(self.norm(self.blocks(x)))[:, self.prefix_tokens :]
 
 
-def mae_loss(prediction: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, patch: int,
-             norm_pix: bool = True) -> torch.Tensor:
+def mae_loss(
+    prediction: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, patch: int, norm_pix: bool = True
+) -> torch.Tensor:
     """Mean squared error over the masked patches only (mask = 1), per-patch normalised targets."""
     target = patchify(images, patch)
     if norm_pix:
@@ -140,15 +147,29 @@ def patch_count(encoder: nn.Module, size: int) -> int:
 
 
 def build_decoder(encoder: nn.Module, settings: MaeSettings, in_chans: int) -> MAEDecoder:
-    return MAEDecoder(encoder.embed_dim, encoder.patch_embed.patch_size[0], in_chans,
-                      settings.decoder_dim, settings.decoder_depth, settings.decoder_heads,
-                      encoder.num_prefix_tokens)
+    return MAEDecoder(
+        encoder.embed_dim,
+        encoder.patch_embed.patch_size[0],
+        in_chans,
+        settings.decoder_dim,
+        settings.decoder_depth,
+        settings.decoder_heads,
+        encoder.num_prefix_tokens,
+    )
 
 
-def train_mae(model: nn.Module, domain: Domain, settings: MaeSettings, input_size: int,
-              progress: Progress | None = None, generator: torch.Generator | None = None,
-              description: str = "MAE", on_epoch=None, precision: str = "fp32",
-              keep_with_checkpoint: dict | None = None) -> dict:
+def train_mae(
+    model: nn.Module,
+    domain: Domain,
+    settings: MaeSettings,
+    input_size: int,
+    progress: Progress | None = None,
+    generator: torch.Generator | None = None,
+    description: str = "MAE",
+    on_epoch=None,
+    precision: str = "fp32",
+    keep_with_checkpoint: dict | None = None,
+) -> dict:
     """Train encoder and decoder with the MAE loss on ``domain`` (no labels used). ``model`` is
     a :class:`MaskedAutoencoder` or any module with the same ``forward(x, noise) -> loss`` and
     ``noise_size(input_size)`` (e.g. ``hcibench.train.profiles.ProfileMAE``). ``on_epoch(k)`` is
@@ -160,22 +181,25 @@ def train_mae(model: nn.Module, domain: Domain, settings: MaeSettings, input_siz
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     batch_size = min(settings.batch_size, len(domain))
     steps_per_epoch = max(1, len(domain) // batch_size)
-    lr = cosine_schedule(settings.lr, settings.min_lr, settings.epochs, steps_per_epoch,
-                         settings.warmup_epochs)
+    lr = cosine_schedule(
+        settings.lr, settings.min_lr, settings.epochs, steps_per_epoch, settings.warmup_epochs
+    )
     optimizer = torch.optim.AdamW(parameter_groups([model], settings.weight_decay), betas=(0.9, 0.95))
     model.train()
     step, losses, started, first_epoch = 0, [], time.perf_counter(), 0
     n_patches = model.noise_size(input_size)
     device = device_of(model)
-    saved_progress = SavedProgress({"model": model}, optimizer, generator, keep_with_checkpoint,
-                                   progress.log, description)
+    saved_progress = SavedProgress(
+        {"model": model}, optimizer, generator, keep_with_checkpoint, progress.log, description
+    )
     saved = saved_progress.restore(settings.epochs)
     if saved is not None:
         first_epoch, step, losses = saved["epoch"], saved["step"], saved["losses"]
     for epoch in progress.track(range(first_epoch, settings.epochs), description=description):
         total = 0.0
-        for images, _, _ in prefetch(domain.batches(batch_size, shuffle=True,
-                                                    generator=generator, drop_last=True), device):
+        for images, _, _ in prefetch(
+            domain.batches(batch_size, shuffle=True, generator=generator, drop_last=True), device
+        ):
             set_schedule(optimizer, float(lr[min(step, len(lr) - 1)]))
             x = prepare_images(to_device(images, device), input_size, True, generator)
             noise = torch.rand(len(x), n_patches, generator=generator).to(device)
@@ -196,5 +220,9 @@ def train_mae(model: nn.Module, domain: Domain, settings: MaeSettings, input_siz
             model.train()
         saved_progress.save_if_due(epoch + 1, settings.epochs, {"step": step, "losses": losses})
     model.eval()
-    return {"loss": losses[-1] if losses else float("nan"), "epoch_losses": losses,
-            "steps": step, "seconds": time.perf_counter() - started}
+    return {
+        "loss": losses[-1] if losses else float("nan"),
+        "epoch_losses": losses,
+        "steps": step,
+        "seconds": time.perf_counter() - started,
+    }

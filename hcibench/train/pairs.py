@@ -35,8 +35,9 @@ def _codes(values: pd.Series) -> np.ndarray:
     return codes.astype(np.int64, copy=False)
 
 
-def _draw_other(group: np.ndarray, sub: np.ndarray, rows: np.ndarray,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _draw_other(
+    group: np.ndarray, sub: np.ndarray, rows: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """For each of ``rows``, a uniformly random row of the same ``group`` whose ``sub`` differs.
 
     Vectorised: sorting by (group, sub) makes every group, and every sub-group inside it, a
@@ -76,7 +77,9 @@ def _draw_other(group: np.ndarray, sub: np.ndarray, rows: np.ndarray,
 
 
 def cross_batch_partners(
-    meta: pd.DataFrame, key: str = "batch", generator=None,
+    meta: pd.DataFrame,
+    key: str = "batch",
+    generator=None,
 ) -> tuple[np.ndarray, dict]:
     """A random partner row for every row of ``meta``: same ``compound``, different ``key``.
 
@@ -120,4 +123,3 @@ def cross_batch_partners(
         "fallback_compounds": int(fallback_compounds),
     }
     return partners, stats
-

@@ -35,8 +35,7 @@ def _mlp(in_dim: int, hidden_dim: int, depth: int, dropout: float) -> list[nn.Mo
     for _ in range(depth):
         # Dropout is always a layer (identity at 0) so that the student (with dropout) and the
         # teacher (without) of DINO share parameter names.
-        layers += [nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.LayerNorm(hidden_dim),
-                   nn.Dropout(dropout)]
+        layers += [nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.LayerNorm(hidden_dim), nn.Dropout(dropout)]
         in_dim = hidden_dim
     return layers
 
@@ -48,13 +47,19 @@ class MLPEncoder(nn.Module):
     counterpart of a ViT's drop-path), then Linear(embed_dim) + LayerNorm.
     """
 
-    def __init__(self, in_features: int, hidden_dim: int = 512, embed_dim: int = 128,
-                 depth: int = 2, num_classes: int = 0, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_features: int,
+        hidden_dim: int = 512,
+        embed_dim: int = 128,
+        depth: int = 2,
+        num_classes: int = 0,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.in_features, self.embed_dim, self.num_features = in_features, embed_dim, embed_dim
         layers = _mlp(in_features, hidden_dim, depth, dropout)
-        layers += [nn.Linear(hidden_dim if depth else in_features, embed_dim),
-                   nn.LayerNorm(embed_dim)]
+        layers += [nn.Linear(hidden_dim if depth else in_features, embed_dim), nn.LayerNorm(embed_dim)]
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
 
@@ -68,11 +73,11 @@ class MLPEncoder(nn.Module):
         return self.head(self.body(x))
 
 
-def create_mlp(settings: dict, in_features: int, num_classes: int = 0,
-               dropout: float = 0.0) -> MLPEncoder:
+def create_mlp(settings: dict, in_features: int, num_classes: int = 0, dropout: float = 0.0) -> MLPEncoder:
     """An :class:`MLPEncoder` from the ``profile.fe`` settings."""
-    return MLPEncoder(in_features, settings["hidden_dim"], settings["embed_dim"],
-                      settings["depth"], num_classes, dropout)
+    return MLPEncoder(
+        in_features, settings["hidden_dim"], settings["embed_dim"], settings["depth"], num_classes, dropout
+    )
 
 
 class TaskMLP(nn.Module):
@@ -90,8 +95,9 @@ class TaskMLP(nn.Module):
 # ----------------------------------------------------------------------------- augmentation
 
 
-def perturb(x: torch.Tensor, noise_std: float, dropout: float,
-            generator: torch.Generator | None) -> torch.Tensor:
+def perturb(
+    x: torch.Tensor, noise_std: float, dropout: float, generator: torch.Generator | None
+) -> torch.Tensor:
     """``x`` with each feature zeroed with probability ``dropout`` and Gaussian noise added.
     The numbers are drawn on the generator's device (a CPU generator gives the same
     perturbations whatever device ``x`` is on)."""
@@ -113,12 +119,13 @@ def profile_views(augment: dict, n_local: int):
 
     def views(anchor: torch.Tensor, partner: torch.Tensor | None, generator: torch.Generator):
         other = anchor if partner is None else partner
-        out = [perturb(anchor, augment["noise_std"], augment["dropout"], generator),
-               perturb(other, augment["noise_std"], augment["dropout"], generator)]
+        out = [
+            perturb(anchor, augment["noise_std"], augment["dropout"], generator),
+            perturb(other, augment["noise_std"], augment["dropout"], generator),
+        ]
         for i in range(n_local):
             source = anchor if i < n_local // 2 or partner is None else partner
-            out.append(perturb(source, augment["local_noise_std"], augment["local_dropout"],
-                               generator))
+            out.append(perturb(source, augment["local_noise_std"], augment["local_dropout"], generator))
         return out
 
     return views

@@ -69,15 +69,43 @@ NORMALISATIONS = ("all", "dmso", "none")
 # Epochs and batch sizes for ~100-250 training wells per source: the grid of supervised, dual-cb
 # and coda over the 3 sources takes about a minute on 2 CPU cores.
 QUICK = {
-    "supervised": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 5,
-                   "patience": 5, "drop_path": 0.1},
-    "task": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 5, "patience": 5,
-             "cache_tokens": True},
-    "dino": {"epochs": 100, "batch_size": 64, "lr": 1e-3, "warmup_epochs": 10, "n_local": 4,
-             "head_hidden_dim": 256, "head_bottleneck_dim": 64, "head_out_dim": 512,
-             "warmup_teacher_temp_epochs": 10, "momentum_teacher": 0.99, "drop_path": 0.1},
-    "mae": {"epochs": 100, "batch_size": 64, "lr": 1e-3, "warmup_epochs": 10,
-            "decoder_dim": 256, "decoder_depth": 1},
+    "supervised": {
+        "epochs": 60,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "warmup_epochs": 5,
+        "patience": 5,
+        "drop_path": 0.1,
+    },
+    "task": {
+        "epochs": 60,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "warmup_epochs": 5,
+        "patience": 5,
+        "cache_tokens": True,
+    },
+    "dino": {
+        "epochs": 100,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "warmup_epochs": 10,
+        "n_local": 4,
+        "head_hidden_dim": 256,
+        "head_bottleneck_dim": 64,
+        "head_out_dim": 512,
+        "warmup_teacher_temp_epochs": 10,
+        "momentum_teacher": 0.99,
+        "drop_path": 0.1,
+    },
+    "mae": {
+        "epochs": 100,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "warmup_epochs": 10,
+        "decoder_dim": 256,
+        "decoder_depth": 1,
+    },
     "adapt": {"epochs": 30, "warmup_epochs": 3},
     "split": {"order": "labelled"},
     "eval_batch_size": 512,
@@ -85,8 +113,13 @@ QUICK = {
 }
 PAPER = {
     **QUICK,
-    "dino": {**QUICK["dino"], "epochs": 300, "n_local": 6, "head_out_dim": 4096,
-             "warmup_teacher_temp_epochs": 30},
+    "dino": {
+        **QUICK["dino"],
+        "epochs": 300,
+        "n_local": 6,
+        "head_out_dim": 4096,
+        "warmup_teacher_temp_epochs": 30,
+    },
     "mae": {**QUICK["mae"], "epochs": 300},
     "adapt": {"epochs": 100, "warmup_epochs": 10},
 }
@@ -110,23 +143,25 @@ def load_wells(folder: str) -> tuple[pd.DataFrame, np.ndarray, tuple[str, ...]]:
     if missing:
         raise hcibench.UsageError(f"{paths[WELLS_FILE]} lacks the columns {missing}")
     names = tuple(c for c in wells.columns if not c.startswith("Image_"))
-    columns = {"Image_Metadata_Plate_DAPI": keys[0], "Image_Metadata_Well_DAPI": keys[1],
-               "Image_Metadata_Compound": "base_compound",
-               "Image_Metadata_Concentration": "concentration", "Replicate": "replicate"}
+    columns = {
+        "Image_Metadata_Plate_DAPI": keys[0],
+        "Image_Metadata_Well_DAPI": keys[1],
+        "Image_Metadata_Compound": "base_compound",
+        "Image_Metadata_Concentration": "concentration",
+        "Replicate": "replicate",
+    }
     images = pd.read_csv(paths[IMAGES_FILE], usecols=list(columns)).rename(columns=columns)
     treatments = images.drop_duplicates()
     duplicated = treatments.duplicated(keys, keep=False)
     if duplicated.any():
         plate, well = treatments.loc[duplicated, keys].iloc[0]
-        raise hcibench.UsageError(f"{paths[IMAGES_FILE]}: well {plate} {well} has several "
-                                  f"treatments")
+        raise hcibench.UsageError(f"{paths[IMAGES_FILE]}: well {plate} {well} has several treatments")
     meta = wells[keys].merge(treatments, on=keys, how="left", validate="one_to_one")
     if meta["base_compound"].isna().any():
         plate, well = meta.loc[meta["base_compound"].isna(), keys].iloc[0]
         raise hcibench.UsageError(f"{paths[IMAGES_FILE]} has no row for well {plate} {well}")
     moa = pd.read_csv(paths[MOA_FILE]).rename(columns={"compound": "base_compound"})
-    meta = meta.merge(moa, on=["base_compound", "concentration"], how="left",
-                      validate="many_to_one")
+    meta = meta.merge(moa, on=["base_compound", "concentration"], how="left", validate="many_to_one")
     meta["label"] = meta["moa"].where(meta["base_compound"] != CONTROL)
     meta["label"] = meta["label"].astype(object).where(meta["label"].notna(), None)
     meta["batch"] = meta["Image_Metadata_Plate"].str.split("_").str[0]
@@ -134,8 +169,17 @@ def load_wells(folder: str) -> tuple[pd.DataFrame, np.ndarray, tuple[str, ...]]:
     meta["plate"] = meta["Image_Metadata_Plate"]
     meta["well"] = meta["Image_Metadata_Well"]
     meta["compound"] = [f"{c}@{x:g}" for c, x in zip(meta["base_compound"], meta["concentration"])]
-    columns = ["batch", "plate", "well", "compound", "label", "base_compound", "concentration",
-               "replicate", "week"]
+    columns = [
+        "batch",
+        "plate",
+        "well",
+        "compound",
+        "label",
+        "base_compound",
+        "concentration",
+        "replicate",
+        "week",
+    ]
     features = wells[list(names)].to_numpy(dtype=np.float64)
     return meta[columns].reset_index(drop=True), features, names
 
@@ -143,6 +187,7 @@ def load_wells(folder: str) -> tuple[pd.DataFrame, np.ndarray, tuple[str, ...]]:
 def normalise(features: np.ndarray, meta: pd.DataFrame, how: str) -> np.ndarray:
     """Column z-scores over all wells (``all``), to each plate's DMSO wells (``dmso``), or the
     features unchanged (``none``); constant columns become 0."""
+
     def zscore(x, reference):
         mean, std = reference.mean(axis=0), reference.std(axis=0)
         return (x - mean) / np.where(std > 0, std, 1.0)
@@ -157,22 +202,24 @@ def normalise(features: np.ndarray, meta: pd.DataFrame, how: str) -> np.ndarray:
             control = rows[(meta["base_compound"].to_numpy()[rows] == CONTROL)]
             out[rows] = zscore(features[rows], features[control if len(control) else rows])
         return out
-    raise hcibench.UsageError(f"unknown normalisation '{how}' for bbbc021: use "
-                              f"{', '.join(NORMALISATIONS)}")
+    raise hcibench.UsageError(f"unknown normalisation '{how}' for bbbc021: use {', '.join(NORMALISATIONS)}")
 
 
 class BBBC021(hcibench.Dataset):
     name = "bbbc021"
-    description = ("BBBC021 per-well CellProfiler profiles (real data, shipped): MoA across "
-                   "week groups W1-2, W3-6, W7-10")
+    description = (
+        "BBBC021 per-well CellProfiler profiles (real data, shipped): MoA across "
+        "week groups W1-2, W3-6, W7-10"
+    )
     modality = "profile"
     default_evaluators = ["accuracy", "f1", "nsc", "nscb"]
 
     def __init__(self, data: str | None = None, normalise: str = "all", **options):
         super().__init__(data, **options)
         if normalise not in NORMALISATIONS:
-            raise hcibench.UsageError(f"unknown normalisation '{normalise}' for bbbc021: use "
-                                      f"{', '.join(NORMALISATIONS)}")
+            raise hcibench.UsageError(
+                f"unknown normalisation '{normalise}' for bbbc021: use {', '.join(NORMALISATIONS)}"
+            )
         self.normalise = normalise
         self.folder = Path(data) if data else package_folder()
         self._all: hcibench.Domain | None = None
@@ -203,8 +250,9 @@ class BBBC021(hcibench.Dataset):
             meta, features, _ = load_wells(str(self.folder))
             values = normalise(features, meta, self.normalise)
             meta = meta.assign(source="all")
-            self._all = hcibench.Domain("all", meta, hcibench.TensorImages(
-                torch.tensor(values, dtype=torch.float32)), self.classes())
+            self._all = hcibench.Domain(
+                "all", meta, hcibench.TensorImages(torch.tensor(values, dtype=torch.float32)), self.classes()
+            )
         return self._all
 
     def domain(self, source: str) -> hcibench.Domain:

@@ -72,8 +72,13 @@ class DeepProfilerDataset(FileDataset):
     name = "deepprofiler"
     description = "DeepProfiler single-cell exports (sc-metadata.csv + PNG crops, channels tiled)"
 
-    EXTRA_OPTIONS = {"metadata": None, "strip_channels": None, "plates": None, "source": None,
-                     "short_sources": True}
+    EXTRA_OPTIONS = {
+        "metadata": None,
+        "strip_channels": None,
+        "plates": None,
+        "source": None,
+        "short_sources": True,
+    }
     FIELDS = list(FIELDS)
 
     def build_index(self) -> ImageIndex:
@@ -97,20 +102,32 @@ class DeepProfilerDataset(FileDataset):
             elif field == "site":
                 meta[field] = "1"
             else:
-                raise UsageError(f"{csv} has no {field} column (Metadata_{field.title()}) and no "
-                                 f"Key column (plate/well/site) to take it from")
+                raise UsageError(
+                    f"{csv} has no {field} column (Metadata_{field.title()}) and no "
+                    f"Key column (plate/well/site) to take it from"
+                )
         self._source_and_batch(table, found, meta, csv, problems)
         for field in ("compound", "label", "inchikey"):
             meta[field] = table[found[field]] if found[field] else np.nan
         if found["compound"] is None:
-            problems.append(Problem("warning", "missing-column",
-                                    f"{csv}: no compound column (looked for "
-                                    f"{', '.join(FIELDS['compound'])}): cross-batch pairs fall "
-                                    f"back to the image itself"))
+            problems.append(
+                Problem(
+                    "warning",
+                    "missing-column",
+                    f"{csv}: no compound column (looked for "
+                    f"{', '.join(FIELDS['compound'])}): cross-batch pairs fall "
+                    f"back to the image itself",
+                )
+            )
         if found["label"] is None and not self.settings["moa_drugs"]:
-            problems.append(Problem("warning", "missing-column",
-                                    f"{csv}: no label column (looked for "
-                                    f"{', '.join(FIELDS['label'])}): every image is unlabelled"))
+            problems.append(
+                Problem(
+                    "warning",
+                    "missing-column",
+                    f"{csv}: no label column (looked for "
+                    f"{', '.join(FIELDS['label'])}): every image is unlabelled",
+                )
+            )
         meta = meta[[*hcibench.META_COLUMNS, "site", "inchikey"]]
         if found["inchikey"] is None:
             meta = meta.drop(columns=["inchikey"])
@@ -121,9 +138,15 @@ class DeepProfilerDataset(FileDataset):
         empty = empty_values(table, path_column)
         for row, (value, plate) in enumerate(zip(table[path_column].tolist(), meta["plate"].tolist())):
             if empty[row]:
-                problems.append(Problem("error", "missing-value",
-                                        f"{origins[row]}, column {path_column}: no image path",
-                                        None, row))
+                problems.append(
+                    Problem(
+                        "error",
+                        "missing-value",
+                        f"{origins[row]}, column {path_column}: no image path",
+                        None,
+                        row,
+                    )
+                )
                 files.append(("",))
                 continue
             value = self.map_path(str(value).strip())
@@ -132,8 +155,9 @@ class DeepProfilerDataset(FileDataset):
             files.append((value,))
         for field in ("plate", "well"):
             for row in np.flatnonzero(empty_values(meta, field)):
-                problems.append(Problem("error", "missing-value",
-                                        f"{origins[row]}: empty {field}", None, row))
+                problems.append(
+                    Problem("error", "missing-value", f"{origins[row]}: empty {field}", None, row)
+                )
         plan = ReadPlan("strip", self._strip_tiles(), self._select(), (path_column,))
         return ImageIndex(meta, files, plan, origins, None, problems)
 
@@ -145,9 +169,11 @@ class DeepProfilerDataset(FileDataset):
         for candidate in candidates:
             if candidate.is_file():
                 return candidate
-        raise UsageError(f"'{self.root}' has no {' or '.join(c.name for c in candidates)}: give "
-                         f"the export folder, the metadata CSV itself, or --set "
-                         f"dataset.metadata=NAME")
+        raise UsageError(
+            f"'{self.root}' has no {' or '.join(c.name for c in candidates)}: give "
+            f"the export folder, the metadata CSV itself, or --set "
+            f"dataset.metadata=NAME"
+        )
 
     def _source_and_batch(self, table, found, meta, csv, problems) -> None:
         plates = self._plate_table()
@@ -158,25 +184,35 @@ class DeepProfilerDataset(FileDataset):
                 meta[field] = meta["plate"].map(plates[field])
                 unknown = meta["plate"][meta[field].isna()].unique()
                 if len(unknown):
-                    problems.append(Problem(
-                        "warning" if field == "batch" else "error", "unknown-plate",
-                        f"{self.settings['plates']}: no row for plate(s) "
-                        f"{', '.join(map(str, unknown[:6]))} listed in {csv}"))
+                    problems.append(
+                        Problem(
+                            "warning" if field == "batch" else "error",
+                            "unknown-plate",
+                            f"{self.settings['plates']}: no row for plate(s) "
+                            f"{', '.join(map(str, unknown[:6]))} listed in {csv}",
+                        )
+                    )
             elif field == "source" and self.settings["source"]:
                 meta[field] = str(self.settings["source"])
             elif field == "batch":
                 meta[field] = np.nan
             else:
-                raise UsageError(f"{csv} has no source column (Metadata_Source): name it with "
-                                 f"--set dataset.columns='{{\"source\": \"COLUMN\"}}', join a "
-                                 f"plate table with --set dataset.plates=plate.csv, or name one "
-                                 f"source for all with --set dataset.source=NAME")
+                raise UsageError(
+                    f"{csv} has no source column (Metadata_Source): name it with "
+                    f'--set dataset.columns=\'{{"source": "COLUMN"}}\', join a '
+                    f"plate table with --set dataset.plates=plate.csv, or name one "
+                    f"source for all with --set dataset.source=NAME"
+                )
         empty = empty_values(meta, "batch")
         if empty.any():
             meta.loc[empty, "batch"] = meta.loc[empty, "plate"]
-            problems.append(Problem("warning", "missing-column",
-                                    f"{csv}: {int(empty.sum())} image(s) without a batch: their "
-                                    f"plate is taken as the batch"))
+            problems.append(
+                Problem(
+                    "warning",
+                    "missing-column",
+                    f"{csv}: {int(empty.sum())} image(s) without a batch: their plate is taken as the batch",
+                )
+            )
         if self.settings["short_sources"]:
             meta["source"] = meta["source"].map(lambda s: short_source(s) if isinstance(s, str) else s)
 
@@ -203,8 +239,7 @@ class DeepProfilerDataset(FileDataset):
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise UsageError(f"dataset option 'strip_channels' must be an integer, got "
-                             f"{value!r}") from None
+            raise UsageError(f"dataset option 'strip_channels' must be an integer, got {value!r}") from None
 
     def _select(self) -> tuple[int, ...] | None:
         channels = self.settings["channels"]
@@ -213,9 +248,10 @@ class DeepProfilerDataset(FileDataset):
         if not isinstance(channels, list | tuple):
             channels = [channels]
         return channel_positions(
-            channels, f"dataset option 'channels' of deepprofiler: tile positions such as "
-                      f"[0,1,4], got {channels!r}",
-            "dataset option 'channels': tile positions count from 0")
+            channels,
+            f"dataset option 'channels' of deepprofiler: tile positions such as [0,1,4], got {channels!r}",
+            "dataset option 'channels': tile positions count from 0",
+        )
 
 
 @hcibench.hookimpl

@@ -31,9 +31,15 @@ class FolderDataset(FileDataset):
     FIELDS = list(FIELDS)
 
     def build_index(self):
-        return read_index(self.root, self.renames, self.settings["channels"],
-                          self.settings["strip_channels"], str(self.settings["index"]),
-                          self.map_path, self.settings["channel_columns"])
+        return read_index(
+            self.root,
+            self.renames,
+            self.settings["channels"],
+            self.settings["strip_channels"],
+            str(self.settings["index"]),
+            self.map_path,
+            self.settings["channel_columns"],
+        )
 
     def default_classes_file(self):
         path = index_path(self.root, str(self.settings["index"])).parent / CLASSES_FILE

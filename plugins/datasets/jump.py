@@ -64,26 +64,36 @@ class JumpDataset(FileDataset):
     name = "jump"
     description = "JUMP-CP cpg0016 images via load_data CSVs + plate/well/compound tables"
 
-    EXTRA_OPTIONS = {"load_data": "**/load_data*.csv*", "metadata": None, "plate_types": None,
-                     "illum": "auto", "label": "moa", "short_sources": True,
-                     "control": DMSO}
+    EXTRA_OPTIONS = {
+        "load_data": "**/load_data*.csv*",
+        "metadata": None,
+        "plate_types": None,
+        "illum": "auto",
+        "label": "moa",
+        "short_sources": True,
+        "control": DMSO,
+    }
     FIELDS = ["source", "batch", "plate", "well", "compound", "label", "inchikey"]
 
     def build_index(self) -> ImageIndex:
         if self.renames:
-            raise UsageError("dataset 'jump' reads the cpg0016 column names as they are: "
-                             "dataset.columns does not apply (use the folder dataset for other "
-                             "layouts)")
+            raise UsageError(
+                "dataset 'jump' reads the cpg0016 column names as they are: "
+                "dataset.columns does not apply (use the folder dataset for other "
+                "layouts)"
+            )
         label = str(self.settings["label"]).lower()
         if label not in LABELS:
-            raise UsageError(f"dataset option 'label' of jump must be one of {', '.join(LABELS)}, "
-                             f"got '{label}'")
+            raise UsageError(
+                f"dataset option 'label' of jump must be one of {', '.join(LABELS)}, got '{label}'"
+            )
         if label == "moa" and not (self.settings["moa_drugs"] and self.settings["moa_samples"]):
             raise UsageError(
                 "jump labels are mechanisms of action from the Drug Repurposing Hub: give its "
                 "files with --set dataset.moa_drugs=repurposing_drugs.txt --set "
                 "dataset.moa_samples=repurposing_samples.txt (or --set dataset.label=compound, "
-                "or none)")
+                "or none)"
+            )
         if not self.root.is_dir():
             raise UsageError(f"--data {self.root}: the jump dataset needs a folder")
         problems: list[Problem] = []
@@ -100,8 +110,11 @@ class JumpDataset(FileDataset):
         if illum is not None:
             self._check_illum(illum, origins, channels, problems)
         for row in np.flatnonzero(meta["plate"].isna().to_numpy()):
-            problems.append(Problem("error", "missing-value",
-                                    f"{origins[row]}, column Metadata_Plate: empty plate", None, row))
+            problems.append(
+                Problem(
+                    "error", "missing-value", f"{origins[row]}, column Metadata_Plate: empty plate", None, row
+                )
+            )
         plan = ReadPlan("channels", None, None, tuple(f"Orig{c}" for c in channels))
         return ImageIndex(meta, files, plan, origins, illum, problems)
 
@@ -113,16 +126,18 @@ class JumpDataset(FileDataset):
             columns = [f"_illum_{c}" for c in channels]
             if not any(c in images.columns for c in columns):
                 return None
-            values = [images[c].tolist() if c in images.columns else [None] * len(images)
-                      for c in columns]
-            return [tuple(v if isinstance(v, str) and v else None for v in row)
-                    for row in zip(*values)]
+            values = [images[c].tolist() if c in images.columns else [None] * len(images) for c in columns]
+            return [tuple(v if isinstance(v, str) and v else None for v in row) for row in zip(*values)]
         folder = self._path(option)
         if not folder.is_dir():
-            raise UsageError(f"dataset option 'illum': {folder} is not a folder (give 'auto', "
-                             f"'none' or a folder holding <plate>/<plate>_Illum<CH>.npy)")
-        return [tuple(str(folder / plate / f"{plate}_Illum{c}.npy") for c in channels)
-                for plate in meta["plate"].astype(str)]
+            raise UsageError(
+                f"dataset option 'illum': {folder} is not a folder (give 'auto', "
+                f"'none' or a folder holding <plate>/<plate>_Illum<CH>.npy)"
+            )
+        return [
+            tuple(str(folder / plate / f"{plate}_Illum{c}.npy") for c in channels)
+            for plate in meta["plate"].astype(str)
+        ]
 
     # -- load_data ---------------------------------------------------------------------------
 
@@ -135,9 +150,11 @@ class JumpDataset(FileDataset):
             found += [path] if path.is_file() else sorted(self.root.glob(str(pattern)))
         found = [p for p in dict.fromkeys(found) if p.is_file()]
         if not found:
-            raise UsageError(f"no load_data CSV under {self.root} (looked for "
-                             f"{', '.join(map(str, patterns))}); point at them with --set "
-                             f"dataset.load_data='GLOB'")
+            raise UsageError(
+                f"no load_data CSV under {self.root} (looked for "
+                f"{', '.join(map(str, patterns))}); point at them with --set "
+                f"dataset.load_data='GLOB'"
+            )
         by_folder: dict[Path, list[Path]] = {}
         for path in found:
             by_folder.setdefault(path.parent, []).append(path)
@@ -156,23 +173,24 @@ class JumpDataset(FileDataset):
         columns = [str(c) for c in table.columns]
         for needed in ("Metadata_Plate", "Metadata_Well"):
             if needed not in columns:
-                raise UsageError(f"{path} lacks the column {needed}; its columns are: "
-                                 f"{_list(columns)}")
-        url = {c[len("URL_Orig"):]: c for c in columns if c.startswith("URL_Orig")}
-        names = {c[len("FileName_Orig"):]: c for c in columns if c.startswith("FileName_Orig")}
-        folders = {c[len("PathName_Orig"):]: c for c in columns if c.startswith("PathName_Orig")}
-        out = pd.DataFrame({
-            "plate": table["Metadata_Plate"], "well": table["Metadata_Well"].map(normalise_well),
-            "site": table["Metadata_Site"] if "Metadata_Site" in columns else "1",
-            "source": table["Metadata_Source"] if "Metadata_Source" in columns else np.nan,
-            "batch": table["Metadata_Batch"] if "Metadata_Batch" in columns else np.nan,
-        })
+                raise UsageError(f"{path} lacks the column {needed}; its columns are: {_list(columns)}")
+        url = {c[len("URL_Orig") :]: c for c in columns if c.startswith("URL_Orig")}
+        names = {c[len("FileName_Orig") :]: c for c in columns if c.startswith("FileName_Orig")}
+        folders = {c[len("PathName_Orig") :]: c for c in columns if c.startswith("PathName_Orig")}
+        out = pd.DataFrame(
+            {
+                "plate": table["Metadata_Plate"],
+                "well": table["Metadata_Well"].map(normalise_well),
+                "site": table["Metadata_Site"] if "Metadata_Site" in columns else "1",
+                "source": table["Metadata_Source"] if "Metadata_Source" in columns else np.nan,
+                "batch": table["Metadata_Batch"] if "Metadata_Batch" in columns else np.nan,
+            }
+        )
         out["_origin"] = [f"{path}, row {i + 2}" for i in range(len(table))]
         if names:
             lacking = [c for c in names if c not in folders]
             if lacking:
-                raise UsageError(f"{path}: FileName_Orig{lacking[0]} has no PathName_Orig"
-                                 f"{lacking[0]} column")
+                raise UsageError(f"{path}: FileName_Orig{lacking[0]} has no PathName_Orig{lacking[0]} column")
             for channel, column in names.items():
                 out[f"_path_{channel}"] = self._join(table[folders[channel]], table[column])
             for channel in names:
@@ -185,28 +203,33 @@ class JumpDataset(FileDataset):
                 if f"URL_Illum{channel}" in columns:
                     out[f"_illum_{channel}"] = [self._local(v) for v in table[f"URL_Illum{channel}"]]
         else:
-            raise UsageError(f"{path} has neither FileName_Orig<CH>/PathName_Orig<CH> nor "
-                             f"URL_Orig<CH> columns: is it a load_data CSV? Its columns are: "
-                             f"{_list(columns)}")
+            raise UsageError(
+                f"{path} has neither FileName_Orig<CH>/PathName_Orig<CH> nor "
+                f"URL_Orig<CH> columns: is it a load_data CSV? Its columns are: "
+                f"{_list(columns)}"
+            )
         return out
 
     def _join(self, folders: pd.Series, names: pd.Series) -> list[str]:
-        return [self._local(f"{str(folder).rstrip('/')}/{name}")
-                if isinstance(folder, str) and isinstance(name, str) else ""
-                for folder, name in zip(folders, names)]
+        return [
+            self._local(f"{str(folder).rstrip('/')}/{name}")
+            if isinstance(folder, str) and isinstance(name, str)
+            else ""
+            for folder, name in zip(folders, names)
+        ]
 
     def _local(self, value) -> str:
         if not isinstance(value, str) or not value.strip():
             return ""
         value = self.map_path(value.strip())
         if value.startswith("file://"):
-            value = value[len("file://"):]
+            value = value[len("file://") :]
         if "://" in value or os.path.isabs(value):
             return value
         return str(self.root / value)
 
     def _channels(self, images: pd.DataFrame) -> list[str]:
-        present = [c[len("_path_"):] for c in images.columns if c.startswith("_path_")]
+        present = [c[len("_path_") :] for c in images.columns if c.startswith("_path_")]
         option = self.settings["channels"]
         if option in (None, "", []):
             chosen = [c for c in CELL_PAINTING if c in present] or present
@@ -217,21 +240,27 @@ class JumpDataset(FileDataset):
             for item in option:
                 if isinstance(item, int) and not isinstance(item, bool):
                     if not 0 <= item < len(default):
-                        raise UsageError(f"dataset option 'channels': position {item} is out of "
-                                         f"range for {', '.join(default)}")
+                        raise UsageError(
+                            f"dataset option 'channels': position {item} is out of "
+                            f"range for {', '.join(default)}"
+                        )
                     chosen.append(default[item])
                 elif str(item) in present:
                     chosen.append(str(item))
                 else:
-                    raise UsageError(f"dataset option 'channels': no channel '{item}' in the "
-                                     f"load_data files; they have {', '.join(present)}")
+                    raise UsageError(
+                        f"dataset option 'channels': no channel '{item}' in the "
+                        f"load_data files; they have {', '.join(present)}"
+                    )
         incomplete = images[[f"_path_{c}" for c in chosen]].isna().any(axis=1)
         if incomplete.any():
             row = int(np.flatnonzero(incomplete.to_numpy())[0])
             missing = [c for c in chosen if pd.isna(images[f"_path_{c}"].iat[row])]
-            raise UsageError(f"{images['_origin'].iat[row]}: no Orig{missing[0]} column in this "
-                             f"load_data file, though others have it; choose channels present in "
-                             f"all with --set dataset.channels=[...]")
+            raise UsageError(
+                f"{images['_origin'].iat[row]}: no Orig{missing[0]} column in this "
+                f"load_data file, though others have it; choose channels present in "
+                f"all with --set dataset.channels=[...]"
+            )
         return chosen
 
     def _check_illum(self, illum, origins, channels, problems) -> None:
@@ -244,9 +273,16 @@ class JumpDataset(FileDataset):
                 if path not in exists:
                     exists[path] = os.path.isfile(path)
                 if not exists[path]:
-                    problems.append(Problem("error", "missing-illum",
-                                            f"{origins[row]}, column Illum{channel}: illumination "
-                                            f"function '{path}' does not exist", None, row))
+                    problems.append(
+                        Problem(
+                            "error",
+                            "missing-illum",
+                            f"{origins[row]}, column Illum{channel}: illumination "
+                            f"function '{path}' does not exist",
+                            None,
+                            row,
+                        )
+                    )
                     break
 
     # -- metadata ----------------------------------------------------------------------------
@@ -258,12 +294,10 @@ class JumpDataset(FileDataset):
             if _metadata_table(folder, "plate") or _metadata_table(folder, "well"):
                 return folder
         if option:
-            raise UsageError(f"dataset option 'metadata': {folders[0]} holds no plate.csv or "
-                             f"well.csv")
+            raise UsageError(f"dataset option 'metadata': {folders[0]} holds no plate.csv or well.csv")
         return None
 
-    def _join_metadata(self, images: pd.DataFrame, problems: list[Problem],
-                       label: str) -> pd.DataFrame:
+    def _join_metadata(self, images: pd.DataFrame, problems: list[Problem], label: str) -> pd.DataFrame:
         folder = self._metadata_folder()
         meta = images[["source", "batch", "plate", "well", "site"]].copy()
         meta["compound"] = np.nan
@@ -275,14 +309,18 @@ class JumpDataset(FileDataset):
         well_path = _metadata_table(folder, "well") if folder else None
         compound_path = _metadata_table(folder, "compound") if folder else None
         if label != "none" and well_path is None:
-            raise UsageError(f"no well.csv (or well.csv.gz) in {folder or self.root / 'metadata'} "
-                             f"or {self.root}: it gives each well's compound; point at its folder "
-                             f"with --set dataset.metadata=DIR (or --set dataset.label=none)")
+            raise UsageError(
+                f"no well.csv (or well.csv.gz) in {folder or self.root / 'metadata'} "
+                f"or {self.root}: it gives each well's compound; point at its folder "
+                f"with --set dataset.metadata=DIR (or --set dataset.label=none)"
+            )
         if plate_path is not None:
-            plates = read_table(plate_path).drop_duplicates("Metadata_Plate").set_index(
-                "Metadata_Plate")
-            for field, column in (("source", "Metadata_Source"), ("batch", "Metadata_Batch"),
-                                  ("plate_type", "Metadata_PlateType")):
+            plates = read_table(plate_path).drop_duplicates("Metadata_Plate").set_index("Metadata_Plate")
+            for field, column in (
+                ("source", "Metadata_Source"),
+                ("batch", "Metadata_Batch"),
+                ("plate_type", "Metadata_PlateType"),
+            ):
                 if column in plates.columns:
                     mapped = meta["plate"].map(plates[column]).astype(object)
                     meta[field] = meta[field].astype(object).fillna(mapped)
@@ -293,8 +331,12 @@ class JumpDataset(FileDataset):
                 where = f"{images['_origin'].iat[int(np.flatnonzero(empty.to_numpy())[0])]}"
                 raise UsageError(
                     f"{where}: no Metadata_{field.title()} in the load_data file"
-                    + (f" and plate '{meta['plate'][empty].iat[0]}' is not in {plate_path}"
-                       if plate_path else " and no plate.csv to take it from"))
+                    + (
+                        f" and plate '{meta['plate'][empty].iat[0]}' is not in {plate_path}"
+                        if plate_path
+                        else " and no plate.csv to take it from"
+                    )
+                )
         if self.settings["short_sources"]:
             meta["source"] = meta["source"].map(short_source)
         if well_path is not None:
@@ -315,12 +357,19 @@ class JumpDataset(FileDataset):
             meta["_keep"] = meta["plate_type"].isin(types).to_numpy()
             if unknown.any():
                 missing = sorted(meta.loc[unknown, "plate"].dropna().unique())
-                problems.append(Problem(
-                    "warning", "unknown-plate",
-                    f"{plate_path}: no row for {len(missing)} plate(s) with images "
-                    f"({_list(missing, 6)}): left out by plate_types"))
-            wanted = (plates.index[plates["Metadata_PlateType"].isin(types)]
-                      if "Metadata_PlateType" in plates.columns else [])
+                problems.append(
+                    Problem(
+                        "warning",
+                        "unknown-plate",
+                        f"{plate_path}: no row for {len(missing)} plate(s) with images "
+                        f"({_list(missing, 6)}): left out by plate_types",
+                    )
+                )
+            wanted = (
+                plates.index[plates["Metadata_PlateType"].isin(types)]
+                if "Metadata_PlateType" in plates.columns
+                else []
+            )
         else:
             wanted = plates.index
         sources = set(meta["source"].dropna())
@@ -328,10 +377,14 @@ class JumpDataset(FileDataset):
             wanted = [p for p in wanted if plates.at[p, "Metadata_Source"] in sources]
         without = sorted(set(wanted) - loaded)
         if without:
-            problems.append(Problem(
-                "warning", "plate-without-images",
-                f"{plate_path}: {len(without)} plate(s) of the loaded sources have no load_data "
-                f"rows ({_list(without, 6)})"))
+            problems.append(
+                Problem(
+                    "warning",
+                    "plate-without-images",
+                    f"{plate_path}: {len(without)} plate(s) of the loaded sources have no load_data "
+                    f"rows ({_list(without, 6)})",
+                )
+            )
 
     def _join_wells(self, meta, images, well_path, compound_path, problems) -> None:
         wells = read_table(well_path)
@@ -348,21 +401,30 @@ class JumpDataset(FileDataset):
         if no_row.any():
             first = int(np.flatnonzero(no_row)[0])
             missing_wells = meta.loc[no_row, ["plate", "well"]].drop_duplicates()
-            problems.append(Problem(
-                "warning", "well-without-metadata",
-                f"{images['_origin'].iat[first]}: {int(no_row.sum())} image(s) in "
-                f"{len(missing_wells)} well(s) have no row in {well_path} (first: plate "
-                f"{meta['plate'].iat[first]}, well {meta['well'].iat[first]}): unlabelled"))
+            problems.append(
+                Problem(
+                    "warning",
+                    "well-without-metadata",
+                    f"{images['_origin'].iat[first]}: {int(no_row.sum())} image(s) in "
+                    f"{len(missing_wells)} well(s) have no row in {well_path} (first: plate "
+                    f"{meta['plate'].iat[first]}, well {meta['well'].iat[first]}): unlabelled",
+                )
+            )
         loaded = meta.loc[kept, ["plate", "well"]].astype(str).drop_duplicates()
         listed = wells[wells["Metadata_Plate"].isin(set(loaded["plate"]))]
         pairs = set(zip(loaded["plate"], loaded["well"]))
-        without = [(p, w) for p, w in zip(listed["Metadata_Plate"], listed["Metadata_Well"])
-                   if (p, w) not in pairs]
+        without = [
+            (p, w) for p, w in zip(listed["Metadata_Plate"], listed["Metadata_Well"]) if (p, w) not in pairs
+        ]
         if without:
-            problems.append(Problem(
-                "warning", "well-without-images",
-                f"{well_path}: {len(without)} well(s) of the loaded plates have no images (first: "
-                f"plate {without[0][0]}, well {without[0][1]})"))
+            problems.append(
+                Problem(
+                    "warning",
+                    "well-without-images",
+                    f"{well_path}: {len(without)} well(s) of the loaded plates have no images (first: "
+                    f"plate {without[0][0]}, well {without[0][1]})",
+                )
+            )
         unknown = compound.astype(str).str.strip().isin([UNKNOWN_COMPOUND, "", "nan"])
         compound = compound.where(~unknown, np.nan)
         meta["compound"] = compound
@@ -376,10 +438,14 @@ class JumpDataset(FileDataset):
             ids = set(meta.loc[kept, "compound"].dropna())
             absent = sorted(ids - set(compounds.index) - {str(self.settings["control"])})
             if absent:
-                problems.append(Problem(
-                    "warning", "unknown-compound",
-                    f"{compound_path}: {len(absent)} compound id(s) of well.csv are not listed "
-                    f"({_list(absent, 6)}): unlabelled"))
+                problems.append(
+                    Problem(
+                        "warning",
+                        "unknown-compound",
+                        f"{compound_path}: {len(absent)} compound id(s) of well.csv are not listed "
+                        f"({_list(absent, 6)}): unlabelled",
+                    )
+                )
         elif self.settings["label"] == "moa":
             raise UsageError(f"MoA labels need compound.csv (InChIKeys) beside {well_path}")
 

@@ -23,8 +23,7 @@ from hcibench_plugins.datasets import synthetic_render as render
 
 # (batches, plates) per source: Table 1 scaled down, keeping at least 3 plates (train,
 # validation and test plates) and 2 batches (cross-batch pairs) everywhere.
-SOURCE_LAYOUT = {"S3": (4, 6), "S5": (6, 6), "S8": (3, 3), "S11": (2, 4), "S7": (3, 3),
-                 "S10": (3, 3)}
+SOURCE_LAYOUT = {"S3": (4, 6), "S5": (6, 6), "S8": (3, 3), "S11": (2, 4), "S7": (3, 3), "S10": (3, 3)}
 COMPOUNDS_PER_CLASS = 3
 WELLS_PER_COMPOUND = 2
 SITES_PER_WELL = 3  # at scale 1.0
@@ -55,19 +54,25 @@ class SyntheticDataset(hcibench.Dataset):
     @classmethod
     def default_settings(cls, preset: str) -> dict:
         # The paper preset crops 224 px inputs, so it renders larger fields.
-        return {"seed": 0, "image_size": 256 if preset == "paper" else 32, "scale": 1.0,
-                "culture": CULTURE, "artifacts": ARTIFACTS}
+        return {
+            "seed": 0,
+            "image_size": 256 if preset == "paper" else 32,
+            "scale": 1.0,
+            "culture": CULTURE,
+            "artifacts": ARTIFACTS,
+        }
 
-    def __init__(self, data=None, seed=0, image_size=32, scale=1.0, culture=None,
-                 artifacts=None, **options):
+    def __init__(self, data=None, seed=0, image_size=32, scale=1.0, culture=None, artifacts=None, **options):
         if data:
             raise hcibench.UsageError(
-                f"the synthetic dataset is generated and reads no data path (got '{data}')")
+                f"the synthetic dataset is generated and reads no data path (got '{data}')"
+            )
         for key in options:
             if key not in self.OPTIONS:
                 raise hcibench.UsageError(
                     f"unknown option '{key}' for dataset 'synthetic'. Known: seed, image_size, "
-                    f"scale, culture, artifacts, {', '.join(self.OPTIONS)}.")
+                    f"scale, culture, artifacts, {', '.join(self.OPTIONS)}."
+                )
         super().__init__(data, **options)
         self.seed = _number("seed", seed, int)
         self.image_size = _number("image_size", image_size, int)
@@ -76,19 +81,22 @@ class SyntheticDataset(hcibench.Dataset):
         self.artifacts = _number("artifacts", ARTIFACTS if artifacts is None else artifacts, float)
         if self.image_size < 8 or self.scale <= 0:
             raise hcibench.UsageError(
-                f"synthetic dataset needs image_size >= 8 and scale > 0 "
-                f"(got {image_size} and {scale})")
+                f"synthetic dataset needs image_size >= 8 and scale > 0 (got {image_size} and {scale})"
+            )
         if self.artifacts < 0:
             raise hcibench.UsageError(
                 f"synthetic dataset option 'artifacts' is a strength >= 0 (0: none, 1: strong), "
-                f"got {artifacts}")
+                f"got {artifacts}"
+            )
         self.wells_per_compound = _number(
-            "wells_per_compound", options.get("wells_per_compound", WELLS_PER_COMPOUND), int)
+            "wells_per_compound", options.get("wells_per_compound", WELLS_PER_COMPOUND), int
+        )
         self.sites_per_well = _number(
-            "sites_per_well",
-            options.get("sites_per_well", max(1, round(SITES_PER_WELL * self.scale))), int)
+            "sites_per_well", options.get("sites_per_well", max(1, round(SITES_PER_WELL * self.scale))), int
+        )
         self.compounds_per_class = _number(
-            "compounds_per_class", options.get("compounds_per_class", COMPOUNDS_PER_CLASS), int)
+            "compounds_per_class", options.get("compounds_per_class", COMPOUNDS_PER_CLASS), int
+        )
         if min(self.wells_per_compound, self.sites_per_well, self.compounds_per_class) < 1:
             raise hcibench.UsageError("synthetic dataset options must be positive integers")
         self._domains: dict[str, hcibench.Domain] = {}
@@ -107,8 +115,8 @@ class SyntheticDataset(hcibench.Dataset):
             meta = self._layout(source)
             images = self._render(source, meta)
             self._domains[source] = hcibench.Domain(
-                source, meta.drop(columns=["compound_index"]), hcibench.TensorImages(images),
-                self.classes())
+                source, meta.drop(columns=["compound_index"]), hcibench.TensorImages(images), self.classes()
+            )
         return self._domains[source]
 
     def compounds(self) -> pd.DataFrame:
@@ -127,12 +135,14 @@ class SyntheticDataset(hcibench.Dataset):
             morph = base * (1 + PERTURBATION * torch.randn(base.shape, generator=gen))
             # One plate map (TARGET2-like) for all plates of all sources.
             wells = [f"{r}{c:02d}" for r in PLATE_ROWS for c in range(1, PLATE_COLUMNS + 1)]
-            slots = torch.randperm(len(wells), generator=gen)[:count * self.wells_per_compound]
-            table = pd.DataFrame({
-                "compound": [f"cmpd-{i + 1:03d}" for i in range(count)],
-                "label": [classes[i] for i in label],
-                "wells": [[wells[s] for s in slots[i::count].tolist()] for i in range(count)],
-            })
+            slots = torch.randperm(len(wells), generator=gen)[: count * self.wells_per_compound]
+            table = pd.DataFrame(
+                {
+                    "compound": [f"cmpd-{i + 1:03d}" for i in range(count)],
+                    "label": [classes[i] for i in label],
+                    "wells": [[wells[s] for s in slots[i::count].tolist()] for i in range(count)],
+                }
+            )
             self._compounds = table, morph
         return self._compounds
 
@@ -147,32 +157,50 @@ class SyntheticDataset(hcibench.Dataset):
                 for index, compound in compounds.iterrows():
                     for well in compound["wells"]:
                         for site in range(1, self.sites_per_well + 1):
-                            rows.append((source, f"{source}-B{batch + 1:02d}",
-                                         f"{source}-P{plate:02d}", well, compound["compound"],
-                                         compound["label"], site, index))
+                            rows.append(
+                                (
+                                    source,
+                                    f"{source}-B{batch + 1:02d}",
+                                    f"{source}-P{plate:02d}",
+                                    well,
+                                    compound["compound"],
+                                    compound["label"],
+                                    site,
+                                    index,
+                                )
+                            )
         meta = pd.DataFrame(rows, columns=[*hcibench.META_COLUMNS, "site", "compound_index"])
         return meta.sort_values(["plate", "well", "site"], kind="stable").reset_index(drop=True)
 
     def _render(self, source: str, meta: pd.DataFrame) -> torch.Tensor:
         profile = render.SOURCE_PROFILES[source]
         settings = render.imaging_settings(
-            profile, _codes(meta["batch"]), _codes(meta["plate"]),
-            generator(self.seed, source, "imaging"))
+            profile, _codes(meta["batch"]), _codes(meta["plate"]), generator(self.seed, source, "imaging")
+        )
         morph = self._compound_table()[1][torch.tensor(meta["compound_index"].to_numpy())]
         batch = _codes(meta["batch"])
-        looks = artifacts.batch_artifacts(artifacts.SOURCE_ARTIFACTS[source],
-                                          int(batch.max()) + 1,
-                                          generator(self.seed, source, "artifacts"))
+        looks = artifacts.batch_artifacts(
+            artifacts.SOURCE_ARTIFACTS[source],
+            int(batch.max()) + 1,
+            generator(self.seed, source, "artifacts"),
+        )
         out = torch.empty(len(meta), 3, self.image_size, self.image_size)
         for chunk, start in enumerate(range(0, len(meta), CHUNK)):
             part = slice(start, start + CHUNK)
             gen = generator(self.seed, source, "chunk", chunk)
-            specimen = render.render_specimen(morph[part], profile, self.image_size, gen,
-                                              self.culture)
+            specimen = render.render_specimen(morph[part], profile, self.image_size, gen, self.culture)
             # Their own stream, so that the strength changes nothing else in the images.
-            extra = (artifacts.render_artifacts(
-                looks, batch[part], self.image_size, self.artifacts,
-                generator(self.seed, source, "artifacts", chunk)) if self.artifacts else None)
+            extra = (
+                artifacts.render_artifacts(
+                    looks,
+                    batch[part],
+                    self.image_size,
+                    self.artifacts,
+                    generator(self.seed, source, "artifacts", chunk),
+                )
+                if self.artifacts
+                else None
+            )
             recorded = render.image_specimen(specimen, _rows(settings, part), gen, extra)
             out[part] = render.quantise(recorded)
         return out
@@ -183,7 +211,8 @@ def _number(name: str, value, kind: type):
         return kind(value)
     except (TypeError, ValueError):
         raise hcibench.UsageError(
-            f"synthetic dataset option '{name}' must be a number, got '{value}'") from None
+            f"synthetic dataset option '{name}' must be a number, got '{value}'"
+        ) from None
 
 
 def _codes(column: pd.Series) -> torch.Tensor:
@@ -196,27 +225,43 @@ def _rows(settings: dict, part: slice) -> dict:
 
 
 @click.command("synth")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="New (or empty) folder to write index.csv and images/ into.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="New (or empty) folder to write index.csv and images/ into.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--image-size", default=32, show_default=True, type=int)
-@click.option("--scale", default=1.0, show_default=True, type=float,
-              help="Multiplies the images per plate.")
-@click.option("--culture", default=CULTURE, show_default=True, type=float,
-              help="Scale of each lab's morphology shift (0: none).")
-@click.option("--artifacts", default=ARTIFACTS, show_default=True, type=float,
-              help="Strength of the batch artifacts (0: none).")
+@click.option("--scale", default=1.0, show_default=True, type=float, help="Multiplies the images per plate.")
+@click.option(
+    "--culture",
+    default=CULTURE,
+    show_default=True,
+    type=float,
+    help="Scale of each lab's morphology shift (0: none).",
+)
+@click.option(
+    "--artifacts",
+    default=ARTIFACTS,
+    show_default=True,
+    type=float,
+    help="Strength of the batch artifacts (0: none).",
+)
 @click.option("--sources", default=None, help="Comma-separated subset, e.g. S3,S5 (default: all).")
 def synth_command(out, seed, image_size, scale, culture, artifacts, sources):
     """Write the synthetic dataset to a folder in the generic index format."""
     from hcibench_plugins.datasets.files.folder_format import write_folder
 
-    dataset = SyntheticDataset(seed=seed, image_size=image_size, scale=scale, culture=culture,
-                               artifacts=artifacts)
+    dataset = SyntheticDataset(
+        seed=seed, image_size=image_size, scale=scale, culture=culture, artifacts=artifacts
+    )
     names = [s.strip() for s in sources.split(",") if s.strip()] if sources else None
     index = write_folder(dataset, out, names)
-    click.echo(f"wrote {len(index)} images from {index['source'].nunique()} source(s) "
-               f"({', '.join(pd.unique(index['source']))}) to {out}")
+    click.echo(
+        f"wrote {len(index)} images from {index['source'].nunique()} source(s) "
+        f"({', '.join(pd.unique(index['source']))}) to {out}"
+    )
 
 
 @hcibench.hookimpl

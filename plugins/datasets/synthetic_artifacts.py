@@ -22,8 +22,14 @@ from hcibench_plugins.datasets.synthetic_render import BASE, _splat, blur
 BANDING, DEBRIS, FIBRES = 0, 1, 2
 # The artifact kinds each source's batches draw from. S5 and S10 share a confocal model and a
 # kind; the widefield S3 and S11 both band, differently.
-SOURCE_ARTIFACTS = {"S3": (BANDING,), "S5": (DEBRIS,), "S8": (FIBRES,), "S11": (BANDING, DEBRIS),
-                    "S7": (FIBRES, DEBRIS), "S10": (DEBRIS,)}
+SOURCE_ARTIFACTS = {
+    "S3": (BANDING,),
+    "S5": (DEBRIS,),
+    "S8": (FIBRES,),
+    "S11": (BANDING, DEBRIS),
+    "S7": (FIBRES, DEBRIS),
+    "S10": (DEBRIS,),
+}
 PERIOD = (2.0, 6.0)  # band period range, base pixels
 DEBRIS_COUNT = (4.0, 14.0)  # mean particles per field
 DEBRIS_RADIUS = (0.5, 1.6)  # particle radius range, base pixels
@@ -33,8 +39,7 @@ FIBRE_WIDTH = (0.3, 0.7)  # base pixels
 PARTICLES, FIBRES_MAX = 16, 5
 
 
-def batch_artifacts(kinds: tuple[int, ...], n_batches: int,
-                    gen: torch.Generator) -> dict[str, torch.Tensor]:
+def batch_artifacts(kinds: tuple[int, ...], n_batches: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """The artifact of each batch, one of ``kinds``: kind, look and channel mix, one row per
     batch."""
 
@@ -56,8 +61,9 @@ def batch_artifacts(kinds: tuple[int, ...], n_batches: int,
     }
 
 
-def render_artifacts(artifacts: dict[str, torch.Tensor], batch: torch.Tensor, size: int,
-                     strength: float, gen: torch.Generator) -> torch.Tensor:
+def render_artifacts(
+    artifacts: dict[str, torch.Tensor], batch: torch.Tensor, size: int, strength: float, gen: torch.Generator
+) -> torch.Tensor:
     """Additive artifacts (N×3×size×size) for images of the given per-image batch codes."""
     n = len(batch)
     look = {key: value[batch] for key, value in artifacts.items()}
@@ -67,7 +73,8 @@ def render_artifacts(artifacts: dict[str, torch.Tensor], batch: torch.Tensor, si
     angle, period = look["angle"].view(n, 1, 1), look["period"].view(n, 1, 1)
     phase = 2 * math.pi * torch.rand((n, 1, 1), generator=gen)  # bands move between fields
     bands = 0.5 + 0.5 * torch.cos(
-        2 * math.pi * (xs * torch.cos(angle) + ys * torch.sin(angle)) / period + phase)
+        2 * math.pi * (xs * torch.cos(angle) + ys * torch.sin(angle)) / period + phase
+    )
 
     count = torch.poisson(look["count"], generator=gen).clamp(max=PARTICLES)
     present = (torch.arange(PARTICLES) < count[:, None]).float()
@@ -79,13 +86,13 @@ def render_artifacts(artifacts: dict[str, torch.Tensor], batch: torch.Tensor, si
 
     fibres = _fibres(look, n, xs, ys, gen)
     kind = look["kind"].view(n, 1, 1)
-    pattern = torch.where(kind == BANDING, 0.6 * bands,
-                          torch.where(kind == DEBRIS, 1.2 * debris, 1.0 * fibres))
+    pattern = torch.where(
+        kind == BANDING, 0.6 * bands, torch.where(kind == DEBRIS, 1.2 * debris, 1.0 * fibres)
+    )
     return strength * pattern[:, None] * look["channels"][..., None, None]
 
 
-def _fibres(look: dict, n: int, xs: torch.Tensor, ys: torch.Tensor,
-            gen: torch.Generator) -> torch.Tensor:
+def _fibres(look: dict, n: int, xs: torch.Tensor, ys: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Thin straight fibres (lint) at random places, N×H×W with values up to 1."""
     count = torch.poisson(look["fibres"], generator=gen).clamp(max=FIBRES_MAX)
     present = (torch.arange(FIBRES_MAX) < count[:, None]).float()[..., None, None]

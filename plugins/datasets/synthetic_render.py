@@ -33,8 +33,15 @@ EDGE = 0.35  # soft edge width of nuclei and cells, base pixels
 FIELD_BUDGET = 2**22  # elements per images×cells×H×W intermediate (16 MiB)
 
 # Morphology parameters, in this column order in every ``morph`` tensor.
-MORPHOLOGY = ("nucleus_radius", "elongation", "cell_radius", "texture", "spots", "dispersion",
-              "colocalisation")
+MORPHOLOGY = (
+    "nucleus_radius",
+    "elongation",
+    "cell_radius",
+    "texture",
+    "spots",
+    "dispersion",
+    "colocalisation",
+)
 
 # One row per mechanism of action (names from the Drug Repurposing Hub vocabulary). Each class
 # departs from a common baseline (last row) in two or three cues, so that no single cue, and in
@@ -42,15 +49,15 @@ MORPHOLOGY = ("nucleus_radius", "elongation", "cell_radius", "texture", "spots",
 MOA_TABLE = {
     #                                   nucleus elong cell  texture spots disp  coloc
     "tubulin polymerization inhibitor": (2.0, 0.10, 3.6, 0.20, 4.0, 0.20, 0.10),
-    "HDAC inhibitor":                   (3.1, 0.10, 5.0, 0.50, 6.0, 0.50, 0.60),
-    "CDK inhibitor":                    (2.9, 0.40, 6.0, 0.50, 6.0, 0.50, 0.10),
-    "mTOR inhibitor":                   (2.4, 0.10, 4.2, 0.50, 3.0, 0.50, 0.10),
-    "ATPase inhibitor":                 (2.4, 0.10, 5.0, 0.50, 11.0, 0.90, 0.10),
-    "actin polymerization inhibitor":   (2.4, 0.30, 4.6, 0.00, 6.0, 0.50, 0.30),
-    "topoisomerase inhibitor":          (3.4, 0.05, 5.5, 0.80, 6.0, 0.50, 0.10),
-    "glucocorticoid receptor agonist":  (2.4, 0.10, 6.2, 0.90, 8.0, 0.50, 0.10),
-    "HSP inhibitor":                    (2.4, 0.10, 5.0, 0.50, 8.0, 0.05, 0.60),
-    "EGFR inhibitor":                   (2.4, 0.10, 5.0, 0.50, 6.0, 0.50, 0.10),
+    "HDAC inhibitor": (3.1, 0.10, 5.0, 0.50, 6.0, 0.50, 0.60),
+    "CDK inhibitor": (2.9, 0.40, 6.0, 0.50, 6.0, 0.50, 0.10),
+    "mTOR inhibitor": (2.4, 0.10, 4.2, 0.50, 3.0, 0.50, 0.10),
+    "ATPase inhibitor": (2.4, 0.10, 5.0, 0.50, 11.0, 0.90, 0.10),
+    "actin polymerization inhibitor": (2.4, 0.30, 4.6, 0.00, 6.0, 0.50, 0.30),
+    "topoisomerase inhibitor": (3.4, 0.05, 5.5, 0.80, 6.0, 0.50, 0.10),
+    "glucocorticoid receptor agonist": (2.4, 0.10, 6.2, 0.90, 8.0, 0.50, 0.10),
+    "HSP inhibitor": (2.4, 0.10, 5.0, 0.50, 8.0, 0.05, 0.60),
+    "EGFR inhibitor": (2.4, 0.10, 5.0, 0.50, 6.0, 0.50, 0.10),
 }
 
 
@@ -92,46 +99,143 @@ def _bleed(dna_agp=0.0, agp_mito=0.0, mito_agp=0.0, dna_mito=0.0):
 # their labs still differ. Widefield sources (S3, S11) have haze, LED sources (S8, S11) uneven
 # illumination, confocals more blur (lower NA) and noise.
 SOURCE_PROFILES = {
-    "S3": SourceProfile(density=4.5, spread=1.00, elongation=0.00, texture=1.0, spots=1.0,
-                 dispersion=0.0, ring=0.5, spot_stain=1.0,
-                 zoom=1.00, blur=0.45, haze=0.35, vignette=0.20, centre=(0.0, 0.0),
-                 gain=(0.80, 0.60, 0.80), background=(0.04, 0.06, 0.05), gamma=(1.0, 1.0, 1.0),
-                 read_noise=0.015, shot_noise=0.004, crosstalk=_bleed(dna_agp=0.08)),
-    "S5": SourceProfile(density=5.5, spread=1.30, elongation=0.15, texture=0.7, spots=0.8,
-                 dispersion=0.25, ring=0.3, spot_stain=0.7,
-                 zoom=0.75, blur=0.85, haze=0.03, vignette=0.10, centre=(0.05, -0.05),
-                 gain=(0.90, 0.50, 0.95), background=(0.02, 0.02, 0.02),
-                 gamma=(0.80, 0.75, 0.70), read_noise=0.030, shot_noise=0.010,
-                 crosstalk=_bleed(agp_mito=0.15, mito_agp=0.20)),
-    "S8": SourceProfile(density=3.5, spread=0.80, elongation=0.00, texture=1.5, spots=1.5,
-                 dispersion=-0.25, ring=0.8, spot_stain=1.3,
-                 zoom=1.25, blur=1.25, haze=0.10, vignette=0.45, centre=(0.25, 0.15),
-                 gain=(0.70, 0.55, 0.60), background=(0.08, 0.05, 0.10),
-                 gamma=(1.30, 1.20, 1.40), read_noise=0.040, shot_noise=0.006,
-                 crosstalk=_bleed(dna_agp=0.25, mito_agp=0.05)),
-    "S11": SourceProfile(density=3.0, spread=0.75, elongation=0.30, texture=0.4, spots=1.4,
-                  dispersion=0.3, ring=0.6, spot_stain=1.0,
-                  zoom=1.35, blur=0.40, haze=0.50, vignette=0.35, centre=(-0.20, 0.20),
-                  gain=(0.80, 0.50, 0.70), background=(0.10, 0.08, 0.06),
-                  gamma=(1.10, 1.50, 1.20), read_noise=0.010, shot_noise=0.002,
-                  crosstalk=_bleed(dna_mito=0.20)),
-    "S7": SourceProfile(density=6.0, spread=0.85, elongation=0.05, texture=1.4, spots=0.6,
-                 dispersion=-0.2, ring=0.6, spot_stain=1.2,
-                 zoom=0.85, blur=1.05, haze=0.05, vignette=0.15, centre=(-0.05, 0.05),
-                 gain=(0.95, 0.50, 0.90), background=(0.03, 0.02, 0.03),
-                 gamma=(0.75, 0.80, 0.70), read_noise=0.035, shot_noise=0.012,
-                 crosstalk=_bleed(agp_mito=0.12, mito_agp=0.25)),
-    "S10": SourceProfile(density=5.0, spread=1.35, elongation=-0.05, texture=0.7, spots=1.5,
-                  dispersion=-0.3, ring=0.3, spot_stain=0.8,
-                  zoom=0.72, blur=0.90, haze=0.03, vignette=0.12, centre=(0.05, 0.0),
-                  gain=(0.85, 0.50, 1.00), background=(0.02, 0.03, 0.02),
-                  gamma=(0.85, 0.70, 0.75), read_noise=0.025, shot_noise=0.010,
-                  crosstalk=_bleed(agp_mito=0.18, mito_agp=0.08)),
+    "S3": SourceProfile(
+        density=4.5,
+        spread=1.00,
+        elongation=0.00,
+        texture=1.0,
+        spots=1.0,
+        dispersion=0.0,
+        ring=0.5,
+        spot_stain=1.0,
+        zoom=1.00,
+        blur=0.45,
+        haze=0.35,
+        vignette=0.20,
+        centre=(0.0, 0.0),
+        gain=(0.80, 0.60, 0.80),
+        background=(0.04, 0.06, 0.05),
+        gamma=(1.0, 1.0, 1.0),
+        read_noise=0.015,
+        shot_noise=0.004,
+        crosstalk=_bleed(dna_agp=0.08),
+    ),
+    "S5": SourceProfile(
+        density=5.5,
+        spread=1.30,
+        elongation=0.15,
+        texture=0.7,
+        spots=0.8,
+        dispersion=0.25,
+        ring=0.3,
+        spot_stain=0.7,
+        zoom=0.75,
+        blur=0.85,
+        haze=0.03,
+        vignette=0.10,
+        centre=(0.05, -0.05),
+        gain=(0.90, 0.50, 0.95),
+        background=(0.02, 0.02, 0.02),
+        gamma=(0.80, 0.75, 0.70),
+        read_noise=0.030,
+        shot_noise=0.010,
+        crosstalk=_bleed(agp_mito=0.15, mito_agp=0.20),
+    ),
+    "S8": SourceProfile(
+        density=3.5,
+        spread=0.80,
+        elongation=0.00,
+        texture=1.5,
+        spots=1.5,
+        dispersion=-0.25,
+        ring=0.8,
+        spot_stain=1.3,
+        zoom=1.25,
+        blur=1.25,
+        haze=0.10,
+        vignette=0.45,
+        centre=(0.25, 0.15),
+        gain=(0.70, 0.55, 0.60),
+        background=(0.08, 0.05, 0.10),
+        gamma=(1.30, 1.20, 1.40),
+        read_noise=0.040,
+        shot_noise=0.006,
+        crosstalk=_bleed(dna_agp=0.25, mito_agp=0.05),
+    ),
+    "S11": SourceProfile(
+        density=3.0,
+        spread=0.75,
+        elongation=0.30,
+        texture=0.4,
+        spots=1.4,
+        dispersion=0.3,
+        ring=0.6,
+        spot_stain=1.0,
+        zoom=1.35,
+        blur=0.40,
+        haze=0.50,
+        vignette=0.35,
+        centre=(-0.20, 0.20),
+        gain=(0.80, 0.50, 0.70),
+        background=(0.10, 0.08, 0.06),
+        gamma=(1.10, 1.50, 1.20),
+        read_noise=0.010,
+        shot_noise=0.002,
+        crosstalk=_bleed(dna_mito=0.20),
+    ),
+    "S7": SourceProfile(
+        density=6.0,
+        spread=0.85,
+        elongation=0.05,
+        texture=1.4,
+        spots=0.6,
+        dispersion=-0.2,
+        ring=0.6,
+        spot_stain=1.2,
+        zoom=0.85,
+        blur=1.05,
+        haze=0.05,
+        vignette=0.15,
+        centre=(-0.05, 0.05),
+        gain=(0.95, 0.50, 0.90),
+        background=(0.03, 0.02, 0.03),
+        gamma=(0.75, 0.80, 0.70),
+        read_noise=0.035,
+        shot_noise=0.012,
+        crosstalk=_bleed(agp_mito=0.12, mito_agp=0.25),
+    ),
+    "S10": SourceProfile(
+        density=5.0,
+        spread=1.35,
+        elongation=-0.05,
+        texture=0.7,
+        spots=1.5,
+        dispersion=-0.3,
+        ring=0.3,
+        spot_stain=0.8,
+        zoom=0.72,
+        blur=0.90,
+        haze=0.03,
+        vignette=0.12,
+        centre=(0.05, 0.0),
+        gain=(0.85, 0.50, 1.00),
+        background=(0.02, 0.03, 0.02),
+        gamma=(0.85, 0.70, 0.75),
+        read_noise=0.025,
+        shot_noise=0.010,
+        crosstalk=_bleed(agp_mito=0.18, mito_agp=0.08),
+    ),
 }
 
 # Log-normal spread of the imaging settings between batches; plates drift by half of it.
-BATCH_DRIFT = {"gain": 0.15, "blur": 0.12, "gamma": 0.05, "vignette": 0.05, "centre": 0.08,
-               "background": 0.02}
+BATCH_DRIFT = {
+    "gain": 0.15,
+    "blur": 0.12,
+    "gamma": 0.05,
+    "vignette": 0.05,
+    "centre": 0.08,
+    "background": 0.02,
+}
 
 
 def _column(morph: torch.Tensor, name: str) -> torch.Tensor:
@@ -185,14 +289,16 @@ def _cell_fields(morph, cells, zoom, size):
     nucleus = _soft_step((1 - rn) * nuc_r / edge)
 
     lobes = 1 + cells["lobes"][..., None, None] * torch.cos(
-        3 * torch.atan2(v, u) + cells["lobe_phase"][..., None, None])
+        3 * torch.atan2(v, u) + cells["lobe_phase"][..., None, None]
+    )
     rc = torch.sqrt((u / (1 + 0.5 * elong)) ** 2 + (v * (1 + 0.5 * elong)) ** 2 + 1e-8)
     body = _soft_step((1 - rc / (cell_r * lobes)) * cell_r / edge)
 
     fa = cells["fibre_angle"][..., None, None]
     along = torch.cos(fa) * u + torch.sin(fa) * v
-    fibre = 0.5 + 0.5 * torch.cos(2 * math.pi * along / (FIBRE_PERIOD * zoom)
-                                  + cells["fibre_phase"][..., None, None])
+    fibre = 0.5 + 0.5 * torch.cos(
+        2 * math.pi * along / (FIBRE_PERIOD * zoom) + cells["fibre_phase"][..., None, None]
+    )
     return nucleus, body, fibre
 
 
@@ -223,8 +329,12 @@ def _splat(x, y, weight, size):
     fx, fy = px - x0, py - y0
     out = torch.zeros(n * size * size)
     offsets = torch.arange(n).view(n, 1) * size * size
-    for ox, oy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
-                      (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+    for ox, oy, w in (
+        (0, 0, (1 - fx) * (1 - fy)),
+        (1, 0, fx * (1 - fy)),
+        (0, 1, (1 - fx) * fy),
+        (1, 1, fx * fy),
+    ):
         cx, cy = (x0 + ox).long(), (y0 + oy).long()
         inside = (cx >= 0) & (cx < size) & (cy >= 0) & (cy < size)
         index = offsets + cy.clamp(0, size - 1) * size + cx.clamp(0, size - 1)
@@ -245,10 +355,12 @@ def blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     radius = max(1, min(math.ceil(3 * float(sigma.max())), min(h, w) - 1))
     kernels = _gaussian_kernels(sigma, radius).repeat_interleave(c, 0)  # (N·C)×taps
     flat = images.reshape(1, n * c, h, w)
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"),
-                    kernels.view(n * c, 1, 1, -1), groups=n * c)
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"),
-                    kernels.view(n * c, 1, -1, 1), groups=n * c)
+    flat = F.conv2d(
+        F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernels.view(n * c, 1, 1, -1), groups=n * c
+    )
+    flat = F.conv2d(
+        F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernels.view(n * c, 1, -1, 1), groups=n * c
+    )
     return flat.view(n, c, h, w)
 
 
@@ -262,13 +374,11 @@ def _cultured(morph: torch.Tensor, profile: SourceProfile, culture: float) -> to
     morph = morph.clone()
     morph[:, MORPHOLOGY.index("cell_radius")] *= factor(profile.spread)
     elongation = morph[:, MORPHOLOGY.index("elongation")]
-    morph[:, MORPHOLOGY.index("elongation")] = (
-        elongation + culture * profile.elongation).clamp_min(0)
+    morph[:, MORPHOLOGY.index("elongation")] = (elongation + culture * profile.elongation).clamp_min(0)
     morph[:, MORPHOLOGY.index("texture")] *= factor(profile.texture)
     morph[:, MORPHOLOGY.index("spots")] *= factor(profile.spots)
     dispersion = morph[:, MORPHOLOGY.index("dispersion")]
-    morph[:, MORPHOLOGY.index("dispersion")] = (
-        dispersion + culture * profile.dispersion).clamp(0, 1)
+    morph[:, MORPHOLOGY.index("dispersion")] = (dispersion + culture * profile.dispersion).clamp(0, 1)
     return morph
 
 
@@ -279,14 +389,16 @@ def _cell_stains(morph, cells, profile, size):
     texture = _column(morph, "texture")[..., None, None]
     ring = 4 * body * (1 - body)  # cortical actin at the cell edge
     dna = (nucleus * present).sum(1)
-    agp = ((body * (0.35 + 0.9 * texture * fibre) * (1 - 0.6 * nucleus) + profile.ring * ring)
-           * present).sum(1)
+    agp = ((body * (0.35 + 0.9 * texture * fibre) * (1 - 0.6 * nucleus) + profile.ring * ring) * present).sum(
+        1
+    )
     diffuse = (0.12 * body * (1 - nucleus) * present).sum(1)
     return dna, agp, diffuse
 
 
-def render_specimen(morph: torch.Tensor, profile: SourceProfile, size: int,
-                    gen: torch.Generator, culture: float = 1.0) -> torch.Tensor:
+def render_specimen(
+    morph: torch.Tensor, profile: SourceProfile, size: int, gen: torch.Generator, culture: float = 1.0
+) -> torch.Tensor:
     """Noise-free stain intensities (N×3×size×size) of fields whose cells follow ``morph``
     (N×len(MORPHOLOGY), one row per image), grown and stained by the lab of ``profile``
     (``culture``: see :func:`_cultured`)."""
@@ -296,8 +408,10 @@ def render_specimen(morph: torch.Tensor, profile: SourceProfile, size: int,
     sx, sy, spot_present = _spot_positions(morph, cells, zoom, gen)
     # Blocks of images keep the N×cells×H×W intermediates small at large image sizes.
     block = max(1, FIELD_BUDGET // (MAX_CELLS * size * size))
-    parts = [_cell_stains(morph[i:i + block], {k: v[i:i + block] for k, v in cells.items()},
-                          profile, size) for i in range(0, n, block)]
+    parts = [
+        _cell_stains(morph[i : i + block], {k: v[i : i + block] for k, v in cells.items()}, profile, size)
+        for i in range(0, n, block)
+    ]
     dna, agp, diffuse = (torch.cat(stain) for stain in zip(*parts))
 
     points = _splat(sx.view(n, -1), sy.view(n, -1), spot_present.view(n, -1), size)
@@ -307,8 +421,9 @@ def render_specimen(morph: torch.Tensor, profile: SourceProfile, size: int,
     return torch.stack([dna, agp + 0.8 * coloc * spots, diffuse + profile.spot_stain * spots], 1)
 
 
-def imaging_settings(profile: SourceProfile, batch: torch.Tensor, plate: torch.Tensor,
-                     gen: torch.Generator) -> dict[str, torch.Tensor]:
+def imaging_settings(
+    profile: SourceProfile, batch: torch.Tensor, plate: torch.Tensor, gen: torch.Generator
+) -> dict[str, torch.Tensor]:
     """Per-image imaging settings: the source's optics shifted per batch and, by half as much,
     per plate. ``batch`` and ``plate`` are per-image integer codes."""
     n_batches, n_plates = int(batch.max()) + 1, int(plate.max()) + 1
@@ -316,7 +431,8 @@ def imaging_settings(profile: SourceProfile, batch: torch.Tensor, plate: torch.T
     def drift(key, shape):
         scale = BATCH_DRIFT[key]
         return (scale * torch.randn((n_batches, *shape), generator=gen))[batch] + (
-            0.5 * scale * torch.randn((n_plates, *shape), generator=gen))[plate]
+            0.5 * scale * torch.randn((n_plates, *shape), generator=gen)
+        )[plate]
 
     def values(field):
         return torch.tensor(getattr(profile, field), dtype=torch.float32)
@@ -354,8 +470,9 @@ def _illumination(settings: dict, size: int) -> torch.Tensor:
     return (1 - settings["vignette"][:, None, None] * r2).clamp_min(0.2)[:, None]
 
 
-def image_specimen(specimen: torch.Tensor, settings: dict, gen: torch.Generator,
-                   artifacts: torch.Tensor | None = None) -> torch.Tensor:
+def image_specimen(
+    specimen: torch.Tensor, settings: dict, gen: torch.Generator, artifacts: torch.Tensor | None = None
+) -> torch.Tensor:
     """Record a specimen (N×3×H×W) through per-image ``settings``; values in [0, 1].
     ``artifacts`` (N×3×H×W, optional) join the in-focus image, as debris or banding would."""
     n, _, size, _ = specimen.shape

@@ -29,8 +29,7 @@ class Accuracy(hcibench.Evaluator):
         logits, labels = _known(logits, labels)
         if len(labels) == 0:
             return {}
-        value = multiclass_accuracy(logits.argmax(1), labels, num_classes=num_classes,
-                                    average="micro")
+        value = multiclass_accuracy(logits.argmax(1), labels, num_classes=num_classes, average="micro")
         return {"accuracy": float(value)}
 
 
@@ -44,8 +43,9 @@ class MacroF1(hcibench.Evaluator):
             return {}
         # torchmetrics leaves classes absent from both labels and predictions out of the macro
         # average, as scikit-learn does.
-        value = multiclass_f1_score(logits.argmax(1), labels, num_classes=num_classes,
-                                    average="macro", zero_division=0)
+        value = multiclass_f1_score(
+            logits.argmax(1), labels, num_classes=num_classes, average="macro", zero_division=0
+        )
         return {"f1": float(value)}
 
 
@@ -58,9 +58,11 @@ def _effective_classes(indices, num_classes):
 
 class PredictionSpread(hcibench.Evaluator):
     name = "spread"
-    description = ("effective number of predicted classes over that of the true classes: "
-                   "near 1 when predictions are as varied as the labels, low when they fall "
-                   "onto a few classes (a collapsed model or adaptation)")
+    description = (
+        "effective number of predicted classes over that of the true classes: "
+        "near 1 when predictions are as varied as the labels, low when they fall "
+        "onto a few classes (a collapsed model or adaptation)"
+    )
 
     def __call__(self, logits, labels, meta, num_classes):
         logits, labels = _known(logits, labels)

@@ -44,21 +44,22 @@ def treatment_table(features: np.ndarray, meta: pd.DataFrame) -> tuple[np.ndarra
     frame = pd.DataFrame(x[keep])
     frame.insert(0, "_treatment", treatment)
     profiles = frame.groupby("_treatment", sort=True).median()
-    rows = pd.DataFrame({
-        "treatment": treatment,
-        "label": label.to_numpy()[keep],
-        "compound": meta[compound_column].astype(str).to_numpy()[keep],
-        "batch": meta["batch"].astype(str).to_numpy()[keep],
-    })
+    rows = pd.DataFrame(
+        {
+            "treatment": treatment,
+            "label": label.to_numpy()[keep],
+            "compound": meta[compound_column].astype(str).to_numpy()[keep],
+            "batch": meta["batch"].astype(str).to_numpy()[keep],
+        }
+    )
     table = rows.groupby("treatment", sort=True).agg(
-        label=("label", "first"), compound=("compound", "first"),
-        batches=("batch", lambda b: frozenset(b)))
+        label=("label", "first"), compound=("compound", "first"), batches=("batch", lambda b: frozenset(b))
+    )
     table = table.loc[profiles.index].reset_index()
     return profiles.to_numpy(), table
 
 
-def nearest_neighbour_accuracy(features, meta: pd.DataFrame,
-                               exclude_batch: bool) -> tuple[float | None, int]:
+def nearest_neighbour_accuracy(features, meta: pd.DataFrame, exclude_batch: bool) -> tuple[float | None, int]:
     """(accuracy, number of counted queries) of the protocol above; accuracy None without any."""
     profiles, table = treatment_table(np.asarray(features), meta)
     if len(table) < 2:
@@ -94,8 +95,10 @@ def raw_features(domain) -> np.ndarray | None:
 
 class NSC(hcibench.Evaluator):
     name = "nsc"
-    description = ("1-NN MoA accuracy of treatment profiles, neighbours of another compound "
-                   "(on embeddings; nsc_raw on input features)")
+    description = (
+        "1-NN MoA accuracy of treatment profiles, neighbours of another compound "
+        "(on embeddings; nsc_raw on input features)"
+    )
     uses = ("embeddings", "domain")
     exclude_batch = False
 

@@ -10,13 +10,27 @@ from hcibench.train.classifier import predict_outputs, train_classifier
 
 SETTINGS = {
     "quick": {
-        "epochs": 20, "batch_size": 64, "lr": 1e-3, "min_lr": 1e-5, "weight_decay": 0.05,
-        "warmup_epochs": 2, "patience": 3, "decay": 0.1, "drop_path": 0.1,
+        "epochs": 20,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "min_lr": 1e-5,
+        "weight_decay": 0.05,
+        "warmup_epochs": 2,
+        "patience": 3,
+        "decay": 0.1,
+        "drop_path": 0.1,
     },
     # The paper: AdamW 1e-4, 3 warm-up epochs, step-wise decay x0.1 when validation saturates.
     "paper": {
-        "epochs": 50, "batch_size": 128, "lr": 1e-4, "min_lr": 1e-7, "weight_decay": 0.05,
-        "warmup_epochs": 3, "patience": 3, "decay": 0.1, "drop_path": 0.1,
+        "epochs": 50,
+        "batch_size": 128,
+        "lr": 1e-4,
+        "min_lr": 1e-7,
+        "weight_decay": 0.05,
+        "warmup_epochs": 3,
+        "patience": 3,
+        "decay": 0.1,
+        "drop_path": 0.1,
     },
 }
 
@@ -33,15 +47,26 @@ class Supervised(hcibench.Method):
     def fit(self, train: hcibench.Domain, val: hcibench.Domain) -> None:
         settings = self.config[self.name]
         channels = train.images[0].shape[0]
-        self.model = create_backbone(self.config, channels, num_classes=len(train.classes),
-                                     drop_path=settings["drop_path"])
+        self.model = create_backbone(
+            self.config, channels, num_classes=len(train.classes), drop_path=settings["drop_path"]
+        )
 
         def compute():
             result = train_classifier(
-                self.model, self.model, train, val, settings, self.context,
-                self.config["input_size"], description=f"supervised {self.context.source}")
-            return {"state": result["state"], "val_accuracy": result["val_accuracy"],
-                    "best_epoch": result["best_epoch"]}
+                self.model,
+                self.model,
+                train,
+                val,
+                settings,
+                self.context,
+                self.config["input_size"],
+                description=f"supervised {self.context.source}",
+            )
+            return {
+                "state": result["state"],
+                "val_accuracy": result["val_accuracy"],
+                "best_epoch": result["best_epoch"],
+            }
 
         trained = self.context.stage("supervised", self.stage_key(), compute)
         self.model.load_state_dict(trained["state"])
@@ -49,8 +74,12 @@ class Supervised(hcibench.Method):
         self.fit_info = {"val_accuracy": trained["val_accuracy"], "best_epoch": trained["best_epoch"]}
 
     def stage_key(self) -> dict:
-        return {"backbone": backbone_settings(self.config), "train": self.config[self.name],
-                "input_size": self.config["input_size"], **precision_key(self.context.precision)}
+        return {
+            "backbone": backbone_settings(self.config),
+            "train": self.config[self.name],
+            "input_size": self.config["input_size"],
+            **precision_key(self.context.precision),
+        }
 
     def stages(self, train, val, targets):
         return [hcibench.StageSpec("supervised", self.stage_key(), lambda: self.fit(train, val))]
@@ -62,8 +91,9 @@ class Supervised(hcibench.Method):
             features = model.forward_features(x)
             return model.forward_head(features), model.forward_head(features, pre_logits=True)
 
-        logits, embeddings = predict_outputs(forward, target, self.config["eval_batch_size"],
-                                             self.config["input_size"], self.context.device)
+        logits, embeddings = predict_outputs(
+            forward, target, self.config["eval_batch_size"], self.config["input_size"], self.context.device
+        )
         return hcibench.Prediction(logits, info=self.fit_info, embeddings=embeddings)
 
 

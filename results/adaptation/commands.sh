@@ -69,6 +69,6 @@ $H run --methods dual-dino,dual-cb,oda,coda $GRID --set dataset.culture=1 --set 
 $H run --grid benchmarks/grids/coda.toml --set threads=1 \
   --cache runs/adapt/base-culture1/stages --out runs/adapt/coda-grid
 # Step 1 with sharper teacher targets (temperature 0.02 instead of 0.04).
-$H run --methods dual-dino,dual-cb,oda,coda $GRID --set dataset.culture=1 \
+$H run --methods dual-dino,oda $GRID --set dataset.culture=1 \
   --set dino.teacher_temp=0.02 --set dino.warmup_teacher_temp=0.02 \
   --cache runs/adapt/base-culture1/stages --out runs/adapt/temp002-culture1

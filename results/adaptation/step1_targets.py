@@ -21,16 +21,25 @@ def main(folder: str) -> None:
     for path in sorted(Path(folder).glob("fe-dino*.pt")):
         stats = torch.load(path, weights_only=False)["stats"]
         kind = "fe-dino-cb" if stats["cross_batch"] else "fe-dino"
-        row = (stats["target_entropy"][0], stats["target_entropy"][-1], stats["target_usage"][-1],
-               stats["epoch_losses"][0], stats["epoch_losses"][-1])
+        row = (
+            stats["target_entropy"][0],
+            stats["target_entropy"][-1],
+            stats["target_usage"][-1],
+            stats["epoch_losses"][0],
+            stats["epoch_losses"][-1],
+        )
         rows[kind].append(row)
-        print(f"{path.stem:<24} entropy {row[0]:.3f} -> {row[1]:.3f}  usage {row[2]:.3f}  "
-              f"loss {row[3]:.2f} -> {row[4]:.2f}")
+        print(
+            f"{path.stem:<24} entropy {row[0]:.3f} -> {row[1]:.3f}  usage {row[2]:.3f}  "
+            f"loss {row[3]:.2f} -> {row[4]:.2f}"
+        )
     for kind, values in rows.items():
         if values:
             mean = np.mean(values, axis=0)
-            print(f"{kind:<12} mean of {len(values)}: entropy {mean[0]:.2f} -> {mean[1]:.2f}, "
-                  f"usage {mean[2]:.2f}, loss {mean[3]:.2f} -> {mean[4]:.2f}")
+            print(
+                f"{kind:<12} mean of {len(values)}: entropy {mean[0]:.2f} -> {mean[1]:.2f}, "
+                f"usage {mean[2]:.2f}, loss {mean[3]:.2f} -> {mean[4]:.2f}"
+            )
 
 
 if __name__ == "__main__":

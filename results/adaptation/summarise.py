@@ -36,11 +36,15 @@ def _summary(frame: pd.DataFrame) -> pd.DataFrame:
     on = frame[frame["source"] == frame["target"]]
     per_seed_off = off.groupby(["name", "seed"])["value"].mean().groupby("name")
     per_seed_on = on.groupby(["name", "seed"])["value"].mean().groupby("name")
-    table = pd.DataFrame({
-        "off-domain": per_seed_off.mean() * 100, "off sd": per_seed_off.std(ddof=1) * 100,
-        "in-domain": per_seed_on.mean() * 100, "in sd": per_seed_on.std(ddof=1) * 100,
-        "seeds": per_seed_off.size(),
-    })
+    table = pd.DataFrame(
+        {
+            "off-domain": per_seed_off.mean() * 100,
+            "off sd": per_seed_off.std(ddof=1) * 100,
+            "in-domain": per_seed_on.mean() * 100,
+            "in sd": per_seed_on.std(ddof=1) * 100,
+            "seeds": per_seed_off.size(),
+        }
+    )
     targets = off.groupby(["name", "target"])["value"].mean().unstack("target") * 100
     return table.join(targets).round(1)
 
@@ -64,11 +68,18 @@ def _comparisons(frame: pd.DataFrame, baselines: list[str]) -> pd.DataFrame:
         common = mine.index.intersection(base.index)
         diff = (mine.loc[common] - base.loc[common]).to_numpy() * 100
         test = wilcoxon(mine.loc[common].to_numpy(), base.loc[common].to_numpy())
-        rows.append({"method": name, "baseline": baseline, "pairs": len(diff),
-                     "mean diff": round(float(np.mean(diff)), 1),
-                     "sd": round(float(np.std(diff, ddof=1)), 1) if len(diff) > 1 else np.nan,
-                     "better": int(np.sum(diff > 0)), "worse": int(np.sum(diff < 0)),
-                     "wilcoxon p": round(test.p, 4)})
+        rows.append(
+            {
+                "method": name,
+                "baseline": baseline,
+                "pairs": len(diff),
+                "mean diff": round(float(np.mean(diff)), 1),
+                "sd": round(float(np.std(diff, ddof=1)), 1) if len(diff) > 1 else np.nan,
+                "better": int(np.sum(diff > 0)),
+                "worse": int(np.sum(diff < 0)),
+                "wilcoxon p": round(test.p, 4),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -86,13 +97,18 @@ def _diagnostics(label: str, folder: str) -> pd.DataFrame:
             if not epochs:
                 continue
             loss = diagnostics.get("loss") or [np.nan]
-            rows.append({"name": f"{label}:{record['method']}",
-                         "ssl loss first": loss[0], "ssl loss last": loss[-1],
-                         "weight moved": epochs[-1]["weight_movement_total"],
-                         "CKA to step 1": epochs[-1]["cka_to_start"],
-                         "predictions changed": epochs[-1]["changed_predictions"],
-                         "classes before": epochs[0]["predicted_classes"],
-                         "classes after": epochs[-1]["predicted_classes"]})
+            rows.append(
+                {
+                    "name": f"{label}:{record['method']}",
+                    "ssl loss first": loss[0],
+                    "ssl loss last": loss[-1],
+                    "weight moved": epochs[-1]["weight_movement_total"],
+                    "CKA to step 1": epochs[-1]["cka_to_start"],
+                    "predictions changed": epochs[-1]["changed_predictions"],
+                    "classes before": epochs[0]["predicted_classes"],
+                    "classes after": epochs[-1]["predicted_classes"],
+                }
+            )
     if not rows:
         return pd.DataFrame()
     return pd.DataFrame(rows).groupby("name").mean().round(3)
@@ -113,18 +129,25 @@ def _oracle(label: str, folder: str) -> pd.DataFrame:
 
 def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
     frame = frame.reset_index() if index else frame
-    rows = [["" if isinstance(v, float) and np.isnan(v) else str(v) for v in row]
-            for row in frame.itertuples(index=False)]
+    rows = [
+        ["" if isinstance(v, float) and np.isnan(v) else str(v) for v in row]
+        for row in frame.itertuples(index=False)
+    ]
     return "\n".join(markdown_table([str(c) for c in frame.columns], rows, 1))
 
 
 @click.command()
 @click.argument("folders", nargs=-1, required=True)
-@click.option("--baseline", "baselines", multiple=True,
-              help="label:method of the DINO family's baseline, then of the CB family's.")
+@click.option(
+    "--baseline",
+    "baselines",
+    multiple=True,
+    help="label:method of the DINO family's baseline, then of the CB family's.",
+)
 @click.option("--diagnostics", is_flag=True, help="Also the adaptations' label-free diagnostics.")
-@click.option("--oracle", is_flag=True,
-              help="Also the oracle curve: accuracy by adaptation epoch (analysis only).")
+@click.option(
+    "--oracle", is_flag=True, help="Also the oracle curve: accuracy by adaptation epoch (analysis only)."
+)
 def main(folders, baselines, diagnostics, oracle):
     frames = []
     for item in folders:
@@ -144,8 +167,10 @@ def main(folders, baselines, diagnostics, oracle):
         tables = [_oracle(*item.partition("=")[::2]) for item in folders]
         tables = [t for t in tables if not t.empty]
         if tables:
-            click.echo("\nORACLE (uses target labels, for analysis only): accuracy (%) by "
-                       "adaptation epoch\n" + _markdown(pd.concat(tables)))
+            click.echo(
+                "\nORACLE (uses target labels, for analysis only): accuracy (%) by "
+                "adaptation epoch\n" + _markdown(pd.concat(tables))
+            )
 
 
 if __name__ == "__main__":

@@ -49,11 +49,18 @@ COMMON_OPTIONS = {
     "classes": None,  # class list or a file with one class per line (None: sorted labels)
     "on_error": "raise",
     "verify": "auto",
-    "crop": None, "tile": None, "resize": None, "clip": None,
-    "normalise": "none", "control": "DMSO", "norm_sample": 64,
+    "crop": None,
+    "tile": None,
+    "resize": None,
+    "clip": None,
+    "normalise": "none",
+    "control": "DMSO",
+    "norm_sample": 64,
     "workers": 0,  # threads reading a batch (0: up to 4, for images of 256×256 or more)
     "path_map": {},  # path prefix -> replacement, e.g. {"s3://cellpainting-gallery/": "/data/cpg/"}
-    "moa_drugs": None, "moa_samples": None, "moa_multi": "drop",
+    "moa_drugs": None,
+    "moa_samples": None,
+    "moa_multi": "drop",
 }
 
 
@@ -91,13 +98,18 @@ class ImageIndex:
     def select(self, keep: np.ndarray) -> ImageIndex:
         rows = np.flatnonzero(keep)
         return ImageIndex(
-            self.meta.iloc[rows].reset_index(drop=True), [self.files[r] for r in rows], self.plan,
+            self.meta.iloc[rows].reset_index(drop=True),
+            [self.files[r] for r in rows],
+            self.plan,
             [self.origins[r] for r in rows],
-            [self.illum[r] for r in rows] if self.illum is not None else None, self.problems)
+            [self.illum[r] for r in rows] if self.illum is not None else None,
+            self.problems,
+        )
 
 
-def resolve_columns(columns, fields: dict[str, list[str]], renames: dict, where: str,
-                    required=()) -> dict[str, str | None]:
+def resolve_columns(
+    columns, fields: dict[str, list[str]], renames: dict, where: str, required=()
+) -> dict[str, str | None]:
     """The column of each metadata field: the user's rename (``dataset.columns``) or the first
     default candidate present. A rename naming an absent column, or a required field without
     a column, is a UsageError naming the file and the columns it has."""
@@ -107,8 +119,10 @@ def resolve_columns(columns, fields: dict[str, list[str]], renames: dict, where:
         if name in renames:
             column = renames[name]
             if column not in columns:
-                raise UsageError(f"{where}: no column '{column}' (dataset.columns {name} -> "
-                                 f"{column}); its columns are: {_list(columns)}")
+                raise UsageError(
+                    f"{where}: no column '{column}' (dataset.columns {name} -> "
+                    f"{column}); its columns are: {_list(columns)}"
+                )
             found[name] = column
         else:
             found[name] = next((c for c in candidates if c in columns), None)
@@ -118,7 +132,8 @@ def resolve_columns(columns, fields: dict[str, list[str]], renames: dict, where:
         raise UsageError(
             f"{where} lacks a column for {', '.join(missing)} (looked for {looked}); its columns "
             f"are: {_list(columns)}. Name yours with --set dataset.columns="
-            f"'{{\"{missing[0]}\": \"COLUMN\"}}'")
+            f'\'{{"{missing[0]}": "COLUMN"}}\''
+        )
     return found
 
 
@@ -132,12 +147,16 @@ def check_renames(renames, known: list[str], dataset: str) -> dict:
     if renames in (None, ""):
         return {}
     if not isinstance(renames, dict):
-        raise UsageError(f"dataset option 'columns' must be a JSON object such as "
-                         f"'{{\"label\": \"moa\"}}', got {renames!r}")
+        raise UsageError(
+            f"dataset option 'columns' must be a JSON object such as "
+            f'\'{{"label": "moa"}}\', got {renames!r}'
+        )
     unknown = [k for k in renames if k not in known]
     if unknown:
-        raise UsageError(f"dataset option 'columns' of '{dataset}': unknown field(s) "
-                         f"{', '.join(unknown)}; known: {', '.join(known)}")
+        raise UsageError(
+            f"dataset option 'columns' of '{dataset}': unknown field(s) "
+            f"{', '.join(unknown)}; known: {', '.join(known)}"
+        )
     return {str(k): str(v) for k, v in renames.items()}
 
 
@@ -158,12 +177,14 @@ def empty_values(table: pd.DataFrame, column: str) -> np.ndarray:
     return (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
 
 
-def file_problems(files: list[tuple[str, ...]], plan: ReadPlan, origins: list[str], level: str,
-                  workers: int = 0) -> tuple[list[tuple[int, str, str]], list]:
+def file_problems(
+    files: list[tuple[str, ...]], plan: ReadPlan, origins: list[str], level: str, workers: int = 0
+) -> tuple[list[tuple[int, str, str]], list]:
     """Check the files of every row at ``level`` (``exists``, ``header`` or ``decode``).
 
     Returns (``[(row, kind, message)]`` for every bad row, the C×H×W shape of each row or None
     where unknown)."""
+
     def check(row: int):
         shapes = []
         for position, path in enumerate(files[row]):
@@ -184,18 +205,20 @@ def file_problems(files: list[tuple[str, ...]], plan: ReadPlan, origins: list[st
                     shape = probe(path)
                     if plan.layout == "strip":
                         width = shape[2]
-                        tiles = plan.strip_tiles or (width // shape[1] if shape[1] and
-                                                     width % shape[1] == 0 else 0)
+                        tiles = plan.strip_tiles or (
+                            width // shape[1] if shape[1] and width % shape[1] == 0 else 0
+                        )
                         if not tiles or width % tiles:
-                            raise ImageError(f"cannot split a {shape[1]}×{width} strip into "
-                                             f"{tiles or 'square'} tiles")
+                            raise ImageError(
+                                f"cannot split a {shape[1]}×{width} strip into {tiles or 'square'} tiles"
+                            )
                         shape = (shape[0] * tiles, shape[1], width // tiles)
                     shapes.append(tuple(shape))
             except ImageError as error:
                 return row, ("unreadable", f"{where}: cannot read image '{path}': {error}"), None
         if not shapes:
             return row, None, None
-        channels = (len(shapes) if plan.layout == "channels" else shapes[0][0])
+        channels = len(shapes) if plan.layout == "channels" else shapes[0][0]
         if plan.layout == "channels" and len({s[1:] for s in shapes}) > 1:
             sizes = ", ".join("×".join(map(str, s[1:])) for s in shapes)
             return row, ("size", f"{origins[row]}: its channel images differ in size ({sizes})"), None
@@ -203,8 +226,11 @@ def file_problems(files: list[tuple[str, ...]], plan: ReadPlan, origins: list[st
 
     rows = range(len(files))
     workers = workers or default_workers()
-    results = (list(_pool(workers).map(check, rows, chunksize=64)) if workers > 1 and len(files) > 64
-               else [check(r) for r in rows])
+    results = (
+        list(_pool(workers).map(check, rows, chunksize=64))
+        if workers > 1 and len(files) > 64
+        else [check(r) for r in rows]
+    )
     bad = [(row, *problem) for row, problem, _ in results if problem]
     return bad, [shape for _, _, shape in results]
 
@@ -225,8 +251,10 @@ class FileDataset(hcibench.Dataset):
         known = self.default_settings("quick")
         unknown = [k for k in options if k not in known]
         if unknown:
-            raise UsageError(f"unknown option(s) {', '.join(unknown)} for dataset '{self.name}'. "
-                             f"Known: {', '.join(known)}.")
+            raise UsageError(
+                f"unknown option(s) {', '.join(unknown)} for dataset '{self.name}'. "
+                f"Known: {', '.join(known)}."
+            )
         settings = {**known, **options}
         super().__init__(data, **settings)
         if not data:
@@ -237,22 +265,30 @@ class FileDataset(hcibench.Dataset):
         self.settings = settings
         self.on_error = str(settings["on_error"]).lower()
         if self.on_error not in ON_ERROR:
-            raise UsageError(f"dataset option 'on_error' must be 'raise' or 'skip', got "
-                             f"'{settings['on_error']}'")
+            raise UsageError(
+                f"dataset option 'on_error' must be 'raise' or 'skip', got '{settings['on_error']}'"
+            )
         self.verify = str(settings["verify"]).lower()
         if self.verify not in VERIFY:
-            raise UsageError(f"dataset option 'verify' must be one of {', '.join(VERIFY)}, got "
-                             f"'{settings['verify']}'")
+            raise UsageError(
+                f"dataset option 'verify' must be one of {', '.join(VERIFY)}, got '{settings['verify']}'"
+            )
         if self.verify == "auto":
             self.verify = "header" if self.on_error == "skip" else "exists"
         self.preprocess = Preprocess.from_options(
-            settings["crop"], settings["tile"], settings["resize"], settings["clip"],
-            settings["normalise"], settings["norm_sample"])
+            settings["crop"],
+            settings["tile"],
+            settings["resize"],
+            settings["clip"],
+            settings["normalise"],
+            settings["norm_sample"],
+        )
         try:
             self.workers = int(settings["workers"] or 0)
         except (TypeError, ValueError):
-            raise UsageError(f"dataset option 'workers' must be an integer, got "
-                             f"{settings['workers']!r}") from None
+            raise UsageError(
+                f"dataset option 'workers' must be an integer, got {settings['workers']!r}"
+            ) from None
         self.renames = check_renames(settings["columns"], self.FIELDS, self.name)
         self._problems: list[Problem] = []
         self.label_counts: dict | None = None
@@ -261,8 +297,10 @@ class FileDataset(hcibench.Dataset):
 
         self.path_map = settings["path_map"] or {}
         if not isinstance(self.path_map, dict):
-            raise UsageError("dataset option 'path_map' must be a JSON object of path prefixes, "
-                             "e.g. '{\"s3://cellpainting-gallery/\": \"/data/cpg/\"}'")
+            raise UsageError(
+                "dataset option 'path_map' must be a JSON object of path prefixes, "
+                'e.g. \'{"s3://cellpainting-gallery/": "/data/cpg/"}\''
+            )
         index = self.build_index()
         self._refuse_remote(index)
         sources = index.meta["source"].dropna().astype(str)
@@ -277,9 +315,14 @@ class FileDataset(hcibench.Dataset):
         remaining = set(index.meta["source"].dropna().astype(str))
         for source, count in listed.items():
             if source not in remaining:
-                self._problems.append(Problem(
-                    "error", "empty-source", f"source '{source}' has no readable images: all "
-                    f"{count} of its images were left out", source))
+                self._problems.append(
+                    Problem(
+                        "error",
+                        "empty-source",
+                        f"source '{source}' has no readable images: all {count} of its images were left out",
+                        source,
+                    )
+                )
         self._classes = self._class_list(index.meta)
         self._note_unknown_labels(index.meta)
 
@@ -287,7 +330,7 @@ class FileDataset(hcibench.Dataset):
         """A path with the first matching ``path_map`` prefix replaced."""
         for prefix, replacement in self.path_map.items():
             if path.startswith(prefix):
-                return str(replacement) + path[len(prefix):]
+                return str(replacement) + path[len(prefix) :]
         return path
 
     def _refuse_remote(self, index: ImageIndex) -> None:
@@ -300,8 +343,9 @@ class FileDataset(hcibench.Dataset):
                         f"hcibench reads local files only. Sync the images to a local folder "
                         f"first (e.g. `aws s3 sync --no-sign-request s3://BUCKET/PREFIX DIR`) "
                         f"and map the prefix with --set dataset.path_map="
-                        f"'{{\"{path.split('//')[0]}//{path.split('//')[1].split('/')[0]}/\": "
-                        f"\"DIR/\"}}'")
+                        f'\'{{"{path.split("//")[0]}//{path.split("//")[1].split("/")[0]}/": '
+                        f'"DIR/"}}\''
+                    )
 
     # -- to implement ----------------------------------------------------------------------
 
@@ -339,10 +383,14 @@ class FileDataset(hcibench.Dataset):
             return index
         if self.on_error == "raise":
             first = errors[0]
-            more = (f" ({len(errors) - 1} more problem(s) like this: list them all with "
-                    f"`hcibench data check`)" if len(errors) > 1 else "")
-            raise UsageError(f"{first.message}{more}. To leave bad images out instead, "
-                             f"use --set dataset.on_error=skip")
+            more = (
+                f" ({len(errors) - 1} more problem(s) like this: list them all with `hcibench data check`)"
+                if len(errors) > 1
+                else ""
+            )
+            raise UsageError(
+                f"{first.message}{more}. To leave bad images out instead, use --set dataset.on_error=skip"
+            )
         keep = np.ones(len(index.files), dtype=bool)
         for problem in errors:
             if keep[problem.row]:
@@ -353,8 +401,7 @@ class FileDataset(hcibench.Dataset):
     def _check_files(self, index: ImageIndex) -> ImageIndex:
         if self.verify == "none" or not index.files:
             return index
-        bad, shapes = file_problems(index.files, index.plan, index.origins, self.verify,
-                                    self.workers)
+        bad, shapes = file_problems(index.files, index.plan, index.origins, self.verify, self.workers)
         sources = index.meta["source"].astype(str).to_numpy()
         found = [Problem("error", kind, message, sources[row], row) for row, kind, message in bad]
         found += self._shape_problems(shapes, sources, {row for row, *_ in bad}, index.origins)
@@ -377,12 +424,13 @@ class FileDataset(hcibench.Dataset):
             if shape[0] != common[0]:
                 what = f"{shape[0]} channel(s) where the source's images have {common[0]}"
             elif shape[1:] != common[1:] and not resizes:
-                what = (f"size {shape[1]}×{shape[2]} where the source's images are "
-                        f"{common[1]}×{common[2]} (or set dataset.resize)")
+                what = (
+                    f"size {shape[1]}×{shape[2]} where the source's images are "
+                    f"{common[1]}×{common[2]} (or set dataset.resize)"
+                )
             else:
                 continue
-            problems.append(Problem("error", "size", f"{origins[row]}: image has {what}",
-                                    sources[row], row))
+            problems.append(Problem("error", "size", f"{origins[row]}: image has {what}", sources[row], row))
         return problems
 
     def _link_moa(self, index: ImageIndex) -> ImageIndex:
@@ -390,19 +438,24 @@ class FileDataset(hcibench.Dataset):
         if not drugs and not samples:
             return index
         if not (drugs and samples):
-            raise UsageError("MoA labels from the Drug Repurposing Hub need both files: "
-                             "--set dataset.moa_drugs=FILE --set dataset.moa_samples=FILE")
+            raise UsageError(
+                "MoA labels from the Drug Repurposing Hub need both files: "
+                "--set dataset.moa_drugs=FILE --set dataset.moa_samples=FILE"
+            )
         from hcibench_plugins.datasets.files.moa import link_moa
 
         meta = index.meta
         if "inchikey" not in meta.columns:
-            raise UsageError(f"dataset '{self.name}': MoA labels are linked by InChIKey, but the "
-                             f"metadata has no InChIKey column (name it with --set "
-                             f"dataset.columns='{{\"inchikey\": \"COLUMN\"}}')")
+            raise UsageError(
+                f"dataset '{self.name}': MoA labels are linked by InChIKey, but the "
+                f"metadata has no InChIKey column (name it with --set "
+                f'dataset.columns=\'{{"inchikey": "COLUMN"}}\')'
+            )
         known = meta[meta["compound"].notna().to_numpy() & ~self._controls(meta)]
         keys = known.groupby("compound", sort=True)["inchikey"].first()
-        labels, counts = link_moa(keys, self._path(drugs), self._path(samples),
-                                  str(self.settings["moa_multi"]))
+        labels, counts = link_moa(
+            keys, self._path(drugs), self._path(samples), str(self.settings["moa_multi"])
+        )
         self.label_counts = counts
         meta = meta.copy()
         meta["label"] = meta["compound"].map(labels)  # controls are not in ``labels``
@@ -430,25 +483,32 @@ class FileDataset(hcibench.Dataset):
         try:
             lines = path.read_text().splitlines()
         except OSError as error:
-            raise UsageError(f"dataset option 'classes': cannot read {path}: "
-                             f"{error.strerror or error}") from None
+            raise UsageError(
+                f"dataset option 'classes': cannot read {path}: {error.strerror or error}"
+            ) from None
         return [line.strip() for line in lines if line.strip()]
 
     def _note_unknown_labels(self, meta: pd.DataFrame) -> None:
         labels = meta["label"].dropna().astype(str)
         outside = sorted(set(labels) - set(self._classes))
         if outside:
-            self._problems.append(Problem(
-                "warning", "label-not-in-classes",
-                f"{int(labels.isin(outside).sum())} image(s) carry labels missing from the class "
-                f"list ({_list(outside, 8)}): they are unlabelled"))
+            self._problems.append(
+                Problem(
+                    "warning",
+                    "label-not-in-classes",
+                    f"{int(labels.isin(outside).sum())} image(s) carry labels missing from the class "
+                    f"list ({_list(outside, 8)}): they are unlabelled",
+                )
+            )
 
     def _build_domain(self, source: str) -> hcibench.Domain:
         meta = self.index.meta
         rows = np.flatnonzero(meta["source"].astype(str).to_numpy() == source)
         if len(rows) == 0:
-            raise UsageError(f"source '{source}' has no readable images: every one was left out "
-                             f"(see `hcibench data check`)")
+            raise UsageError(
+                f"source '{source}' has no readable images: every one was left out "
+                f"(see `hcibench data check`)"
+            )
         part = meta.iloc[rows].reset_index(drop=True)
         files = [self.index.files[r] for r in rows]
         grid = None
@@ -463,17 +523,27 @@ class FileDataset(hcibench.Dataset):
         if self.preprocess.normalise == "dmso":
             without = sorted(set(plates) - set(plates[control]))
             if without:
-                self._problems.append(Problem(
-                    "warning", "no-controls",
-                    f"source '{source}': plate(s) {_list(without, 6)} have no control wells "
-                    f"(compound '{self.settings['control']}'): normalised to all their wells",
-                    source))
+                self._problems.append(
+                    Problem(
+                        "warning",
+                        "no-controls",
+                        f"source '{source}': plate(s) {_list(without, 6)} have no control wells "
+                        f"(compound '{self.settings['control']}'): normalised to all their wells",
+                        source,
+                    )
+                )
         store = FileImages(
-            files, self.index.plan, self.preprocess,
+            files,
+            self.index.plan,
+            self.preprocess,
             illum=[self.index.illum[r] for r in rows] if self.index.illum is not None else None,
-            groups=[f"{source}/{p}" for p in plates], reference=control,
-            origins=[self.index.origins[r] for r in rows], grid=grid, workers=self.workers,
-            illum_cache=self._illum_cache)
+            groups=[f"{source}/{p}" for p in plates],
+            reference=control,
+            origins=[self.index.origins[r] for r in rows],
+            grid=grid,
+            workers=self.workers,
+            illum_cache=self._illum_cache,
+        )
         return hcibench.Domain(source, part, store, self.classes())
 
     def _controls(self, meta: pd.DataFrame) -> np.ndarray:
@@ -500,14 +570,26 @@ class FileDataset(hcibench.Dataset):
     def describe(self) -> list[str]:
         """Lines about how the data was read, for ``data check``."""
         plan = self.index.plan
-        lines = [f"layout: {plan.layout} ({', '.join(plan.columns)})"
-                 + (f"; channels kept: {list(plan.select)}" if plan.select is not None else "")]
+        lines = [
+            f"layout: {plan.layout} ({', '.join(plan.columns)})"
+            + (f"; channels kept: {list(plan.select)}" if plan.select is not None else "")
+        ]
         pre = self.preprocess
-        steps = [name for name, on in (("crop", pre.crop), ("tile", pre.tile),
-                                       ("resize", pre.resize), ("clip", pre.clip),
-                                       ("normalise", pre.normalise != "none")) if on]
-        lines.append(f"pre-processing: {', '.join(steps) or 'none'}; files checked: {self.verify}"
-                     f"; on_error: {self.on_error}")
+        steps = [
+            name
+            for name, on in (
+                ("crop", pre.crop),
+                ("tile", pre.tile),
+                ("resize", pre.resize),
+                ("clip", pre.clip),
+                ("normalise", pre.normalise != "none"),
+            )
+            if on
+        ]
+        lines.append(
+            f"pre-processing: {', '.join(steps) or 'none'}; files checked: {self.verify}"
+            f"; on_error: {self.on_error}"
+        )
         return lines
 
 
@@ -516,9 +598,11 @@ def read_table(path: Path, text_columns=()) -> pd.DataFrame:
     ``Metadata_`` or ``path``) read as strings."""
     try:
         header = pd.read_csv(path, nrows=0).columns
-        as_text = {c: str for c in header
-                   if c in text_columns or str(c).startswith(("Metadata_", "path", "FileName_",
-                                                              "PathName_", "URL_"))}
+        as_text = {
+            c: str
+            for c in header
+            if c in text_columns or str(c).startswith(("Metadata_", "path", "FileName_", "PathName_", "URL_"))
+        }
         return pd.read_csv(path, dtype=as_text, low_memory=False)
     except FileNotFoundError:
         raise UsageError(f"file not found: {path}") from None

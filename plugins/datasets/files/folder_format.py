@@ -70,8 +70,7 @@ def write_folder(dataset, out_dir, sources=None) -> pd.DataFrame:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        index = pd.concat([_write_domain(dataset.domain(name), staging) for name in names],
-                          ignore_index=True)
+        index = pd.concat([_write_domain(dataset.domain(name), staging) for name in names], ignore_index=True)
         index.to_csv(staging / "index.csv", index=False)
         (staging / CLASSES_FILE).write_text("".join(f"{c}\n" for c in dataset.classes()))
         if out.exists():
@@ -98,8 +97,10 @@ def _write_domain(domain, root: Path) -> pd.DataFrame:
 def _relative_paths(meta: pd.DataFrame) -> list[str]:
     """``images/<source>/<plate>/<well>_s<site>.tiff``; the row number is added where those
     fields do not identify an image on their own."""
-    paths = [f"images/{s}/{p}/{w}_s{site}.tiff"
-             for s, p, w, site in zip(meta["source"], meta["plate"], meta["well"], meta["site"])]
+    paths = [
+        f"images/{s}/{p}/{w}_s{site}.tiff"
+        for s, p, w, site in zip(meta["source"], meta["plate"], meta["well"], meta["site"])
+    ]
     if len(set(paths)) < len(paths):
         paths = [path.replace(".tiff", f"_{i}.tiff") for i, path in enumerate(paths)]
     return paths
@@ -124,8 +125,10 @@ def index_path(data, name: str = INDEX_FILE) -> Path:
         return path
     csv = path / name
     if not csv.is_file():
-        raise UsageError(f"'{path}' has no {name}; expected a folder with an index CSV (e.g. "
-                         f"written by `hcibench data synth`), or give the CSV itself with --data")
+        raise UsageError(
+            f"'{path}' has no {name}; expected a folder with an index CSV (e.g. "
+            f"written by `hcibench data synth`), or give the CSV itself with --data"
+        )
     return csv
 
 
@@ -144,22 +147,26 @@ def _named_channel_columns(table: pd.DataFrame, csv, channel_columns) -> list[st
         if any(c.startswith(CHANNEL_PREFIX) for c in columns) or "path" in columns:
             return []
         files = [c for c in columns if c.startswith(CELLPROFILER_FILE)]
-        mapping = {c[len(CELLPROFILER_FILE):]: c for c in files}
+        mapping = {c[len(CELLPROFILER_FILE) :]: c for c in files}
     elif isinstance(channel_columns, dict):
         mapping = {str(k): str(v) for k, v in channel_columns.items()}
     elif isinstance(channel_columns, (list, tuple)):
         mapping = {str(c): str(c) for c in channel_columns}
     else:
-        raise UsageError(f"dataset option 'channel_columns' must be a list of column names "
-                         f"(e.g. [\"img_c1\", \"img_c2\"]) or an object channel -> column, got "
-                         f"{channel_columns!r}")
+        raise UsageError(
+            f"dataset option 'channel_columns' must be a list of column names "
+            f'(e.g. ["img_c1", "img_c2"]) or an object channel -> column, got '
+            f"{channel_columns!r}"
+        )
     used = []
     for channel, column in mapping.items():
         if column not in columns:
-            raise UsageError(f"{csv}: no column '{column}' (dataset.channel_columns, channel "
-                             f"{channel}); its columns are: {', '.join(columns)}")
+            raise UsageError(
+                f"{csv}: no column '{column}' (dataset.channel_columns, channel "
+                f"{channel}); its columns are: {', '.join(columns)}"
+            )
         paths = table[column].astype("string")
-        folder = CELLPROFILER_FOLDER + column[len(CELLPROFILER_FILE):]
+        folder = CELLPROFILER_FOLDER + column[len(CELLPROFILER_FILE) :]
         if column.startswith(CELLPROFILER_FILE) and folder in columns:
             paths = table[folder].astype("string").str.rstrip("/") + "/" + paths
             used.append(folder)
@@ -168,8 +175,15 @@ def _named_channel_columns(table: pd.DataFrame, csv, channel_columns) -> list[st
     return used
 
 
-def read_index(data, renames: dict | None = None, channels=None, strip_channels=None,
-               name: str = INDEX_FILE, map_path=None, channel_columns=None) -> ImageIndex:
+def read_index(
+    data,
+    renames: dict | None = None,
+    channels=None,
+    strip_channels=None,
+    name: str = INDEX_FILE,
+    map_path=None,
+    channel_columns=None,
+) -> ImageIndex:
     """The generic index CSV at ``data`` (a folder holding ``name``, or the CSV) as an
     :class:`ImageIndex`: metadata (``META_COLUMNS``, then the CSV's other columns), the file
     paths of every row (relative paths are relative to the CSV's folder) and the problems of
@@ -205,28 +219,50 @@ def read_index(data, renames: dict | None = None, channels=None, strip_channels=
 
     for field, column in (("source", found["source"]), ("plate", found["plate"])):
         for row in np.flatnonzero(empty_values(table, column)):
-            problems.append(Problem("error", "missing-value",
-                                    f"{origins[row]}, column {column}: empty {field}",
-                                    source_of(row), row))
+            problems.append(
+                Problem(
+                    "error",
+                    "missing-value",
+                    f"{origins[row]}, column {column}: empty {field}",
+                    source_of(row),
+                    row,
+                )
+            )
     if found["batch"] is None:
         meta["batch"] = meta["plate"]
-        problems.append(Problem("warning", "missing-column",
-                                f"{csv}: no batch column (looked for {', '.join(FIELDS['batch'])}): "
-                                f"each plate is taken as its own batch"))
+        problems.append(
+            Problem(
+                "warning",
+                "missing-column",
+                f"{csv}: no batch column (looked for {', '.join(FIELDS['batch'])}): "
+                f"each plate is taken as its own batch",
+            )
+        )
     else:
         empty = empty_values(table, found["batch"]) & ~empty_values(table, found["plate"])
         if empty.any():
             meta.loc[empty, "batch"] = meta.loc[empty, "plate"]
-            problems.append(Problem("warning", "missing-value",
-                                    f"{csv}, column {found['batch']}: {int(empty.sum())} empty "
-                                    f"batch value(s) (first at row {np.flatnonzero(empty)[0] + 2}): "
-                                    f"their plate is taken as the batch"))
-    for field, consequence in (("compound", "cross-batch pairs fall back to the image itself"),
-                               ("label", "every image is unlabelled")):
+            problems.append(
+                Problem(
+                    "warning",
+                    "missing-value",
+                    f"{csv}, column {found['batch']}: {int(empty.sum())} empty "
+                    f"batch value(s) (first at row {np.flatnonzero(empty)[0] + 2}): "
+                    f"their plate is taken as the batch",
+                )
+            )
+    for field, consequence in (
+        ("compound", "cross-batch pairs fall back to the image itself"),
+        ("label", "every image is unlabelled"),
+    ):
         if found[field] is None:
-            problems.append(Problem("warning", "missing-column",
-                                    f"{csv}: no {field} column (looked for "
-                                    f"{', '.join(FIELDS[field])}): {consequence}"))
+            problems.append(
+                Problem(
+                    "warning",
+                    "missing-column",
+                    f"{csv}: no {field} column (looked for {', '.join(FIELDS[field])}): {consequence}",
+                )
+            )
     if found["well"] is None:
         meta["well"] = ""
     for field in ("site", "inchikey"):
@@ -245,14 +281,19 @@ def read_index(data, renames: dict | None = None, channels=None, strip_channels=
         for position, column_values in enumerate(values):
             value = column_values[row]
             if not isinstance(value, str) or not value.strip():
-                problems.append(Problem("error", "missing-value", f"{origins[row]}, column "
-                                        f"{path_columns[position]}: no image path",
-                                        source_of(row), row))
+                problems.append(
+                    Problem(
+                        "error",
+                        "missing-value",
+                        f"{origins[row]}, column {path_columns[position]}: no image path",
+                        source_of(row),
+                        row,
+                    )
+                )
                 paths.append("")
                 continue
             value = map_path(value.strip())
-            paths.append(value if "://" in value or os.path.isabs(value)
-                         else os.path.join(base, value))
+            paths.append(value if "://" in value or os.path.isabs(value) else os.path.join(base, value))
         files.append(tuple(paths))
     return ImageIndex(meta, files, plan, origins, None, problems)
 
@@ -263,44 +304,55 @@ def _plan(csv, found, channel_columns, channels, strip_channels, path_renamed):
         try:
             strip_channels = int(strip_channels)
         except (TypeError, ValueError):
-            raise UsageError(f"dataset option 'strip_channels' must be an integer, got "
-                             f"{strip_channels!r}") from None
+            raise UsageError(
+                f"dataset option 'strip_channels' must be an integer, got {strip_channels!r}"
+            ) from None
     else:
         strip_channels = None
     if channels is not None and not isinstance(channels, list | tuple):
         channels = [channels]
     if channel_columns and not path_renamed:
         if strip_channels:
-            raise UsageError(f"{csv}: 'strip_channels' reads one file per image, but the index "
-                             f"has one column per channel ({', '.join(channel_columns)})")
-        names = [c[len(CHANNEL_PREFIX):] for c in channel_columns]
+            raise UsageError(
+                f"{csv}: 'strip_channels' reads one file per image, but the index "
+                f"has one column per channel ({', '.join(channel_columns)})"
+            )
+        names = [c[len(CHANNEL_PREFIX) :] for c in channel_columns]
         chosen = channel_columns
         if channels:
             chosen = []
             for item in channels:
                 if isinstance(item, int) and not isinstance(item, bool):
                     if not 0 <= item < len(channel_columns):
-                        raise UsageError(f"dataset option 'channels': position {item} is out of "
-                                         f"range for {len(channel_columns)} channel columns")
+                        raise UsageError(
+                            f"dataset option 'channels': position {item} is out of "
+                            f"range for {len(channel_columns)} channel columns"
+                        )
                     chosen.append(channel_columns[item])
                 elif str(item) in names:
                     chosen.append(CHANNEL_PREFIX + str(item))
                 elif str(item) in channel_columns:
                     chosen.append(str(item))
                 else:
-                    raise UsageError(f"dataset option 'channels': no channel '{item}' in {csv}; "
-                                     f"its channels are {', '.join(names)}")
+                    raise UsageError(
+                        f"dataset option 'channels': no channel '{item}' in {csv}; "
+                        f"its channels are {', '.join(names)}"
+                    )
         return ReadPlan("channels", None, None, tuple(chosen)), list(chosen)
     if found["path"] is None:
-        raise UsageError(f"{csv} has no image path column: name it 'path' (one file per image) "
-                         f"or 'path_<CHANNEL>' (one file per channel), or rename yours with "
-                         f"--set dataset.columns='{{\"path\": \"COLUMN\"}}'")
+        raise UsageError(
+            f"{csv} has no image path column: name it 'path' (one file per image) "
+            f"or 'path_<CHANNEL>' (one file per channel), or rename yours with "
+            f'--set dataset.columns=\'{{"path": "COLUMN"}}\''
+        )
     select = None
     if channels:
         select = channel_positions(
-            channels, f"dataset option 'channels': {channels!r}: with one file per image, "
-                      f"channels are chosen by position (0, 1, ...)",
-            "dataset option 'channels': positions count from 0")
+            channels,
+            f"dataset option 'channels': {channels!r}: with one file per image, "
+            f"channels are chosen by position (0, 1, ...)",
+            "dataset option 'channels': positions count from 0",
+        )
     layout = "strip" if strip_channels else "file"
     return ReadPlan(layout, strip_channels, select, (found["path"],)), [found["path"]]
 

@@ -122,10 +122,14 @@ def split_strip(array: np.ndarray, tiles: int | None) -> np.ndarray:
     if not n or width % n:
         raise ImageError(
             f"cannot split a {height}×{width} strip into "
-            + (f"{tiles} equal tiles" if tiles else "square tiles (width is not a multiple of "
-               "height); set dataset.strip_channels"))
+            + (
+                f"{tiles} equal tiles"
+                if tiles
+                else "square tiles (width is not a multiple of height); set dataset.strip_channels"
+            )
+        )
     step = width // n
-    return np.concatenate([array[:, :, i * step:(i + 1) * step] for i in range(n)], axis=0)
+    return np.concatenate([array[:, :, i * step : (i + 1) * step] for i in range(n)], axis=0)
 
 
 def probe(path) -> tuple[int, int, int]:
@@ -143,8 +147,10 @@ def probe(path) -> tuple[int, int, int]:
                 for page in pages:
                     ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts)]
                     if not ends or max(ends) > size:
-                        raise ImageError(f"the file is truncated ({size} bytes; its image data "
-                                         f"needs {max(ends) if ends else '?'})")
+                        raise ImageError(
+                            f"the file is truncated ({size} bytes; its image data "
+                            f"needs {max(ends) if ends else '?'})"
+                        )
                 shape = first.shape
                 if len(shape) == 3 and first.axes.endswith("S"):
                     return shape[2], shape[0], shape[1]
@@ -155,8 +161,11 @@ def probe(path) -> tuple[int, int, int]:
         if suffix in PNG_SUFFIXES or suffix in OTHER_PIL_SUFFIXES:
             with Image.open(path) as image:
                 width, height = image.size
-                bands = len(image.getbands()) if image.mode not in ("P", "RGBA", "LA", "PA") else (
-                    3 if image.mode in ("P", "RGBA") else 1)
+                bands = (
+                    len(image.getbands())
+                    if image.mode not in ("P", "RGBA", "LA", "PA")
+                    else (3 if image.mode in ("P", "RGBA") else 1)
+                )
                 if suffix in PNG_SUFFIXES:
                     image.verify()
             return bands, height, width
@@ -174,5 +183,4 @@ def probe(path) -> tuple[int, int, int]:
 
 def unsupported_type(suffix: str) -> ImageError:
     """The error for a file type no reader handles, naming the ones that are."""
-    return ImageError(f"unsupported image type '{suffix or 'no suffix'}' "
-                      "(use .tif/.tiff, .png or .npy)")
+    return ImageError(f"unsupported image type '{suffix or 'no suffix'}' (use .tif/.tiff, .png or .npy)")

@@ -50,8 +50,9 @@ def _pair(name: str, value) -> tuple[int, int] | None:
     try:
         height, width = (int(v) for v in value)
     except (TypeError, ValueError):
-        raise UsageError(f"dataset option '{name}' must be a size in pixels (64) or "
-                         f"[height, width], got {value!r}") from None
+        raise UsageError(
+            f"dataset option '{name}' must be a size in pixels (64) or [height, width], got {value!r}"
+        ) from None
     if height < 1 or width < 1:
         raise UsageError(f"dataset option '{name}' must be positive, got {value!r}")
     return height, width
@@ -69,8 +70,9 @@ class Preprocess:
     norm_sample: int = 64
 
     @classmethod
-    def from_options(cls, crop=None, tile=None, resize=None, clip=None, normalise="none",
-                     norm_sample=64) -> Preprocess:
+    def from_options(
+        cls, crop=None, tile=None, resize=None, clip=None, normalise="none", norm_sample=64
+    ) -> Preprocess:
         crop, tile, resize = _pair("crop", crop), _pair("tile", tile), _pair("resize", resize)
         if crop and tile:
             raise UsageError("dataset options 'crop' and 'tile' exclude each other: give one")
@@ -80,8 +82,9 @@ class Preprocess:
             try:
                 low, high = (float(v) for v in clip)
             except (TypeError, ValueError):
-                raise UsageError(f"dataset option 'clip' must be [low, high] percentiles, e.g. "
-                                 f"[0.1, 99.9], got {clip!r}") from None
+                raise UsageError(
+                    f"dataset option 'clip' must be [low, high] percentiles, e.g. [0.1, 99.9], got {clip!r}"
+                ) from None
             if not 0 <= low < high <= 100:
                 raise UsageError(f"dataset option 'clip' needs 0 <= low < high <= 100, got {clip!r}")
             clip = (low, high)
@@ -89,8 +92,9 @@ class Preprocess:
             clip = None
         normalise = str(normalise or "none").lower()
         if normalise not in NORMALISATIONS:
-            raise UsageError(f"dataset option 'normalise' must be one of {', '.join(NORMALISATIONS)}"
-                             f", got '{normalise}'")
+            raise UsageError(
+                f"dataset option 'normalise' must be one of {', '.join(NORMALISATIONS)}, got '{normalise}'"
+            )
         try:
             norm_sample = int(norm_sample)
         except (TypeError, ValueError):
@@ -158,18 +162,30 @@ class FileImages:
     (rows, columns) when ``preprocess.tile`` is set.
     """
 
-    def __init__(self, files: Sequence[tuple[str, ...]], plan: ReadPlan,
-                 preprocess: Preprocess = Preprocess(), *, illum=None, groups=None,
-                 reference=None, origins=None, grid: tuple[int, int] | None = None,
-                 workers: int = 0, illum_cache: IllumCache | None = None):
+    def __init__(
+        self,
+        files: Sequence[tuple[str, ...]],
+        plan: ReadPlan,
+        preprocess: Preprocess = Preprocess(),
+        *,
+        illum=None,
+        groups=None,
+        reference=None,
+        origins=None,
+        grid: tuple[int, int] | None = None,
+        workers: int = 0,
+        illum_cache: IllumCache | None = None,
+    ):
         self.files = list(files)
         self.plan = plan
         self.preprocess = preprocess
         self.illum = list(illum) if illum is not None else None
-        self.groups = np.asarray(groups if groups is not None else [""] * len(self.files),
-                                 dtype=object)
-        self.reference = (np.asarray(reference, dtype=bool) if reference is not None
-                          else np.ones(len(self.files), dtype=bool))
+        self.groups = np.asarray(groups if groups is not None else [""] * len(self.files), dtype=object)
+        self.reference = (
+            np.asarray(reference, dtype=bool)
+            if reference is not None
+            else np.ones(len(self.files), dtype=bool)
+        )
         self.origins = list(origins) if origins is not None else [""] * len(self.files)
         self.grid = grid if preprocess.tile else None
         self.per_row = self.grid[0] * self.grid[1] if self.grid else 1
@@ -205,11 +221,11 @@ class FileImages:
 
         def read(row: int) -> list[tuple[int, torch.Tensor]]:
             site = self.site(row)
-            return [(position, self._finish(self._prepared(site, tile), row))
-                    for position, tile in wanted[row]]
+            return [
+                (position, self._finish(self._prepared(site, tile), row)) for position, tile in wanted[row]
+            ]
 
-        if (len(wanted) >= PARALLEL_MIN and self.workers > 1
-                and (not self.auto_workers or self._large)):
+        if len(wanted) >= PARALLEL_MIN and self.workers > 1 and (not self.auto_workers or self._large):
             parts = list(_pool(self.workers).map(read, wanted))
         else:
             parts = [read(row) for row in wanted]
@@ -223,12 +239,16 @@ class FileImages:
             return torch.stack(samples)
         except RuntimeError:
             shapes = sorted({tuple(s.shape) for s in samples})
-            example = next(self.origins[row] for row, s in zip(rows, samples)
-                           if tuple(s.shape) != tuple(samples[0].shape))
+            example = next(
+                self.origins[row]
+                for row, s in zip(rows, samples)
+                if tuple(s.shape) != tuple(samples[0].shape)
+            )
             raise UsageError(
                 f"images of different sizes in one batch ({', '.join('×'.join(map(str, s)) for s in shapes)}"
                 f"; e.g. {example}): give them one size with --set dataset.resize=SIZE or "
-                f"dataset.crop=SIZE") from None
+                f"dataset.crop=SIZE"
+            ) from None
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -242,15 +262,16 @@ class FileImages:
                 array = read_array(path)
                 if self.plan.layout == "channels" and array.shape[0] != 1:
                     if not all(np.array_equal(array[0], a) for a in array[1:]):
-                        raise ImageError(f"expected a single-channel image, found "
-                                         f"{array.shape[0]} channels")
+                        raise ImageError(f"expected a single-channel image, found {array.shape[0]} channels")
                     array = array[:1]
                 if self.plan.layout == "strip":
                     array = split_strip(array, self.plan.strip_tiles)
             except ImageError as error:
-                raise UsageError(f"{self._where(row, position)}: cannot read image '{path}': "
-                                 f"{error}. List every bad file with `hcibench data check`; skip "
-                                 f"them with --set dataset.on_error=skip") from None
+                raise UsageError(
+                    f"{self._where(row, position)}: cannot read image '{path}': "
+                    f"{error}. List every bad file with `hcibench data check`; skip "
+                    f"them with --set dataset.on_error=skip"
+                ) from None
             unit = to_unit(array)
             if function is not None:
                 unit = self._correct(array, function, row, position)
@@ -261,7 +282,8 @@ class FileImages:
             if max(self.plan.select) >= image.shape[0]:
                 raise UsageError(
                     f"{self._where(row, 0)}: channel {max(self.plan.select)} selected but "
-                    f"'{files[0]}' has {image.shape[0]} channel(s) (channels count from 0)")
+                    f"'{files[0]}' has {image.shape[0]} channel(s) (channels count from 0)"
+                )
             image = image[list(self.plan.select)]
         return np.ascontiguousarray(image, dtype=np.float32)
 
@@ -269,12 +291,15 @@ class FileImages:
         try:
             illum = self.illum_cache.get(function)
         except (OSError, ValueError) as error:
-            raise UsageError(f"{self._where(row, position)}: cannot read illumination function "
-                             f"'{function}': {error}") from None
+            raise UsageError(
+                f"{self._where(row, position)}: cannot read illumination function '{function}': {error}"
+            ) from None
         if illum.shape[-2:] != array.shape[-2:]:
-            raise UsageError(f"{self._where(row, position)}: illumination function '{function}' "
-                             f"is {illum.shape[-2]}×{illum.shape[-1]} but the image is "
-                             f"{array.shape[-2]}×{array.shape[-1]}")
+            raise UsageError(
+                f"{self._where(row, position)}: illumination function '{function}' "
+                f"is {illum.shape[-2]}×{illum.shape[-1]} but the image is "
+                f"{array.shape[-2]}×{array.shape[-1]}"
+            )
         corrected = array.astype(np.float32) / np.maximum(illum, np.float32(1e-6))
         scale = np.iinfo(array.dtype).max if array.dtype.kind in "iu" else 1
         return corrected / np.float32(scale)
@@ -296,8 +321,9 @@ class FileImages:
         elif pre.tile:
             x = _tile(x, pre.tile, self.grid, tile)
         if pre.resize and tuple(x.shape[-2:]) != pre.resize:
-            x = F.interpolate(x[None], size=pre.resize, mode="bilinear", align_corners=False,
-                              antialias=True)[0]
+            x = F.interpolate(x[None], size=pre.resize, mode="bilinear", align_corners=False, antialias=True)[
+                0
+            ]
         if pre.clip:
             x = _clip(x, pre.clip)
         return x
@@ -320,11 +346,11 @@ class FileImages:
         if len(reference) == 0:  # no control well on the plate: all its wells
             reference = rows
         samples = np.repeat(reference * self.per_row, self.per_row) + np.tile(
-            np.arange(self.per_row), len(reference))
+            np.arange(self.per_row), len(reference)
+        )
         count = min(self.preprocess.norm_sample, len(samples))
         chosen = samples[np.linspace(0, len(samples) - 1, count).round().astype(np.int64)]
-        images = [self._prepared(self.site(int(s) // self.per_row), int(s) % self.per_row)
-                  for s in chosen]
+        images = [self._prepared(self.site(int(s) // self.per_row), int(s) % self.per_row) for s in chosen]
         stacked = torch.stack(images).transpose(0, 1).reshape(images[0].shape[0], -1).double()
         mean = stacked.mean(dim=1).float()[:, None, None]
         std = stacked.std(dim=1).float().clamp_min(1e-6)[:, None, None]
@@ -337,18 +363,19 @@ def _centre_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     height, width = size
     h, w = x.shape[-2:]
     if h < height or w < width:
-        raise UsageError(f"cannot crop {height}×{width} from a {h}×{w} image: choose a smaller "
-                         f"dataset.crop or resize first")
+        raise UsageError(
+            f"cannot crop {height}×{width} from a {h}×{w} image: choose a smaller "
+            f"dataset.crop or resize first"
+        )
     top, left = (h - height) // 2, (w - width) // 2
-    return x[:, top:top + height, left:left + width]
+    return x[:, top : top + height, left : left + width]
 
 
 def tile_grid(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]:
     """Rows and columns of whole ``size`` tiles that fit an image (the remainder is dropped)."""
     rows, columns = height // size[0], width // size[1]
     if rows < 1 or columns < 1:
-        raise UsageError(f"dataset.tile {size[0]}×{size[1]} is larger than the "
-                         f"{height}×{width} images")
+        raise UsageError(f"dataset.tile {size[0]}×{size[1]} is larger than the {height}×{width} images")
     return rows, columns
 
 
@@ -357,9 +384,11 @@ def _tile(x: torch.Tensor, size: tuple[int, int], grid, index: int) -> torch.Ten
     row, column = divmod(index, columns)
     h, w = x.shape[-2:]
     if (row + 1) * size[0] > h or (column + 1) * size[1] > w:
-        raise UsageError(f"a {h}×{w} image holds no tile {index} of {size[0]}×{size[1]} "
-                         f"(the first image held {rows}×{columns}): images differ in size")
-    return x[:, row * size[0]:(row + 1) * size[0], column * size[1]:(column + 1) * size[1]]
+        raise UsageError(
+            f"a {h}×{w} image holds no tile {index} of {size[0]}×{size[1]} "
+            f"(the first image held {rows}×{columns}): images differ in size"
+        )
+    return x[:, row * size[0] : (row + 1) * size[0], column * size[1] : (column + 1) * size[1]]
 
 
 def _clip(x: torch.Tensor, percentiles: tuple[float, float]) -> torch.Tensor:

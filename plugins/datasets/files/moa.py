@@ -47,17 +47,20 @@ def read_hub_table(path, required: list[str]) -> pd.DataFrame:
         raise UsageError(f"cannot read Drug Repurposing Hub file {path}: {error}") from None
     lines = [line for line in text.splitlines() if not line.startswith("!")]
     try:
-        table = pd.read_csv(io.StringIO("\n".join(lines)), sep="\t", dtype=str,
-                            keep_default_na=False, na_values=[""])
+        table = pd.read_csv(
+            io.StringIO("\n".join(lines)), sep="\t", dtype=str, keep_default_na=False, na_values=[""]
+        )
     except pd.errors.ParserError as error:
         raise UsageError(f"{path} is not a tab-separated Hub file: {error}") from None
     except pd.errors.EmptyDataError:
         raise UsageError(f"{path} is empty") from None
     missing = [c for c in required if c not in table.columns]
     if missing:
-        raise UsageError(f"{path} lacks the column(s) {', '.join(missing)} (found: "
-                         f"{', '.join(table.columns[:12])}); is it the Hub's "
-                         f"{'drugs' if 'moa' in required else 'samples'} file?")
+        raise UsageError(
+            f"{path} lacks the column(s) {', '.join(missing)} (found: "
+            f"{', '.join(table.columns[:12])}); is it the Hub's "
+            f"{'drugs' if 'moa' in required else 'samples'} file?"
+        )
     return table
 
 
@@ -72,8 +75,9 @@ def hub_moas(drugs, samples) -> tuple[dict[str, list[str]], pd.DataFrame]:
             values = [v.strip() for v in value.split("|")] if isinstance(value, str) else []
             moas[name.strip()] = [v for v in dict.fromkeys(values) if v]
     keys = sample_table[["InChIKey", "pert_iname"]].dropna()
-    keys = keys.assign(InChIKey=keys["InChIKey"].str.strip().str.upper(),
-                       pert_iname=keys["pert_iname"].str.strip())
+    keys = keys.assign(
+        InChIKey=keys["InChIKey"].str.strip().str.upper(), pert_iname=keys["pert_iname"].str.strip()
+    )
     return moas, keys.drop_duplicates()
 
 
@@ -82,16 +86,29 @@ def link_moa(inchikeys: pd.Series, drugs, samples, multi: str = "drop") -> tuple
     missing allowed). Returns (labels indexed like ``inchikeys``, missing where unlabelled;
     the counts of every decision)."""
     if multi not in MULTI_POLICIES:
-        raise UsageError(f"dataset option 'moa_multi' must be one of {', '.join(MULTI_POLICIES)}, "
-                         f"got '{multi}'")
+        raise UsageError(
+            f"dataset option 'moa_multi' must be one of {', '.join(MULTI_POLICIES)}, got '{multi}'"
+        )
     moas, keys = hub_moas(drugs, samples)
     by_key = keys.groupby("InChIKey")["pert_iname"].agg(list).to_dict()
-    by_block = keys.assign(block=keys["InChIKey"].str[:BLOCK]).groupby("block")[
-        "pert_iname"].agg(list).to_dict()
+    by_block = (
+        keys.assign(block=keys["InChIKey"].str[:BLOCK]).groupby("block")["pert_iname"].agg(list).to_dict()
+    )
 
-    counts = {"compounds": 0, "no_inchikey": 0, "matched_full": 0, "matched_block14": 0,
-              "unmatched": 0, "matched_without_moa": 0, "single_moa": 0, "several_moas": 0,
-              "several_moas_policy": multi, "labelled": 0, "unlabelled": 0, "classes": 0}
+    counts = {
+        "compounds": 0,
+        "no_inchikey": 0,
+        "matched_full": 0,
+        "matched_block14": 0,
+        "unmatched": 0,
+        "matched_without_moa": 0,
+        "single_moa": 0,
+        "several_moas": 0,
+        "several_moas_policy": multi,
+        "labelled": 0,
+        "unlabelled": 0,
+        "classes": 0,
+    }
     labels = {}
     for compound, key in inchikeys.items():
         counts["compounds"] += 1
@@ -133,10 +150,13 @@ def link_moa(inchikeys: pd.Series, drugs, samples, multi: str = "drop") -> tuple
 def describe(counts: dict) -> str:
     """One line for ``data check``: what happened to the compounds."""
     policy = {"drop": "dropped", "first": "first kept", "join": "joined"}.get(
-        counts.get("several_moas_policy"), "")
-    return (f"{counts['compounds']} compounds: {counts['matched_full']} matched by full "
-            f"InChIKey, {counts['matched_block14']} by its first 14 characters, "
-            f"{counts['unmatched']} not found, {counts['no_inchikey']} without InChIKey, "
-            f"{counts['matched_without_moa']} found without MoA; {counts['single_moa']} with one "
-            f"MoA, {counts['several_moas']} with several ({policy}); {counts['labelled']} "
-            f"labelled in {counts['classes']} classes")
+        counts.get("several_moas_policy"), ""
+    )
+    return (
+        f"{counts['compounds']} compounds: {counts['matched_full']} matched by full "
+        f"InChIKey, {counts['matched_block14']} by its first 14 characters, "
+        f"{counts['unmatched']} not found, {counts['no_inchikey']} without InChIKey, "
+        f"{counts['matched_without_moa']} found without MoA; {counts['single_moa']} with one "
+        f"MoA, {counts['several_moas']} with several ({policy}); {counts['labelled']} "
+        f"labelled in {counts['classes']} classes"
+    )

@@ -35,15 +35,19 @@ def scope_parameters(fe: nn.Module, scope: str, early_blocks: int = 1) -> set[st
     if scope == "all":
         return names
     if scope == "norm":
-        return {f"{module_name}.{name}" if module_name else name
-                for module_name, module in fe.named_modules() if isinstance(module, NORM_TYPES)
-                for name, _ in module.named_parameters(recurse=False)}
+        return {
+            f"{module_name}.{name}" if module_name else name
+            for module_name, module in fe.named_modules()
+            if isinstance(module, NORM_TYPES)
+            for name, _ in module.named_parameters(recurse=False)
+        }
     if scope == "early":
         if not hasattr(fe, "blocks") or not hasattr(fe, "patch_embed"):
-            raise UsageError("adapt.trainable=early needs a ViT feature extractor (patch "
-                             "embedding and blocks); use all or norm for this modality")
-        prefixes = ("patch_embed.", "pos_embed", "cls_token",
-                    *(f"blocks.{i}." for i in range(early_blocks)))
+            raise UsageError(
+                "adapt.trainable=early needs a ViT feature extractor (patch "
+                "embedding and blocks); use all or norm for this modality"
+            )
+        prefixes = ("patch_embed.", "pos_embed", "cls_token", *(f"blocks.{i}." for i in range(early_blocks)))
         return {name for name in names if name.startswith(prefixes)}
     raise UsageError(f"adapt.trainable must be one of {', '.join(SCOPES)}, not {scope!r}")
 
@@ -66,8 +70,9 @@ def block_of(name: str) -> str:
     return parts[0]
 
 
-def _squared_changes(start: dict[str, torch.Tensor],
-                     now: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
+def _squared_changes(
+    start: dict[str, torch.Tensor], now: dict[str, torch.Tensor]
+) -> dict[str, tuple[float, float]]:
     """Per block, (sum of squared changes, sum of squared start values) over the block's
     floating-point weights."""
     sums: dict[str, tuple[float, float]] = {}
@@ -105,8 +110,12 @@ class AdaptationMonitor:
     update) is the reference the later rows are compared with.
     """
 
-    def __init__(self, outputs: Callable[[nn.Module], tuple[torch.Tensor, torch.Tensor]],
-                 num_classes: int, cka_images: int = 512):
+    def __init__(
+        self,
+        outputs: Callable[[nn.Module], tuple[torch.Tensor, torch.Tensor]],
+        num_classes: int,
+        cka_images: int = 512,
+    ):
         self.outputs = outputs
         self.num_classes = num_classes
         self.cka_images = cka_images
@@ -159,11 +168,19 @@ class AdaptationMonitor:
 def token_moments(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-channel mean and std of FE outputs: for ViT tokens (N×T×D) the class token and the
     patch tokens separately; for one vector per sample (N×D) that vector."""
-    groups = {"cls": tokens[:, 0], "patch": tokens[:, 1:].reshape(-1, tokens.shape[-1])} \
-        if tokens.dim() == 3 else {"cls": tokens}
-    return {f"{name}_{stat}": value for name, group in groups.items()
-            for stat, value in (("mean", group.double().mean(0)),
-                                ("std", group.double().std(0, unbiased=False) + 1e-6))}
+    groups = (
+        {"cls": tokens[:, 0], "patch": tokens[:, 1:].reshape(-1, tokens.shape[-1])}
+        if tokens.dim() == 3
+        else {"cls": tokens}
+    )
+    return {
+        f"{name}_{stat}": value
+        for name, group in groups.items()
+        for stat, value in (
+            ("mean", group.double().mean(0)),
+            ("std", group.double().std(0, unbiased=False) + 1e-6),
+        )
+    }
 
 
 class AlignedFE(nn.Module):
@@ -175,16 +192,22 @@ class AlignedFE(nn.Module):
     puts their first two moments back where the task model expects them. Label-free: the
     moments are those of the source's training images and of the whole unlabelled target."""
 
-    def __init__(self, fe: nn.Module, source: dict[str, torch.Tensor],
-                 target: dict[str, torch.Tensor]):
+    def __init__(self, fe: nn.Module, source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]):
         super().__init__()
         self.fe = fe
         self.embed_dim = getattr(fe, "embed_dim", None)
         device = device_of(fe)
-        self.scale = {k: (source[f"{k}_std"] / target[f"{k}_std"]).float().to(device)
-                      for k in ("cls", "patch") if f"{k}_std" in source}
-        self.shift = {k: (source[f"{k}_mean"] - target[f"{k}_mean"] * source[f"{k}_std"]
-                          / target[f"{k}_std"]).float().to(device) for k in self.scale}
+        self.scale = {
+            k: (source[f"{k}_std"] / target[f"{k}_std"]).float().to(device)
+            for k in ("cls", "patch")
+            if f"{k}_std" in source
+        }
+        self.shift = {
+            k: (source[f"{k}_mean"] - target[f"{k}_mean"] * source[f"{k}_std"] / target[f"{k}_std"])
+            .float()
+            .to(device)
+            for k in self.scale
+        }
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.fe.forward_features(x)
@@ -202,8 +225,9 @@ def _block_moments(output: torch.Tensor) -> torch.Tensor:
     """Per channel mean and std of a block's tokens, class token and patch tokens apart:
     a 4×D tensor (cls mean, cls std, patch mean, patch std)."""
     cls, patches = output[:, 0], output[:, 1:].reshape(-1, output.shape[-1])
-    return torch.stack([cls.mean(0), cls.std(0, unbiased=False), patches.mean(0),
-                        patches.std(0, unbiased=False)])
+    return torch.stack(
+        [cls.mean(0), cls.std(0, unbiased=False), patches.mean(0), patches.std(0, unbiased=False)]
+    )
 
 
 class BlockOutputs:
@@ -211,8 +235,10 @@ class BlockOutputs:
 
     def __init__(self, fe: nn.Module):
         if not hasattr(fe, "blocks"):
-            raise UsageError("adapt.feature_alignment needs a ViT feature extractor (blocks); "
-                             "set it to 0 for this modality")
+            raise UsageError(
+                "adapt.feature_alignment needs a ViT feature extractor (blocks); "
+                "set it to 0 for this modality"
+            )
         self.outputs: list[torch.Tensor] = []
         self.capturing = False
         self.handles = [block.register_forward_hook(self._keep) for block in fe.blocks]

@@ -32,33 +32,46 @@ class DualModel(hcibench.Method):
         return dual.pretrain_fe(self.context, train, self.cross_batch, val)
 
     def adapt(self, part: hcibench.Domain) -> dict:
-        return dual.adapt_fe(self.context, part, self.fe_stage, self.fe_key, self.cross_batch,
-                             task=self.task, task_key=self.task_key, source=self.source)
+        return dual.adapt_fe(
+            self.context,
+            part,
+            self.fe_stage,
+            self.fe_key,
+            self.cross_batch,
+            task=self.task,
+            task_key=self.task_key,
+            source=self.source,
+        )
 
     # The names and keys of the stages above, from the settings alone (for ``stages``).
     def pretrain_stage(self) -> tuple[str, dict]:
         return dual.fe_stage(self.context, self.cross_batch)
 
-    def adapt_stage(self, part: hcibench.Domain, fe_key: dict, monitor_task_key: dict | None,
-                    source_n: int) -> tuple[str, dict]:
-        return dual.adapt_stage(self.context, part, fe_key, self.cross_batch, monitor_task_key,
-                                source_n)
+    def adapt_stage(
+        self, part: hcibench.Domain, fe_key: dict, monitor_task_key: dict | None, source_n: int
+    ) -> tuple[str, dict]:
+        return dual.adapt_stage(self.context, part, fe_key, self.cross_batch, monitor_task_key, source_n)
 
     def stages(self, train, val, targets):
         """Step 1, step 2 and, for a method that adapts, step 3 on each target part."""
         fe_name, fe_key = self.pretrain_stage()
         fe = hcibench.StageSpec(fe_name, fe_key, lambda: self.pretrain(train, val))
-        task = hcibench.StageSpec(*dual.task_stage(self.context, fe_key),
-                                  lambda: self.fit(train, val), needs=[fe])
+        task = hcibench.StageSpec(
+            *dual.task_stage(self.context, fe_key), lambda: self.fit(train, val), needs=[fe]
+        )
         specs = [fe, task]
         if not self.adapts:
             return specs
         monitor = dual.task_key(self.config, fe_key) if self.config["adapt"].get("monitor") else None
         for target in targets:
             for part in self.parts(target).values():
-                specs.append(hcibench.StageSpec(
-                    *self.adapt_stage(part, fe_key, monitor, len(train)),
-                    lambda part=part: (self.fit(train, val), self.adapt(part)), needs=[task]))
+                specs.append(
+                    hcibench.StageSpec(
+                        *self.adapt_stage(part, fe_key, monitor, len(train)),
+                        lambda part=part: (self.fit(train, val), self.adapt(part)),
+                        needs=[task],
+                    )
+                )
         return specs
 
     def parts(self, target: hcibench.Domain) -> dict[str, hcibench.Domain]:
@@ -66,8 +79,10 @@ class DualModel(hcibench.Method):
         granularity = self.config["adapt"]["granularity"]
         if granularity == "source":
             return {target.name: target}
-        return {name: target.subset(positions, f"{target.name}/{name}")
-                for name, positions in target.positions_by(granularity).items()}
+        return {
+            name: target.subset(positions, f"{target.name}/{name}")
+            for name, positions in target.positions_by(granularity).items()
+        }
 
     def fit(self, train: hcibench.Domain, val: hcibench.Domain) -> None:
         self.channels = train.images[0].shape[0]
@@ -77,14 +92,18 @@ class DualModel(hcibench.Method):
         self.task_key = dual.task_key(self.config, self.fe_key)
         device = self.context.device
         self.fe = dual.load_fe(self.config, self.channels, self.fe_stage, device)
-        self.task = dual.load_task(self.config, self.fe.embed_dim, len(train.classes),
-                                   task_stage["state"], device)
+        self.task = dual.load_task(
+            self.config, self.fe.embed_dim, len(train.classes), task_stage["state"], device
+        )
         # Moments of what the task model was trained on: the step-1 FE on the source.
-        self.source_moments = (dual.fe_moments(self.config, self.fe, train)
-                               if self.config["adapt"].get("align_tokens") else None)
-        self.info = {"fe_pairs": self.fe_stage["stats"].get("pairs"),
-                     "fe_collapsed_from_epoch": self.fe_stage["stats"].get("collapsed_from_epoch"),
-                     "task_val_accuracy": task_stage["val_accuracy"]}
+        self.source_moments = (
+            dual.fe_moments(self.config, self.fe, train) if self.config["adapt"].get("align_tokens") else None
+        )
+        self.info = {
+            "fe_pairs": self.fe_stage["stats"].get("pairs"),
+            "fe_collapsed_from_epoch": self.fe_stage["stats"].get("collapsed_from_epoch"),
+            "task_val_accuracy": task_stage["val_accuracy"],
+        }
         if "selected_epoch" in self.fe_stage["stats"]:  # dino.select=knn
             self.info["fe_selected_epoch"] = self.fe_stage["stats"]["selected_epoch"]
 
@@ -99,8 +118,11 @@ class DualModel(hcibench.Method):
         """Adapt one FE per target part (the whole source, each batch or each plate)."""
         granularity = self.config["adapt"]["granularity"]
         eval_on = self.config["adapt"]["eval_on"]
-        groups = ({target.name: np.arange(len(target))} if granularity == "source"
-                  else target.positions_by(granularity))
+        groups = (
+            {target.name: np.arange(len(target))}
+            if granularity == "source"
+            else target.positions_by(granularity)
+        )
         parts = self.parts(target)
         logits = torch.empty(len(target), len(target.classes))
         embeddings = None
@@ -109,35 +131,40 @@ class DualModel(hcibench.Method):
         for name, positions in groups.items():
             part = parts[name]
             adapted = self.adapt(part)
-            fe = dual.aligned(self.config, dual.load_fe(self.config, self.channels, adapted,
-                                                        self.context.device),
-                              self.source_moments, part)
-            part_logits, part_embeddings = dual.predict_with_embeddings(self.config, fe,
-                                                                        self.task, part)
+            fe = dual.aligned(
+                self.config,
+                dual.load_fe(self.config, self.channels, adapted, self.context.device),
+                self.source_moments,
+                part,
+            )
+            part_logits, part_embeddings = dual.predict_with_embeddings(self.config, fe, self.task, part)
             if embeddings is None:
                 embeddings = torch.empty(len(target), part_embeddings.shape[1])
             logits[torch.as_tensor(positions)] = part_logits
             embeddings[torch.as_tensor(positions)] = part_embeddings
             if eval_on == "full" and granularity != "source":
                 # Figure 4 of the paper: a part's FE scored on the whole target.
-                variants[f"{granularity}={name}"] = dual.predict(self.config, fe, self.task,
-                                                                 target)
+                variants[f"{granularity}={name}"] = dual.predict(self.config, fe, self.task, target)
             monitor = adapted.get("monitor") or {}
             for epoch, part_epoch_logits in enumerate(monitor.get("epoch_logits", [])):
                 if epoch == len(epoch_logits):
                     epoch_logits.append(torch.zeros(len(target), len(target.classes)))
                 epoch_logits[epoch][torch.as_tensor(positions)] = part_epoch_logits
-            adaptations.append({"part": part.name, "images": len(part),
-                                "pairs": adapted["stats"].get("pairs"),
-                                "loss": adapted["stats"].get("loss"),
-                                "collapsed_from_epoch": adapted["stats"].get("collapsed_from_epoch"),
-                                "diagnostics": _diagnostics(adapted)})
+            adaptations.append(
+                {
+                    "part": part.name,
+                    "images": len(part),
+                    "pairs": adapted["stats"].get("pairs"),
+                    "loss": adapted["stats"].get("loss"),
+                    "collapsed_from_epoch": adapted["stats"].get("collapsed_from_epoch"),
+                    "diagnostics": _diagnostics(adapted),
+                }
+            )
         # The oracle curve: target accuracy after each adaptation epoch, scored by the runner
         # for analysis only (nothing chooses a setting or an epoch from it).
         for epoch, part_logits in enumerate(epoch_logits):
             variants[f"{ORACLE_EPOCH}={epoch}"] = part_logits
-        info = {**self.info, "granularity": granularity, "eval_on": eval_on,
-                "adaptations": adaptations}
+        info = {**self.info, "granularity": granularity, "eval_on": eval_on, "adaptations": adaptations}
         return hcibench.Prediction(logits, variants=variants, info=info, embeddings=embeddings)
 
 
@@ -150,10 +177,13 @@ def _diagnostics(adapted: dict) -> dict:
     before any update)."""
     stats = adapted["stats"]
     monitor = adapted.get("monitor") or {}
-    return {"loss": stats.get("epoch_losses"), "target_entropy": stats.get("target_entropy"),
-            "target_usage": stats.get("target_usage"),
-            "feature_alignment_loss": stats.get("extra_losses"),
-            "epochs": monitor.get("diagnostics", [])}
+    return {
+        "loss": stats.get("epoch_losses"),
+        "target_entropy": stats.get("target_entropy"),
+        "target_usage": stats.get("target_usage"),
+        "feature_alignment_loss": stats.get("extra_losses"),
+        "epochs": monitor.get("diagnostics", []),
+    }
 
 
 class DualDino(DualModel):

@@ -22,8 +22,9 @@ class DualMAE(DualModel):
         return dual_mae.pretrain_mae(self.context, train)
 
     def adapt(self, part):
-        return dual_mae.adapt_mae(self.context, part, self.fe_stage, self.fe_key,
-                                  task=self.task, task_key=self.task_key)
+        return dual_mae.adapt_mae(
+            self.context, part, self.fe_stage, self.fe_key, task=self.task, task_key=self.task_key
+        )
 
     def pretrain_stage(self):
         return dual_mae.mae_fe_stage(self.context)
@@ -40,8 +41,7 @@ class ODAMAE(DualMAE):
 
 class TTT(DualMAE):
     name = "ttt"
-    description = ("test-time training: the dual-mae FE adapted with MAE on each test image "
-                   "alone, then reset")
+    description = "test-time training: the dual-mae FE adapted with MAE on each test image alone, then reset"
 
     @classmethod
     def default_settings(cls, preset: str) -> dict:
@@ -50,15 +50,26 @@ class TTT(DualMAE):
 
     def predict(self, target: hcibench.Domain) -> hcibench.Prediction:
         settings = from_section(TTTSettings, self.config[self.name])
-        model = dual_mae.build_mae(self.config, self.channels,
-                                   dual_mae.mae_settings(self.config["mae"]), self.fe_stage)
+        model = dual_mae.build_mae(
+            self.config, self.channels, dual_mae.mae_settings(self.config["mae"]), self.fe_stage
+        )
         model.to(self.context.device)
         model.decoder.requires_grad_(False)  # only the encoder adapts at test time
         images = (x for x, _, _ in target.batches(settings.chunk))
-        output = ttt_predict(model, self.task, images, settings, self.config["input_size"],
-                             seed=self.context.seed, progress=self.context.progress,
-                             total=-(-len(target) // settings.chunk))
+        output = ttt_predict(
+            model,
+            self.task,
+            images,
+            settings,
+            self.config["input_size"],
+            seed=self.context.seed,
+            progress=self.context.progress,
+            total=-(-len(target) // settings.chunk),
+        )
         variants = {f"steps={k}": logits for k, logits in enumerate(output.logits)}
-        return hcibench.Prediction(output.logits[-1], variants=variants,
-                                   info={**self.info, "ttt": asdict(settings)},
-                                   embeddings=output.embeddings)
+        return hcibench.Prediction(
+            output.logits[-1],
+            variants=variants,
+            info={**self.info, "ttt": asdict(settings)},
+            embeddings=output.embeddings,
+        )

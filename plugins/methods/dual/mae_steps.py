@@ -26,14 +26,14 @@ def mae_settings(section: dict, **changes) -> MaeSettings:
     return from_section(MaeSettings, section, **changes)
 
 
-def build_mae(config: dict, channels: int, settings: MaeSettings,
-              init: dict | None = None) -> MaskedAutoencoder | ProfileMAE:
+def build_mae(
+    config: dict, channels: int, settings: MaeSettings, init: dict | None = None
+) -> MaskedAutoencoder | ProfileMAE:
     """Encoder (the run's FE) + decoder; for profiles ``decoder_dim`` and ``decoder_depth`` size
     the MLP decoder."""
     encoder = create_backbone(config, channels)
     if is_profile(config):
-        decoder = ProfileDecoder(encoder.embed_dim, channels, settings.decoder_dim,
-                                 settings.decoder_depth)
+        decoder = ProfileDecoder(encoder.embed_dim, channels, settings.decoder_dim, settings.decoder_depth)
         model = ProfileMAE(encoder, decoder, settings.mask_ratio)
     else:
         model = MaskedAutoencoder(encoder, build_decoder(encoder, settings, channels), settings)
@@ -43,8 +43,7 @@ def build_mae(config: dict, channels: int, settings: MaeSettings,
     return model
 
 
-def _run_mae(config, channels, domain, settings, context, init, description,
-             watch=None) -> dict:
+def _run_mae(config, channels, domain, settings, context, init, description, watch=None) -> dict:
     """MAE from ``init`` (or random weights); ``watch(fe) -> (logits, tokens)`` turns on the
     adaptation monitor of the encoder (see :class:`adaptation.AdaptationMonitor`)."""
     model = build_mae(config, channels, settings, init).to(context.device)
@@ -57,11 +56,24 @@ def _run_mae(config, channels, domain, settings, context, init, description,
             monitor.record(epoch, model.encoder)
 
     generator = torch.Generator().manual_seed(context.seed)
-    stats = train_mae(model, domain, settings, config["input_size"], context.progress, generator,
-                      description, on_epoch=on_epoch, precision=context.precision,
-                      keep_with_checkpoint={"monitor": monitor} if monitor else None)
-    result = {"encoder": cpu_state(model.encoder), "decoder": cpu_state(model.decoder),
-              "predictor": "encoder", "stats": stats}
+    stats = train_mae(
+        model,
+        domain,
+        settings,
+        config["input_size"],
+        context.progress,
+        generator,
+        description,
+        on_epoch=on_epoch,
+        precision=context.precision,
+        keep_with_checkpoint={"monitor": monitor} if monitor else None,
+    )
+    result = {
+        "encoder": cpu_state(model.encoder),
+        "decoder": cpu_state(model.decoder),
+        "predictor": "encoder",
+        "stats": stats,
+    }
     if monitor is not None:
         result["monitor"] = monitor.result()
     return result
@@ -70,8 +82,12 @@ def _run_mae(config, channels, domain, settings, context, init, description,
 def mae_fe_stage(context: Context) -> tuple[str, dict]:
     """Step 1's stage name and key."""
     config = context.config
-    return "fe-mae", {"backbone": backbone_settings(config), "mae": asdict(mae_settings(config["mae"])),
-                      "input_size": config["input_size"], **precision_key(context.precision)}
+    return "fe-mae", {
+        "backbone": backbone_settings(config),
+        "mae": asdict(mae_settings(config["mae"])),
+        "input_size": config["input_size"],
+        **precision_key(context.precision),
+    }
 
 
 def mae_adapt_settings(config: dict) -> MaeSettings:
@@ -81,11 +97,17 @@ def mae_adapt_settings(config: dict) -> MaeSettings:
     return mae_settings(config["mae"], **{**config["adapt"], "lr": lr})
 
 
-def mae_adapt_stage(context: Context, target: Domain, fe_key: dict,
-                    monitor_task_key: dict | None) -> tuple[str, dict]:
+def mae_adapt_stage(
+    context: Context, target: Domain, fe_key: dict, monitor_task_key: dict | None
+) -> tuple[str, dict]:
     """Step 3's stage name and key for one target (part)."""
-    key = {"fe": fe_key, "adapt": asdict(mae_adapt_settings(context.config)),
-           "target": target.name, "n": len(target), **precision_key(context.precision)}
+    key = {
+        "fe": fe_key,
+        "adapt": asdict(mae_adapt_settings(context.config)),
+        "target": target.name,
+        "n": len(target),
+        **precision_key(context.precision),
+    }
     if monitor_task_key is not None:
         key["monitor"] = {"task": monitor_task_key}
     return "adapt-mae", key
@@ -97,13 +119,17 @@ def pretrain_mae(context: Context, train: Domain) -> tuple[dict, dict]:
     settings = mae_settings(config["mae"])
     name, key = mae_fe_stage(context)
     channels = train.images[0].shape[0]
-    result = context.stage(name, key, lambda: _run_mae(
-        config, channels, train, settings, context, None, f"step 1 MAE {context.source}"))
+    result = context.stage(
+        name,
+        key,
+        lambda: _run_mae(config, channels, train, settings, context, None, f"step 1 MAE {context.source}"),
+    )
     return result, key
 
 
-def adapt_mae(context: Context, target: Domain, fe_state: dict, fe_key: dict,
-              task=None, task_key: dict | None = None) -> dict:
+def adapt_mae(
+    context: Context, target: Domain, fe_state: dict, fe_key: dict, task=None, task_key: dict | None = None
+) -> dict:
     """Step 3 of ODA-MAE: MAE on the whole unlabelled target, from the step-1 encoder+decoder.
     With ``task`` and ``adapt.monitor``, the stage keeps the label-free diagnostics and logits
     of every epoch, as the DINO adaptation does."""
@@ -114,9 +140,14 @@ def adapt_mae(context: Context, target: Domain, fe_state: dict, fe_key: dict,
     name, key = mae_adapt_stage(context, target, fe_key, task_key if watching else None)
     watch = None
     if watching:
+
         def watch(fe):
             return predict_with_embeddings(config, fe, task, target)
 
-    return context.stage(name, key, lambda: _run_mae(
-        config, channels, target, settings, context, fe_state, f"step 3 MAE on {target.name}",
-        watch))
+    return context.stage(
+        name,
+        key,
+        lambda: _run_mae(
+            config, channels, target, settings, context, fe_state, f"step 3 MAE on {target.name}", watch
+        ),
+    )

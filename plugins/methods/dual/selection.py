@@ -31,13 +31,18 @@ def embeddings(fe: nn.Module, domain: Domain, batch_size: int, input_size: int) 
         features = fe.forward_features(x)
         return features[:, 0] if features.dim() == 3 else features
 
-    return F.normalize(predict_logits(forward, domain, batch_size, input_size, device_of(fe))
-                       .float(), dim=1)
+    return F.normalize(predict_logits(forward, domain, batch_size, input_size, device_of(fe)).float(), dim=1)
 
 
-def knn_accuracy(train: torch.Tensor, train_labels: torch.Tensor, query: torch.Tensor,
-                 query_labels: torch.Tensor, num_classes: int, k: int = K,
-                 temperature: float = TEMPERATURE) -> float:
+def knn_accuracy(
+    train: torch.Tensor,
+    train_labels: torch.Tensor,
+    query: torch.Tensor,
+    query_labels: torch.Tensor,
+    num_classes: int,
+    k: int = K,
+    temperature: float = TEMPERATURE,
+) -> float:
     """Weighted k-NN accuracy of ``query`` against ``train`` (normalised embeddings); samples
     without a label (-1) take part on neither side."""
     known, asked = train_labels >= 0, query_labels >= 0
@@ -47,7 +52,8 @@ def knn_accuracy(train: torch.Tensor, train_labels: torch.Tensor, query: torch.T
         return float("nan")
     similarity, index = (query @ train.T).topk(min(k, len(train)), dim=1)
     votes = torch.zeros(len(query), num_classes).scatter_add_(
-        1, train_labels[index], (similarity / temperature).exp())
+        1, train_labels[index], (similarity / temperature).exp()
+    )
     return float((votes.argmax(1) == query_labels).float().mean())
 
 
@@ -56,8 +62,9 @@ class KnnSelection:
     (the first of equals); ``val`` must hold labelled samples. Kept with the stage's saved
     progress, so a resumed step 1 selects as an uninterrupted one does."""
 
-    def __init__(self, modules: dict[str, nn.Module], train: Domain, val: Domain,
-                 batch_size: int, input_size: int):
+    def __init__(
+        self, modules: dict[str, nn.Module], train: Domain, val: Domain, batch_size: int, input_size: int
+    ):
         self.modules, self.train, self.val = modules, train, val
         self.batch_size, self.input_size = batch_size, input_size
         self.curve: list[float] = []
@@ -65,10 +72,13 @@ class KnnSelection:
 
     def record(self, epoch: int) -> None:
         fe = self.modules["teacher"]
-        score = knn_accuracy(embeddings(fe, self.train, self.batch_size, self.input_size),
-                             self.train.labels, embeddings(fe, self.val, self.batch_size,
-                                                           self.input_size),
-                             self.val.labels, len(self.train.classes))
+        score = knn_accuracy(
+            embeddings(fe, self.train, self.batch_size, self.input_size),
+            self.train.labels,
+            embeddings(fe, self.val, self.batch_size, self.input_size),
+            self.val.labels,
+            len(self.train.classes),
+        )
         self.curve.append(score)
         if self.best_state is None or score > max(self.curve[:-1]):
             self.best_epoch = epoch
@@ -85,8 +95,11 @@ class KnnSelection:
         return {"knn_accuracy": list(self.curve), "selected_epoch": self.best_epoch}
 
     def state_dict(self) -> dict:
-        return {"curve": list(self.curve), "best_epoch": self.best_epoch,
-                "best_state": copy.deepcopy(self.best_state)}
+        return {
+            "curve": list(self.curve),
+            "best_epoch": self.best_epoch,
+            "best_state": copy.deepcopy(self.best_state),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.curve, self.best_epoch = list(state["curve"]), state["best_epoch"]

@@ -25,8 +25,15 @@ from hcibench.train.mae import MaeSettings
 # (adaptation.FeatureAlignment; 0: off, as in the paper), and where the DINO centre starts:
 # "zero" (the reference restarts it) or "source" (the step-1 teacher's mean output on the
 # source's training images, where step 1's moving average had brought it).
-ADAPT_SCOPE = {"trainable": "all", "early_blocks": 1, "predict_with": "teacher", "monitor": True,
-               "align_tokens": False, "feature_alignment": 0.0, "center": "zero"}
+ADAPT_SCOPE = {
+    "trainable": "all",
+    "early_blocks": 1,
+    "predict_with": "teacher",
+    "monitor": True,
+    "align_tokens": False,
+    "feature_alignment": 0.0,
+    "center": "zero",
+}
 # How step 3 meets the target: one FE per whole target ("source"), per batch or per plate, and
 # scored on its part ("subset") or, as the paper's Figure 4, on the whole target ("full").
 ADAPT_PARTS = {"granularity": "source", "eval_on": "subset"}
@@ -47,31 +54,76 @@ QUICK = {
     # (warmup_teacher_temp_epochs no longer changes anything, the temperature being constant.)
     "dino": {
         **_dino_defaults(),
-        "epochs": 15, "lr": 5e-4, "min_lr": 1e-5, "warmup_epochs": 2, "batch_size": 64,
-        "weight_decay": 0.04, "weight_decay_end": 0.1, "momentum_teacher": 0.99,
-        "n_local": 2, "global_size": 24, "local_size": 12, "head_hidden_dim": 256,
-        "head_bottleneck_dim": 64, "head_out_dim": 1024, "head_batch_norm": True,
-        "warmup_teacher_temp": 0.04, "teacher_temp": 0.04, "warmup_teacher_temp_epochs": 3,
-        "drop_path": 0.1, "pair_key": "batch", "clip_mode": "parameter", "select": "last",
+        "epochs": 15,
+        "lr": 5e-4,
+        "min_lr": 1e-5,
+        "warmup_epochs": 2,
+        "batch_size": 64,
+        "weight_decay": 0.04,
+        "weight_decay_end": 0.1,
+        "momentum_teacher": 0.99,
+        "n_local": 2,
+        "global_size": 24,
+        "local_size": 12,
+        "head_hidden_dim": 256,
+        "head_bottleneck_dim": 64,
+        "head_out_dim": 1024,
+        "head_batch_norm": True,
+        "warmup_teacher_temp": 0.04,
+        "teacher_temp": 0.04,
+        "warmup_teacher_temp_epochs": 3,
+        "drop_path": 0.1,
+        "pair_key": "batch",
+        "clip_mode": "parameter",
+        "select": "last",
     },
     # Step 2: the task model on the frozen FE.
     "task": {
-        "model": {"model": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4,
-                  "embed_dim": 128, "depth": 2, "num_heads": 4},
-        "epochs": 15, "batch_size": 64, "lr": 1e-3, "min_lr": 1e-5, "weight_decay": 0.05,
-        "warmup_epochs": 2, "patience": 3, "decay": 0.1, "cache_tokens": True,
+        "model": {
+            "model": "vit_tiny_patch16_224",
+            "img_size": 32,
+            "patch_size": 4,
+            "embed_dim": 128,
+            "depth": 2,
+            "num_heads": 4,
+        },
+        "epochs": 15,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "min_lr": 1e-5,
+        "weight_decay": 0.05,
+        "warmup_epochs": 2,
+        "patience": 3,
+        "decay": 0.1,
+        "cache_tokens": True,
     },
     # Step 1 with a masked autoencoder (Dual-model-MAE, ODA-MAE, TTT).
     "mae": {
-        "epochs": 30, "lr": 1e-3, "min_lr": 1e-5, "warmup_epochs": 3, "batch_size": 64,
-        "weight_decay": 0.05, "mask_ratio": 0.75, "norm_pix_loss": True,
-        "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 4,
+        "epochs": 30,
+        "lr": 1e-3,
+        "min_lr": 1e-5,
+        "warmup_epochs": 3,
+        "batch_size": 64,
+        "weight_decay": 0.05,
+        "mask_ratio": 0.75,
+        "norm_pix_loss": True,
+        "decoder_dim": 64,
+        "decoder_depth": 1,
+        "decoder_heads": 4,
         "adapt_lr": 1e-4,  # step 3 (ODA-MAE) unless adapt.lr is set
     },
     # Step 3: the step-1 objective on the target. Settings left at None are those of step 1.
-    "adapt": {"epochs": 5, "warmup_epochs": 1, "lr": None, "momentum_teacher": None,
-              "pair_key": None, "clip_mode": None, "clip_grad": None,
-              **ADAPT_SCOPE, **ADAPT_PARTS},
+    "adapt": {
+        "epochs": 5,
+        "warmup_epochs": 1,
+        "lr": None,
+        "momentum_teacher": None,
+        "pair_key": None,
+        "clip_mode": None,
+        "clip_grad": None,
+        **ADAPT_SCOPE,
+        **ADAPT_PARTS,
+    },
 }
 
 PAPER = {
@@ -80,13 +132,28 @@ PAPER = {
     "dino": {**_dino_defaults(), "select": "knn"},
     "task": {
         "model": {"model": "deit_small_patch16_224", "img_size": 224},
-        "epochs": 50, "batch_size": 128, "lr": 1e-4, "min_lr": 1e-7, "weight_decay": 0.05,
-        "warmup_epochs": 3, "patience": 3, "decay": 0.1, "cache_tokens": False,
+        "epochs": 50,
+        "batch_size": 128,
+        "lr": 1e-4,
+        "min_lr": 1e-7,
+        "weight_decay": 0.05,
+        "warmup_epochs": 3,
+        "patience": 3,
+        "decay": 0.1,
+        "cache_tokens": False,
     },
     "mae": {**asdict(MaeSettings()), "epochs": 300, "adapt_lr": None},
-    "adapt": {"epochs": 300, "warmup_epochs": 10, "lr": None, "momentum_teacher": None,
-              "pair_key": None, "clip_mode": None, "clip_grad": None,
-              **ADAPT_SCOPE, **ADAPT_PARTS},
+    "adapt": {
+        "epochs": 300,
+        "warmup_epochs": 10,
+        "lr": None,
+        "momentum_teacher": None,
+        "pair_key": None,
+        "clip_mode": None,
+        "clip_grad": None,
+        **ADAPT_SCOPE,
+        **ADAPT_PARTS,
+    },
 }
 
 SECTIONS = {"quick": QUICK, "paper": PAPER}

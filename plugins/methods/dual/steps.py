@@ -87,8 +87,10 @@ def _alignment(config, settings, student, source: Domain, weight: float, seed: i
     on the source's images under the first global view."""
     make_views = dino_views(config, settings.n_local) or default_views(settings)
     generator = torch.Generator().manual_seed(seed)  # its own stream: training's is untouched
-    batches = (make_views(as_float(images, device_of(student)), None, generator)[0]
-               for images, _, _ in source.batches(settings.batch_size))
+    batches = (
+        make_views(as_float(images, device_of(student)), None, generator)[0]
+        for images, _, _ in source.batches(settings.batch_size)
+    )
     return FeatureAlignment(student, FeatureAlignment.measure(student, batches), weight)
 
 
@@ -110,17 +112,32 @@ def source_center(config, settings, teacher, teacher_head, source: Domain, seed:
     return {"center": (total / max(count, 1)).cpu()}
 
 
-def _run_dino(config, channels, domain, settings, context, init, description, scope=None,
-              watch=None, align_to: Domain | None = None, center_from: Domain | None = None,
-              select_on: Domain | None = None):
+def _run_dino(
+    config,
+    channels,
+    domain,
+    settings,
+    context,
+    init,
+    description,
+    scope=None,
+    watch=None,
+    align_to: Domain | None = None,
+    center_from: Domain | None = None,
+    select_on: Domain | None = None,
+):
     """DINO from ``init`` (or random weights); ``scope`` = (trainable, early_blocks) freezes the
     rest of the student FE; ``watch(fe) -> (logits, tokens)`` turns on the adaptation monitor,
     which follows the FE that predicts (``adapt.predict_with``); ``align_to`` (a source domain)
     adds the feature-alignment loss weighted by ``adapt.feature_alignment``; ``select_on`` (the
     source's validation plates) keeps the epoch of the best k-NN accuracy on them."""
     student, teacher, student_head, teacher_head = build_fe_pair(config, channels, settings)
-    modules = {"student": student, "teacher": teacher, "student_head": student_head,
-               "teacher_head": teacher_head}
+    modules = {
+        "student": student,
+        "teacher": teacher,
+        "student_head": student_head,
+        "teacher_head": teacher_head,
+    }
     for name, module in modules.items():
         if init is not None:
             module.load_state_dict(init[name])
@@ -141,31 +158,42 @@ def _run_dino(config, channels, domain, settings, context, init, description, sc
 
     selection = None
     if select_on is not None:
-        selection = KnnSelection(modules, domain, select_on, config["eval_batch_size"],
-                                 config["input_size"])
+        selection = KnnSelection(modules, domain, select_on, config["eval_batch_size"], config["input_size"])
         if on_epoch is None:
             on_epoch = selection.record
         else:
-            on_epoch = (lambda monitor_epoch: lambda epoch: (monitor_epoch(epoch),
-                                                             selection.record(epoch)))(on_epoch)
+            on_epoch = (lambda monitor_epoch: lambda epoch: (monitor_epoch(epoch), selection.record(epoch)))(
+                on_epoch
+            )
     kept = {"monitor": monitor} if monitor else {}
     if selection is not None:
         kept["selection"] = selection
     alignment = None
     if align_to is not None:
-        alignment = _alignment(config, settings, student, align_to,
-                               float(config["adapt"]["feature_alignment"]), context.seed + 1)
+        alignment = _alignment(
+            config, settings, student, align_to, float(config["adapt"]["feature_alignment"]), context.seed + 1
+        )
     loss_state = None
     if center_from is not None:
-        loss_state = source_center(config, settings, teacher, teacher_head, center_from,
-                                   context.seed + 2)
+        loss_state = source_center(config, settings, teacher, teacher_head, center_from, context.seed + 2)
     generator = torch.Generator().manual_seed(context.seed)
     try:
-        stats = train_dino(student, teacher, student_head, teacher_head, domain, settings,
-                           context.progress, generator, loss_state,
-                           views=dino_views(config, settings.n_local),
-                           description=description, on_epoch=on_epoch, extra_loss=alignment,
-                           keep_with_checkpoint=kept or None)
+        stats = train_dino(
+            student,
+            teacher,
+            student_head,
+            teacher_head,
+            domain,
+            settings,
+            context.progress,
+            generator,
+            loss_state,
+            views=dino_views(config, settings.n_local),
+            description=description,
+            on_epoch=on_epoch,
+            extra_loss=alignment,
+            keep_with_checkpoint=kept or None,
+        )
     finally:
         if alignment is not None:
             alignment.remove()
@@ -183,8 +211,7 @@ def _run_dino(config, channels, domain, settings, context, init, description, sc
 
 def fe_stage(context: Context, cross_batch: bool) -> tuple[str, dict]:
     """Step 1's stage name and key (computed from the settings alone, so a plan can name it)."""
-    settings = dino_settings(context.config["dino"], cross_batch=cross_batch,
-                             precision=context.precision)
+    settings = dino_settings(context.config["dino"], cross_batch=cross_batch, precision=context.precision)
     key = {"backbone": backbone_settings(context.config), "dino": asdict(settings)}
     select = context.config["dino"].get("select", "last")
     if select != "last":
@@ -192,8 +219,9 @@ def fe_stage(context: Context, cross_batch: bool) -> tuple[str, dict]:
     return ("fe-dino-cb" if cross_batch else "fe-dino"), key
 
 
-def pretrain_fe(context: Context, train: Domain, cross_batch: bool,
-                val: Domain | None = None) -> tuple[dict, dict]:
+def pretrain_fe(
+    context: Context, train: Domain, cross_batch: bool, val: Domain | None = None
+) -> tuple[dict, dict]:
     """Step 1: the FE trained with DINO (with cross-batch pairs if asked) on the source; with
     ``dino.select = "knn"``, the epoch whose teacher has the best k-NN accuracy on the source's
     validation plates ``val`` (see :mod:`.selection`).
@@ -206,20 +234,30 @@ def pretrain_fe(context: Context, train: Domain, cross_batch: bool,
     select_on = None
     if key.get("select") == "knn":
         if val is None or not bool((val.labels >= 0).any()):
-            raise UsageError("dino.select=knn chooses step 1's epoch on the source's labelled "
-                             "validation plates: set split.val_plates to 1 or more, or "
-                             "dino.select=last")
+            raise UsageError(
+                "dino.select=knn chooses step 1's epoch on the source's labelled "
+                "validation plates: set split.val_plates to 1 or more, or "
+                "dino.select=last"
+            )
         select_on = val
     result = context.stage(
-        name, key,
-        lambda: _run_dino(config, channels, train, settings, context, None,
-                          f"step 1 {'DINO+CB' if cross_batch else 'DINO'} {context.source}",
-                          select_on=select_on))
+        name,
+        key,
+        lambda: _run_dino(
+            config,
+            channels,
+            train,
+            settings,
+            context,
+            None,
+            f"step 1 {'DINO+CB' if cross_batch else 'DINO'} {context.source}",
+            select_on=select_on,
+        ),
+    )
     return result, key
 
 
-def load_fe(config: dict, channels: int, state: dict,
-            device: torch.device | None = None) -> nn.Module:
+def load_fe(config: dict, channels: int, state: dict, device: torch.device | None = None) -> nn.Module:
     """A frozen FE in eval mode (on ``device``, default the CPU) from a stage result: its
     ``predictor`` entry names the weights that predict (the DINO teacher by default, the MAE
     encoder)."""
@@ -252,14 +290,32 @@ def train_task(context: Context, train: Domain, val: Domain, fe_state: dict, fe_
         if config["task"].get("cache_tokens"):
             # The FE is frozen: computing its tokens once instead of every epoch is exact
             # (apart from giving up flip augmentation) and much faster on a CPU.
-            result = train_classifier(task, task, token_domain(fe, train, config),
-                                      token_domain(fe, val, config), config["task"], context,
-                                      config["input_size"], description=description)
+            result = train_classifier(
+                task,
+                task,
+                token_domain(fe, train, config),
+                token_domain(fe, val, config),
+                config["task"],
+                context,
+                config["input_size"],
+                description=description,
+            )
         else:
-            result = train_classifier(task, tokens_forward(fe, task), train, val, config["task"],
-                                      context, config["input_size"], description=description)
-        return {"state": result["state"], "val_accuracy": result["val_accuracy"],
-                "best_epoch": result["best_epoch"]}
+            result = train_classifier(
+                task,
+                tokens_forward(fe, task),
+                train,
+                val,
+                config["task"],
+                context,
+                config["input_size"],
+                description=description,
+            )
+        return {
+            "state": result["state"],
+            "val_accuracy": result["val_accuracy"],
+            "best_epoch": result["best_epoch"],
+        }
 
     return context.stage(*task_stage(context, fe_key), compute)
 
@@ -276,19 +332,24 @@ def task_stage(context: Context, fe_key: dict) -> tuple[str, dict]:
 
 def fe_moments(config: dict, fe: nn.Module, domain: Domain) -> dict[str, torch.Tensor]:
     """The FE's output moments on a domain (see :func:`adaptation.token_moments`)."""
-    return token_moments(predict_logits(fe.forward_features, domain, config["eval_batch_size"],
-                                        config["input_size"], device_of(fe)))
+    return token_moments(
+        predict_logits(
+            fe.forward_features, domain, config["eval_batch_size"], config["input_size"], device_of(fe)
+        )
+    )
 
 
 def token_domain(fe: nn.Module, domain: Domain, config: dict) -> Domain:
     """The same samples with the frozen FE's tokens (N×T×D) in place of the images."""
-    tokens = predict_logits(fe.forward_features, domain, config["eval_batch_size"],
-                            config["input_size"], device_of(fe))
+    tokens = predict_logits(
+        fe.forward_features, domain, config["eval_batch_size"], config["input_size"], device_of(fe)
+    )
     return Domain(domain.name, domain.meta, TensorImages(tokens), domain.classes)
 
 
-def load_task(config: dict, token_dim: int, num_classes: int, state: dict,
-              device: torch.device | None = None) -> nn.Module:
+def load_task(
+    config: dict, token_dim: int, num_classes: int, state: dict, device: torch.device | None = None
+) -> nn.Module:
     task = create_task(config, token_dim, num_classes)
     task.load_state_dict(state)
     task.eval().requires_grad_(False)
@@ -297,18 +358,32 @@ def load_task(config: dict, token_dim: int, num_classes: int, state: dict,
 
 def adapt_settings(context: Context, cross_batch: bool) -> DinoSettings:
     """Step 3's DINO settings: step 1's, with the ``adapt`` section's where it sets them."""
-    return dino_settings(context.config["dino"], cross_batch=cross_batch,
-                         **dict(context.config["adapt"]), precision=context.precision)
+    return dino_settings(
+        context.config["dino"],
+        cross_batch=cross_batch,
+        **dict(context.config["adapt"]),
+        precision=context.precision,
+    )
 
 
-def adapt_stage(context: Context, target: Domain, fe_key: dict, cross_batch: bool,
-                monitor_task_key: dict | None, source_n: int) -> tuple[str, dict]:
+def adapt_stage(
+    context: Context,
+    target: Domain,
+    fe_key: dict,
+    cross_batch: bool,
+    monitor_task_key: dict | None,
+    source_n: int,
+) -> tuple[str, dict]:
     """Step 3's stage name and key for one target (part); ``monitor_task_key`` when the stage
     keeps the diagnostics (which need the step-2 model), ``source_n`` the source's training
     images (measured by feature alignment)."""
     adapt = context.config["adapt"]
-    key = {"fe": fe_key, "adapt": asdict(adapt_settings(context, cross_batch)),
-           "target": target.name, "n": len(target)}
+    key = {
+        "fe": fe_key,
+        "adapt": asdict(adapt_settings(context, cross_batch)),
+        "target": target.name,
+        "n": len(target),
+    }
     scope = (adapt.get("trainable", "all"), int(adapt.get("early_blocks", 1)))
     if scope[0] != "all":
         key["scope"] = scope
@@ -324,9 +399,16 @@ def adapt_stage(context: Context, target: Domain, fe_key: dict, cross_batch: boo
     return ("adapt-cb" if cross_batch else "adapt"), key
 
 
-def adapt_fe(context: Context, target: Domain, fe_state: dict, fe_key: dict,
-             cross_batch: bool, task: nn.Module | None = None, task_key: dict | None = None,
-             source: Domain | None = None) -> dict:
+def adapt_fe(
+    context: Context,
+    target: Domain,
+    fe_state: dict,
+    fe_key: dict,
+    cross_batch: bool,
+    task: nn.Module | None = None,
+    task_key: dict | None = None,
+    source: Domain | None = None,
+) -> dict:
     """Step 3: the FE adapted with DINO (+ CB pairs) on the unlabelled target, from step 1.
 
     ``adapt.trainable`` limits what adapts (see :mod:`adaptation`). With ``task`` (the
@@ -344,15 +426,32 @@ def adapt_fe(context: Context, target: Domain, fe_state: dict, fe_key: dict,
     center = adapt.get("center", "zero")
     if (align_weight > 0 or center == "source") and source is None:
         raise ValueError("feature alignment and the source centre need the source's images")
-    name, key = adapt_stage(context, target, fe_key, cross_batch, task_key if watching else None,
-                            len(source) if source is not None else 0)
+    name, key = adapt_stage(
+        context,
+        target,
+        fe_key,
+        cross_batch,
+        task_key if watching else None,
+        len(source) if source is not None else 0,
+    )
     watch = (lambda fe: predict_with_embeddings(config, fe, task, target)) if watching else None
     return context.stage(
-        name, key,
-        lambda: _run_dino(config, channels, target, settings, context, fe_state,
-                          f"step 3 adapt to {target.name}", scope, watch,
-                          source if align_weight > 0 else None,
-                          source if center == "source" else None))
+        name,
+        key,
+        lambda: _run_dino(
+            config,
+            channels,
+            target,
+            settings,
+            context,
+            fe_state,
+            f"step 3 adapt to {target.name}",
+            scope,
+            watch,
+            source if align_weight > 0 else None,
+            source if center == "source" else None,
+        ),
+    )
 
 
 def aligned(config: dict, fe: nn.Module, source_moments: dict | None, target: Domain) -> nn.Module:
@@ -364,8 +463,9 @@ def aligned(config: dict, fe: nn.Module, source_moments: dict | None, target: Do
 
 
 def predict(config: dict, fe: nn.Module, task: TaskModel, target: Domain) -> torch.Tensor:
-    return predict_logits(tokens_forward(fe, task), target, config["eval_batch_size"],
-                          config["input_size"], device_of(fe))
+    return predict_logits(
+        tokens_forward(fe, task), target, config["eval_batch_size"], config["input_size"], device_of(fe)
+    )
 
 
 def embedding(features: torch.Tensor) -> torch.Tensor:
@@ -374,13 +474,13 @@ def embedding(features: torch.Tensor) -> torch.Tensor:
     return features[:, 0] if features.dim() == 3 else features
 
 
-def predict_with_embeddings(config: dict, fe: nn.Module, task: nn.Module,
-                            target: Domain) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_with_embeddings(
+    config: dict, fe: nn.Module, task: nn.Module, target: Domain
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and FE embeddings (:func:`embedding`) of every target sample, in one pass."""
 
     def forward(x: torch.Tensor):
         features = fe.forward_features(x)
         return task(features), embedding(features)
 
-    return predict_outputs(forward, target, config["eval_batch_size"], config["input_size"],
-                           device_of(fe))
+    return predict_outputs(forward, target, config["eval_batch_size"], config["input_size"], device_of(fe))

@@ -29,11 +29,11 @@ from .steps import embedding
 
 @dataclass
 class TTTSettings:
-    steps: int = 5           # K: MAE steps per test image
-    copies: int = 16         # augmented copies of the image per step
-    lr: float = 5e-3         # SGD, as in the TTT-MAE paper
+    steps: int = 5  # K: MAE steps per test image
+    copies: int = 16  # augmented copies of the image per step
+    lr: float = 5e-3  # SGD, as in the TTT-MAE paper
     momentum: float = 0.9
-    chunk: int = 32          # test images adapted in parallel by the batched path
+    chunk: int = 32  # test images adapted in parallel by the batched path
     batched: bool = True
 
 
@@ -59,25 +59,34 @@ class FeClassifier(nn.Module):
         return self.task(features), embedding(features)
 
 
-def image_views(image: torch.Tensor, index: int, seed: int, settings: TTTSettings,
-                input_size: int, n_patches: int) -> tuple[torch.Tensor, torch.Tensor]:
+def image_views(
+    image: torch.Tensor, index: int, seed: int, settings: TTTSettings, input_size: int, n_patches: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Augmented copies (K×copies×C×H×W) and masking noise (K×copies×N) for one test image."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
     copies = image.unsqueeze(0).expand(settings.steps * settings.copies, *image.shape)
     views = prepare_images(copies.contiguous(), input_size, True, generator)
     noise = torch.rand(settings.steps * settings.copies, n_patches, generator=generator)
     noise = noise.to(image.device)
-    return (views.reshape(settings.steps, settings.copies, *views.shape[1:]),
-            noise.reshape(settings.steps, settings.copies, n_patches))
+    return (
+        views.reshape(settings.steps, settings.copies, *views.shape[1:]),
+        noise.reshape(settings.steps, settings.copies, n_patches),
+    )
 
 
 def _eval_input(images: torch.Tensor, input_size: int) -> torch.Tensor:
     return prepare_images(images, input_size, training=False)
 
 
-def ttt_sequential(mae: MaskedAutoencoder, task: nn.Module, images: torch.Tensor,
-                   settings: TTTSettings, input_size: int, seed: int = 0,
-                   first_index: int = 0) -> TTTOutput:
+def ttt_sequential(
+    mae: MaskedAutoencoder,
+    task: nn.Module,
+    images: torch.Tensor,
+    settings: TTTSettings,
+    input_size: int,
+    seed: int = 0,
+    first_index: int = 0,
+) -> TTTOutput:
     """The reference loop, one image at a time."""
     trained = {k: v.clone() for k, v in mae.encoder.state_dict().items()}
     classifier = FeClassifier(mae.encoder, task).eval()
@@ -86,8 +95,7 @@ def ttt_sequential(mae: MaskedAutoencoder, task: nn.Module, images: torch.Tensor
     embeddings = []
     for i, image in enumerate(images):
         mae.encoder.load_state_dict(trained)
-        optimizer = torch.optim.SGD(mae.encoder.parameters(), lr=settings.lr,
-                                    momentum=settings.momentum)
+        optimizer = torch.optim.SGD(mae.encoder.parameters(), lr=settings.lr, momentum=settings.momentum)
         views, noise = image_views(image, first_index + i, seed, settings, input_size, n_patches)
         x = _eval_input(image.unsqueeze(0), input_size)
         with torch.no_grad():
@@ -106,9 +114,15 @@ def ttt_sequential(mae: MaskedAutoencoder, task: nn.Module, images: torch.Tensor
     return TTTOutput([torch.cat(step) for step in per_step], torch.cat(embeddings))
 
 
-def ttt_batched(mae: MaskedAutoencoder, task: nn.Module, images: torch.Tensor,
-                settings: TTTSettings, input_size: int, seed: int = 0,
-                first_index: int = 0) -> TTTOutput:
+def ttt_batched(
+    mae: MaskedAutoencoder,
+    task: nn.Module,
+    images: torch.Tensor,
+    settings: TTTSettings,
+    input_size: int,
+    seed: int = 0,
+    first_index: int = 0,
+) -> TTTOutput:
     """Same result as ``ttt_sequential``, adapting ``len(images)`` weight copies in parallel."""
     classifier = FeClassifier(mae.encoder, task).eval()
     n_patches = mae.noise_size(input_size)
@@ -117,8 +131,12 @@ def ttt_batched(mae: MaskedAutoencoder, task: nn.Module, images: torch.Tensor,
     b = len(images)
     params = {k: v.unsqueeze(0).repeat(b, *([1] * v.dim())) for k, v in trained.items()}
     momentum = {k: torch.zeros_like(v) for k, v in params.items()}
-    views, noise = zip(*(image_views(image, first_index + i, seed, settings, input_size, n_patches)
-                         for i, image in enumerate(images)))
+    views, noise = zip(
+        *(
+            image_views(image, first_index + i, seed, settings, input_size, n_patches)
+            for i, image in enumerate(images)
+        )
+    )
     views, noise = torch.stack(views), torch.stack(noise)  # B×K×copies×..., B×K×copies×N
     x = _eval_input(images, input_size).unsqueeze(1)  # B×1×C×H×W: one image per weight copy
 
@@ -126,8 +144,7 @@ def ttt_batched(mae: MaskedAutoencoder, task: nn.Module, images: torch.Tensor,
         return functional_call(mae, {f"encoder.{k}": p for k, p in own.items()}, (v, n))
 
     def outputs(own, image):
-        logits, features = functional_call(
-            classifier, {f"encoder.{k}": p for k, p in own.items()}, (image,))
+        logits, features = functional_call(classifier, {f"encoder.{k}": p for k, p in own.items()}, (image,))
         return logits[0], features[0]
 
     per_image_grad = vmap(grad(loss))
@@ -140,8 +157,9 @@ def ttt_batched(mae: MaskedAutoencoder, task: nn.Module, images: torch.Tensor,
             grads = per_image_grad(params, views[:, k], noise[:, k])
             with torch.no_grad():
                 for name in params:  # SGD with momentum, as torch.optim.SGD computes it
-                    momentum[name] = grads[name] if k == 0 else (
-                        momentum[name] * settings.momentum + grads[name])
+                    momentum[name] = (
+                        grads[name] if k == 0 else (momentum[name] * settings.momentum + grads[name])
+                    )
                     params[name] = params[name] - settings.lr * momentum[name]
                 logits, features = per_image_outputs(params, x)
             per_step.append(logits)
@@ -162,9 +180,16 @@ def unfused_attention(*modules: nn.Module):
             module.fused_attn = True
 
 
-def ttt_predict(mae: MaskedAutoencoder, task: nn.Module, images_batches, settings: TTTSettings,
-                input_size: int, seed: int = 0, progress: Progress | None = None,
-                total: int | None = None) -> TTTOutput:
+def ttt_predict(
+    mae: MaskedAutoencoder,
+    task: nn.Module,
+    images_batches,
+    settings: TTTSettings,
+    input_size: int,
+    seed: int = 0,
+    progress: Progress | None = None,
+    total: int | None = None,
+) -> TTTOutput:
     """TTT over an iterable of image batches (e.g. ``domain.batches(chunk)``), on the device of
     ``mae``; the outputs are on the CPU."""
     run = ttt_batched if settings.batched else ttt_sequential
@@ -175,6 +200,5 @@ def ttt_predict(mae: MaskedAutoencoder, task: nn.Module, images_batches, setting
         output = run(mae, task, to_device(images, device), settings, input_size, seed, first)
         outputs.append(TTTOutput([x.cpu() for x in output.logits], output.embeddings.cpu()))
         first += len(images)
-    logits = [torch.cat([chunk.logits[k] for chunk in outputs])
-              for k in range(settings.steps + 1)]
+    logits = [torch.cat([chunk.logits[k] for chunk in outputs]) for k in range(settings.steps + 1)]
     return TTTOutput(logits, torch.cat([chunk.embeddings for chunk in outputs]))
