@@ -153,3 +153,33 @@ def test_mae_adaptation_records_the_same_diagnostics():
     rows = prediction.info["adaptations"][0]["diagnostics"]["epochs"]
     assert [row["epoch"] for row in rows] == [0, 1, 2]
     assert sorted(prediction.variants) == ["adapt_epoch=0", "adapt_epoch=1", "adapt_epoch=2"]
+
+
+def test_coda_align_shares_every_stage_with_coda_and_only_aligns_its_prediction():
+    from pathlib import Path
+
+    from test_method_contract import _tiny_settings
+
+    from hcibench.run import runner
+    from hcibench.run.stages import Context, StageCache
+
+    def fitted(name, cache, *extra):
+        spec = runner.RunSpec(
+            runner.Grid([name], ["S8"], ["S11"]), Path("unused"), overrides=[*_tiny_settings(name), *extra]
+        )
+        run = runner.prepare(spec)
+        domains = runner.DomainCache(run)
+        split, target = domains.split("S8"), domains.target("S8", "S11")
+        method = run.method_classes[name](Context(run.config, seed=0, source="S8", stages=cache))
+        method.fit(split.train, split.val)
+        return method, method.predict(target)
+
+    cache = StageCache(None, keep_in_memory=50)
+    coda, plain = fitted("coda", cache)
+    stages = set(cache.memory)
+    aligned_method, aligned = fitted("coda-align", cache)
+    assert set(cache.memory) == stages  # nothing computed anew: the same steps 1, 2 and 3
+    assert aligned_method.config["adapt"]["align_tokens"] and not coda.config["adapt"]["align_tokens"]
+    _, by_setting = fitted("coda", cache, "adapt.align_tokens=true")
+    assert torch.equal(aligned.logits, by_setting.logits)
+    assert not torch.equal(aligned.logits, plain.logits)

@@ -4,7 +4,8 @@ unlabelled target.
 
     step 1  FE trained without labels on the source      (DINO, DINO + cross-batch pairs, MAE)
     step 2  task model trained with source labels on the frozen FE
-    step 3  FE adapted to the target without its labels  (ODA, CODA, ODA-MAE; TTT per image)
+    step 3  FE adapted to the target without its labels  (ODA, CODA, ODA-MAE; TTT per image;
+            ODA and CODA with the FE's outputs aligned to the source's: oda-align, coda-align)
 
 Modules: ``settings`` (the ``dino``, ``mae``, ``task`` and ``adapt`` sections per preset),
 ``steps`` (the three steps with DINO), ``mae_steps`` (with MAE), ``ttt`` (test-time training),
@@ -14,10 +15,10 @@ Modules: ``settings`` (the ``dino``, ``mae``, ``task`` and ``adapt`` sections pe
 
 import hcibench
 
-from .dino_methods import CODA, ODA, DualCB, DualDino
+from .dino_methods import CODA, ODA, CODAAligned, DualCB, DualDino, ODAAligned
 from .mae_methods import ODAMAE, TTT, DualMAE
 
-METHODS = (DualDino, DualCB, ODA, CODA, DualMAE, ODAMAE, TTT)
+METHODS = (DualDino, DualCB, ODA, CODA, ODAAligned, CODAAligned, DualMAE, ODAMAE, TTT)
 
 
 @hcibench.hookimpl

@@ -1,11 +1,15 @@
-"""Dual-model methods of the CODA paper: Dual-model-DINO, Dual-model-CB, ODA and CODA.
+"""Dual-model methods of the CODA paper: Dual-model-DINO, Dual-model-CB, ODA and CODA, and
+ODA and CODA with the FE's outputs aligned to the source (``oda-align``, ``coda-align``).
 
 They differ in two switches: cross-batch pairs in the DINO objective (CB, CODA) and adaptation of
 the feature extractor to the target (ODA, CODA). Steps 1-2 of ODA are those of Dual-model-DINO
-and steps 1-2 of CODA those of Dual-model-CB: they are the same stages, computed once.
+and steps 1-2 of CODA those of Dual-model-CB: they are the same stages, computed once. The
+aligned variants share every stage with ODA and CODA; they differ only in prediction.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import torch
@@ -24,9 +28,24 @@ class DualModel(hcibench.Method):
     adapts = False
     sections = settings.DINO_SECTIONS  # the settings sections this family member reads
 
+    #: ``adapt`` settings a named variant fixes: they form its own settings section
+    #: (``--set <name>.<key>=...`` changes them) and replace the ``adapt`` section's for it.
+    adapt_changes: dict = {}
+
+    def __init__(self, context: hcibench.Context):
+        if self.adapt_changes:
+            own = context.config.get(self.name) or self.adapt_changes
+            config = {**context.config, "adapt": {**context.config["adapt"], **own}}
+            context = dataclasses.replace(context, config=config)
+        super().__init__(context)
+
     @classmethod
     def settings_sections(cls, preset: str) -> dict[str, dict]:
         return settings.sections(preset, cls.sections)
+
+    @classmethod
+    def default_settings(cls, preset: str) -> dict:
+        return dict(cls.adapt_changes)
 
     def pretrain(self, train: hcibench.Domain, val: hcibench.Domain) -> tuple[dict, dict]:
         return dual.pretrain_fe(self.context, train, self.cross_batch, val)
@@ -208,3 +227,21 @@ class CODA(DualModel):
     description = "cross-batch ODA: the dual-cb FE adapted with DINO + cross-batch pairs on the target"
     cross_batch = True
     adapts = True
+
+
+class ODAAligned(ODA):
+    name = "oda-align"
+    description = (
+        "ODA, then the adapted FE's outputs on the target moved to the step-1 FE's output "
+        "moments on the source before the task model (label-free)"
+    )
+    adapt_changes = {"align_tokens": True}
+
+
+class CODAAligned(CODA):
+    name = "coda-align"
+    description = (
+        "CODA, then the adapted FE's outputs on the target moved to the step-1 FE's output "
+        "moments on the source before the task model (label-free)"
+    )
+    adapt_changes = {"align_tokens": True}
