@@ -21,7 +21,7 @@ import click
 import numpy as np
 
 from hcibench.errors import UsageError
-from hcibench.train.profiles import is_profile
+from hcibench.train.modality import modality_of
 
 # --------------------------------------------------------------------------- CKA
 
@@ -167,7 +167,7 @@ def load_stage_fe(run: Path, stage: str | None, config: dict):
     """The feature extractor saved in stage ``stage`` of ``run``, in eval mode: a ViT, or the
     profile MLP in a run on profiles."""
     from hcibench.run.storage import load_torch
-    from hcibench.train.backbones import create_backbone
+    from hcibench.train.modality import create_backbone
 
     if not stage:
         raise _no_stage(run, "no stage given")
@@ -183,7 +183,7 @@ def load_stage_fe(run: Path, stage: str | None, config: dict):
     key = result.get("predictor", "teacher" if "teacher" in result else "encoder")
     state = result.get(key)
     # The first weight tells the input width: image channels, or profile features.
-    first = "body.0.weight" if is_profile(config) else "patch_embed.proj.weight"
+    first = modality_of(config).first_weight
     if not isinstance(state, dict) or first not in state:
         keys = ", ".join(k for k, v in result.items() if isinstance(v, dict)) or "none"
         raise UsageError(
@@ -319,10 +319,11 @@ def cka_command(run, stage_a, stage_b, source, out, tokens="cls", max_images=512
         raise UsageError("no --source given: the images the two extractors are compared on")
     images, _ = load_images(manifest, source, max_images)
     matrix = cka_matrix(block_features(fe_a, images, tokens), block_features(fe_b, images, tokens))
-    if is_profile(config):
-        what, samples = "block outputs", "profiles"
+    samples = modality_of(config).nouns[0]
+    if modality_of(config).name == "profile":
+        what = "block outputs"
     else:
-        what, samples = ("class token" if tokens == "cls" else "all tokens"), "images"
+        what = "class token" if tokens == "cls" else "all tokens"
     title = (
         f"Linear CKA ({what}) on {len(images)} {samples} of {source}\n"
         f"A = {Path(stage_a).stem}, B = {Path(stage_b).stem}"
@@ -350,7 +351,9 @@ def embedding_command(run, stage, sources: list[str], out, max_images=512) -> st
     meta = pd.concat(metas, ignore_index=True)
     how = method if method == "UMAP" else f"{method} (umap-learn is not installed)"
     features_of, samples = (
-        ("FE outputs", "profiles") if is_profile(config) else ("class-token features (last block)", "images")
+        ("FE outputs", "profiles")
+        if modality_of(config).name == "profile"
+        else ("class-token features (last block)", "images")
     )
     title = f"{how} of {features_of} of {Path(stage).stem} on {', '.join(sources)} ({len(meta)} {samples})"
     _save(embedding_figure(coords, meta, method, title), out)

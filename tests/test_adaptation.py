@@ -8,7 +8,7 @@ from hcibench import plugins
 from hcibench.errors import UsageError
 from hcibench.run import presets
 from hcibench.run.stages import Context, StageCache
-from hcibench.train.backbones import create_backbone
+from hcibench.train.modality import create_backbone
 from hcibench_plugins.methods.dual.adaptation import effective_classes, restrict_to_scope, weight_movement
 
 

@@ -242,7 +242,7 @@ class TinyProfiles(hcibench.Dataset):
 
 def test_analyze_works_on_a_run_on_profiles(tmp_path):
     from hcibench.run import presets
-    from hcibench.train.backbones import create_backbone
+    from hcibench.train.modality import create_backbone
 
     class Plugin:
         @hcibench.hookimpl

@@ -152,7 +152,7 @@ def test_nsc_reference_numbers_agree_with_an_independent_computation(dataset):
 
 def test_profile_models_and_views():
     config = {"modality": "profile", "profile": presets.profile_settings("quick")}
-    from hcibench.train.backbones import create_backbone
+    from hcibench.train.modality import create_backbone, dino_views
     from hcibench_plugins.methods.dual.steps import create_task
 
     fe = create_backbone(config, 20, num_classes=3, drop_path=0.1)
@@ -161,9 +161,9 @@ def test_profile_models_and_views():
     assert create_task(config, fe.embed_dim, 3)(fe.forward_features(x)).shape == (5, 3)
     teacher = create_backbone(config, 20)
     teacher.load_state_dict(create_backbone(config, 20, drop_path=0.1).state_dict())
-    views = profiles.dino_views(config, 4)(x, x + 1, torch.Generator().manual_seed(0))
+    views = dino_views(config, 4)(x, x + 1, torch.Generator().manual_seed(0))
     assert len(views) == 6 and all(v.shape == x.shape for v in views)
-    assert profiles.dino_views({"modality": "image"}, 4) is None
+    assert dino_views({"modality": "image"}, 4) is None
     # Masked-feature MAE: exactly 75 % hidden per row; only hidden features enter the loss.
     noise = torch.rand(5, 20)
     mask = profiles.feature_mask(noise, 0.75)

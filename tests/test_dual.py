@@ -133,14 +133,14 @@ def test_the_source_centre_starts_step_3_where_step_1_left_the_teacher():
 
 def dino_views_or_default(config, settings):
     from hcibench.train.dino import default_views
-    from hcibench.train.profiles import dino_views
+    from hcibench.train.modality import dino_views
 
     return dino_views(config, settings.n_local) or default_views(settings)
 
 
 def test_a_classifier_stage_killed_mid_training_goes_on_from_its_saved_progress(tmp_path, monkeypatch):
     from hcibench.train import classifier as training
-    from hcibench.train.backbones import create_backbone
+    from hcibench.train.modality import create_backbone
 
     monkeypatch.setenv("HCIBENCH_CHECKPOINT_SECONDS", "0")
     config = _tiny_config()

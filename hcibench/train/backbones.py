@@ -46,25 +46,6 @@ def create_vit(settings: dict, in_chans: int = 3, num_classes: int = 0, drop_pat
     return model
 
 
-def backbone_settings(config: dict) -> dict:
-    """The settings that define this run's feature extractor, for stage keys: ``backbone`` for
-    images, the ``profile`` section for profiles (``config["modality"]``, set from the dataset)."""
-    if config.get("modality", "image") == "profile":
-        return {"modality": "profile", **config["profile"]}
-    return config["backbone"]
-
-
-def create_backbone(config: dict, in_chans: int, num_classes: int = 0, drop_path: float = 0.0) -> nn.Module:
-    """The feature extractor for this run's modality: a timm ViT on C×H×W images (``in_chans``
-    channels), or an MLP on F-feature profiles (``in_chans`` = F; ``drop_path`` becomes its
-    dropout). Both offer ``forward_features``, ``forward_head`` and ``embed_dim``."""
-    if config.get("modality", "image") == "profile":
-        from hcibench.train.profiles import create_mlp
-
-        return create_mlp(config["profile"]["fe"], in_chans, num_classes, dropout=drop_path)
-    return create_vit(config["backbone"], in_chans=in_chans, num_classes=num_classes, drop_path=drop_path)
-
-
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a local state dict (or a checkpoint holding one under 'model'/'state_dict').
 

@@ -2,9 +2,9 @@
 CellProfiler features) instead of an image.
 
 A dataset whose ``modality`` is ``"profile"`` runs the same methods as an image dataset; only
-the pieces that touch the raw sample change, and they are chosen by ``config["modality"]``
-(set by the runner from the dataset) in :func:`hcibench.train.backbones.create_backbone` and the
-functions here, never by dataset name:
+the pieces that touch the raw sample change, and the run's modality object chooses them
+(:mod:`hcibench.train.modality`, from ``config["modality"]``, set by the runner from the
+dataset), never the dataset's name:
 
 * feature extractor: :class:`MLPEncoder` (F -> D: blocks of Linear + GELU + LayerNorm), with the
   ``forward_features`` / ``forward_head`` / ``embed_dim`` interface of a timm ViT;
@@ -24,10 +24,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-
-def is_profile(config: dict) -> bool:
-    return config.get("modality", "image") == "profile"
 
 
 def _mlp(in_dim: int, hidden_dim: int, depth: int, dropout: float) -> list[nn.Module]:
@@ -129,11 +125,6 @@ def profile_views(augment: dict, n_local: int):
         return out
 
     return views
-
-
-def dino_views(config: dict, n_local: int):
-    """The DINO view function for this run's modality (``None``: the image default)."""
-    return profile_views(config["profile"]["augment"], n_local) if is_profile(config) else None
 
 
 # ----------------------------------------------------------------------------- masked features

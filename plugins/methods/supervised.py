@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hcibench
 from hcibench.run.accelerator import precision_key
-from hcibench.train.backbones import backbone_settings, create_backbone
 from hcibench.train.classifier import predict_outputs, train_classifier
+from hcibench.train.modality import backbone_settings, create_backbone
 
 SETTINGS = {
     "quick": {

@@ -8,13 +8,13 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import torch
+from torch import nn
 
 from hcibench.data import Domain
 from hcibench.run.accelerator import cpu_state, precision_key
 from hcibench.run.stages import Context
-from hcibench.train.backbones import backbone_settings, create_backbone
-from hcibench.train.mae import MaeSettings, MaskedAutoencoder, build_decoder, train_mae
-from hcibench.train.profiles import ProfileDecoder, ProfileMAE, is_profile
+from hcibench.train.mae import MaeSettings, train_mae
+from hcibench.train.modality import backbone_settings, create_backbone, modality_of
 
 from .adaptation import AdaptationMonitor
 from .settings import from_section
@@ -26,17 +26,11 @@ def mae_settings(section: dict, **changes) -> MaeSettings:
     return from_section(MaeSettings, section, **changes)
 
 
-def build_mae(
-    config: dict, channels: int, settings: MaeSettings, init: dict | None = None
-) -> MaskedAutoencoder | ProfileMAE:
+def build_mae(config: dict, channels: int, settings: MaeSettings, init: dict | None = None) -> nn.Module:
     """Encoder (the run's FE) + decoder; for profiles ``decoder_dim`` and ``decoder_depth`` size
     the MLP decoder."""
     encoder = create_backbone(config, channels)
-    if is_profile(config):
-        decoder = ProfileDecoder(encoder.embed_dim, channels, settings.decoder_dim, settings.decoder_depth)
-        model = ProfileMAE(encoder, decoder, settings.mask_ratio)
-    else:
-        model = MaskedAutoencoder(encoder, build_decoder(encoder, settings, channels), settings)
+    model = modality_of(config).masked_autoencoder(encoder, channels, settings)
     if init is not None:
         model.encoder.load_state_dict(init["encoder"])
         model.decoder.load_state_dict(init["decoder"])

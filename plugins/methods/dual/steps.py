@@ -23,10 +23,11 @@ from hcibench.data import Domain, TensorImages
 from hcibench.errors import UsageError
 from hcibench.run.accelerator import cpu_state, device_of, precision_key
 from hcibench.run.stages import Context
-from hcibench.train.backbones import backbone_settings, create_backbone, create_vit
+from hcibench.train.backbones import create_vit
 from hcibench.train.classifier import predict_logits, predict_outputs, train_classifier
 from hcibench.train.dino import DinoSettings, MultiCropWrapper, as_float, default_views, train_dino
-from hcibench.train.profiles import TaskMLP, dino_views, is_profile
+from hcibench.train.modality import backbone_settings, create_backbone, dino_views, modality_of
+from hcibench.train.profiles import TaskMLP
 
 from .adaptation import AdaptationMonitor, AlignedFE, FeatureAlignment, restrict_to_scope, token_moments
 from .selection import KnnSelection
@@ -56,7 +57,7 @@ class TaskModel(nn.Module):
 def create_task(config: dict, token_dim: int, num_classes: int) -> nn.Module:
     """The task model for this run's modality: :class:`TaskModel` on ViT tokens, or an MLP
     (``profile.task_model``) on profile embeddings."""
-    if is_profile(config):
+    if modality_of(config).name == "profile":
         return TaskMLP(token_dim, config["profile"]["task_model"], num_classes)
     return TaskModel(token_dim, config["task"]["model"], num_classes)
 
