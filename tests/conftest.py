@@ -43,4 +43,18 @@ def cli():
     return run_cli
 
 
+def run_in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """``hcibench ARGS`` in this process (no interpreter or torch start-up): (exit status,
+    stdout, stderr)."""
+    from hcibench.cli import main
+
+    try:
+        main(list(args))
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """Bad input: one clear line on stderr, exit status 2, and nothing written."""
 
 import pytest
-from conftest import tiny_args
+from conftest import run_in_process, tiny_args
 
 CASES = [
     (["--methods", "supervisd"], "Did you mean 'supervised'"),
@@ -49,12 +49,12 @@ CASES = [
 
 
 @pytest.mark.parametrize("args, message", CASES)
-def test_bad_run_options_exit_2_with_one_line(cli, tmp_path, args, message):
+def test_bad_run_options_exit_2_with_one_line(capsys, tmp_path, args, message):
     out = tmp_path / "run"
-    result = cli("run", *tiny_args(), *args, "--out", str(out))
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    status, _, err = run_in_process(capsys, "run", *tiny_args(), *args, "--out", str(out))
+    assert status == 2, err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 

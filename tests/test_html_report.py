@@ -14,6 +14,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
+from conftest import run_in_process
 from records_factory import make_grid
 
 from hcibench.paper.comparison import html_section
@@ -80,17 +81,7 @@ def test_html_without_figures_or_baseline(run):
     assert "<img" not in page and "baseline method 'dual-dino' is not in this run" in page
 
 
-def hcibench(capsys, *args):
-    """``hcibench ARGS`` in this process: (exit status, stdout, stderr)."""
-    from hcibench.cli import main
-
-    try:
-        main(list(args))
-        status = 0
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
+hcibench = run_in_process
 
 
 def test_cli_writes_html_stats_comparison_and_plots(run, tmp_path, capsys):
