@@ -166,9 +166,9 @@ def resolve_config(
                     f"methods {declared_by[section]} and {name} declare settings "
                     f"section '{section}' with different defaults"
                 )
-        section = cls.default_settings(spec.preset)
-        if section and name not in config:
-            config[name], added = copy.deepcopy(section), True
+        own = cls.default_settings(spec.preset)
+        if own and name not in config:
+            config[name], added = copy.deepcopy(own), True
         if added:
             layers.append((f"method {name}", copy.deepcopy(config)))
     config.setdefault("dataset", dataset_class.default_settings(spec.preset))
