@@ -4,7 +4,9 @@
 
 For every step-1 stage (fe-dino, fe-dino-cb): the teacher's target entropy as a share of the
 largest (ln K) in the first and the last epoch, the prototype usage in the last, and the DINO
-loss in the first and last epoch; then the mean per kind. Source images only: no labels.
+loss in the first and last epoch; then the mean per kind. Source images only: no labels. Stages
+that chose their epoch by k-NN accuracy on the source's validation plate (dino.select=knn) also
+show that curve (source labels) and the epoch kept, and are summarised apart.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ import torch
 
 
 def main(folder: str) -> None:
-    rows: dict[str, list] = {"fe-dino": [], "fe-dino-cb": []}
+    rows: dict[str, list] = {}
     for path in sorted(Path(folder).glob("fe-dino*.pt")):
         stats = torch.load(path, weights_only=False)["stats"]
         kind = "fe-dino-cb" if stats["cross_batch"] else "fe-dino"
+        if "knn_accuracy" in stats:
+            kind += " (knn)"
+            curve = " ".join(f"{v:.2f}" for v in stats["knn_accuracy"])
+            print(f"{path.stem:<24} k-NN accuracy by epoch {curve}; kept epoch {stats['selected_epoch']}")
         row = (
             stats["target_entropy"][0],
             stats["target_entropy"][-1],
@@ -28,7 +34,7 @@ def main(folder: str) -> None:
             stats["epoch_losses"][0],
             stats["epoch_losses"][-1],
         )
-        rows[kind].append(row)
+        rows.setdefault(kind, []).append(row)
         print(
             f"{path.stem:<24} entropy {row[0]:.3f} -> {row[1]:.3f}  usage {row[2]:.3f}  "
             f"loss {row[3]:.2f} -> {row[4]:.2f}"
