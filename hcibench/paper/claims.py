@@ -48,10 +48,10 @@ class Claim:
         return "holds" if self.holds else "does not hold"
 
     def numbers(self, side: str) -> str:
-        from hcibench.report.tables import _percent  # the report's rounding, so the figures agree with it
+        from hcibench.report.tables import percent  # the report's rounding, so the figures agree with it
 
         values = self.ours if side == "ours" else self.paper
-        return ", ".join(f"{method} {_percent(value)}" for method, value in values.items())
+        return ", ".join(f"{method} {percent(value)}" for method, value in values.items())
 
     def to_json(self) -> dict:
         return {**asdict(self), "missing": list(self.missing), "verdict": self.verdict()}

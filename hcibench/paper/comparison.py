@@ -72,11 +72,11 @@ def comparison(run_dir, metric: str = "accuracy") -> tuple[pd.DataFrame, dict]:
     Returns the frame (``COMPARE_COLUMNS``; percent with one decimal as text, like both tables
     print; ``diff`` = ours - paper of the printed values) and facts for the caption.
     """
-    from hcibench.report.tables import _load, _percent, _round4, summarise
+    from hcibench.report.tables import load_run, percent, round4, summarise
 
     if metric not in METRIC_TABLES:
         raise UsageError(f"--compare paper covers metric accuracy (Table 2) and f1 (Table 4), not '{metric}'")
-    long_df, manifest, records = _load(run_dir)
+    long_df, manifest, records = load_run(run_dir)
     summary = summarise(long_df)
     ours = summary[summary["metric"].astype(str) == metric]
     paper = load_table(metric)
@@ -86,8 +86,8 @@ def comparison(run_dir, metric: str = "accuracy") -> tuple[pd.DataFrame, dict]:
         ref = index.get((str(r.method), str(r.source), str(r.target)))
         if ref is None:
             continue
-        mean = _percent(r.mean)
-        std = "" if _round4(r.std) is None else _percent(r.std)
+        mean = percent(r.mean)
+        std = "" if round4(r.std) is None else percent(r.std)
         rows.append(
             {
                 "method": str(r.method),
@@ -109,14 +109,14 @@ def comparison(run_dir, metric: str = "accuracy") -> tuple[pd.DataFrame, dict]:
             f"{TABLES[METRIC_TABLES[metric]].split(':')[0]}: it has methods {methods} and "
             f"sources S3, S5, S8, S11 (targets also S7, S10)"
         )
-    from hcibench.report.tables import _dataset_names
+    from hcibench.report.tables import dataset_names
 
     facts = {
         "table": TABLES[METRIC_TABLES[metric]],
         "matched": len(rows),
         "ours_cells": len(ours),
         "paper_cells": len(paper),
-        "dataset": ", ".join(_dataset_names(manifest, records)) or "unknown",
+        "dataset": ", ".join(dataset_names(manifest, records)) or "unknown",
         "claims": claims.check(ours, paper.assign(mean=paper["mean"] / 100)),
     }
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS), facts

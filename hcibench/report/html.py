@@ -97,7 +97,7 @@ def _table2(layout) -> str:
 
 def _all_metrics(summary) -> str:
     """Every metric and variant as in ``report --format csv`` (fractions, 4 decimals)."""
-    from hcibench.report.tables import SUMMARY_COLUMNS, _fraction_text
+    from hcibench.report.tables import SUMMARY_COLUMNS, fraction_text
 
     rows = [
         [
@@ -105,8 +105,8 @@ def _all_metrics(summary) -> str:
             str(r.source),
             str(r.target),
             str(r.metric),
-            _fraction_text(r.mean),
-            _fraction_text(r.std),
+            fraction_text(r.mean),
+            fraction_text(r.std),
             str(r.n),
         ]
         for r in summary.itertuples(index=False)
@@ -184,10 +184,10 @@ def _caption_notes(manifest: dict, records: list[dict]) -> str:
     from hcibench.report import tables as report
 
     notes = ""
-    if hasattr(report, "_data_note"):
-        notes += report._data_note(manifest)
-    if hasattr(report, "_scoring_note"):
-        notes += report._scoring_note(records)
+    if hasattr(report, "data_note"):
+        notes += report.data_note(manifest)
+    if hasattr(report, "scoring_note"):
+        notes += report.scoring_note(records)
     return notes
 
 
@@ -197,14 +197,14 @@ def render_html(
     """The whole report as one HTML document (a string). ``extra_sections``: functions
     ``(run_dir, metric) -> HTML`` whose sections follow the statistics (the command adds the
     comparison with the CODA paper, ``hcibench.paper.comparison.html_section``)."""
-    from hcibench.report.tables import _check_metric, _dataset_names, _Layout, _load, summarise
+    from hcibench.report.tables import Layout, check_metric, dataset_names, load_run, summarise
 
     run_dir = Path(run_dir)
-    long_df, manifest, records = _load(run_dir)
+    long_df, manifest, records = load_run(run_dir)
     summary = summarise(long_df)
-    _check_metric(summary, metric)
-    datasets = _dataset_names(manifest, records)
-    layout = _Layout(summary, metric, datasets)
+    check_metric(summary, metric)
+    datasets = dataset_names(manifest, records)
+    layout = Layout(summary, metric, datasets)
     layout.caption += _caption_notes(manifest, records)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     seeds = sorted({str(s) for s in long_df["seed"].unique()})

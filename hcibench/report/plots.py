@@ -452,11 +452,11 @@ def adaptation_plot(records: list[dict], long_df: pd.DataFrame, metric: str) -> 
 
 def build_plots(run_dir, metric: str = "accuracy") -> list[Plot]:
     """Every figure that the run's records support, in a fixed order."""
-    from hcibench.report.tables import _check_metric, _load, summarise
+    from hcibench.report.tables import check_metric, load_run, summarise
 
-    long_df, manifest, records = _load(run_dir)
+    long_df, manifest, records = load_run(run_dir)
     summary = summarise(long_df)
-    _check_metric(summary, metric)
+    check_metric(summary, metric)
     methods = [str(m) for m in summary["method"].unique()]
     sources = [str(s) for s in summary["source"].unique().sort_values()]
     targets = [str(t) for t in summary["target"].unique().sort_values()]

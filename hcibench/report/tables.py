@@ -1,7 +1,7 @@
 """Reports over a finished grid run: the records folder summarised as tables, CSV or JSON.
 
 Every output is built from one summary (mean, sample std and count per cell over seeds) and one
-rounding step (``_round4``), so the Table-2 style layouts, the CSV and the JSON agree number for
+rounding step (``round4``), so the Table-2 style layouts, the CSV and the JSON agree number for
 number: a percent shown in a table is the CSV fraction times 100, rounded to one decimal.
 
 This module deliberately imports neither torch nor the storage helpers: reporting must work on a
@@ -73,7 +73,7 @@ def _grid_order(manifest: dict) -> dict[str, list[str]]:
     return {"method": _names(grid.get("methods")), "domain": domains}
 
 
-def _dataset_names(manifest: dict, records: list[dict]) -> list[str]:
+def dataset_names(manifest: dict, records: list[dict]) -> list[str]:
     """Dataset name for captions: the manifest's, else whatever the records say."""
     dataset = manifest.get("dataset")
     name = dataset.get("name") if isinstance(dataset, dict) else dataset
@@ -216,7 +216,7 @@ def _one_settings(
     return files, records
 
 
-def _load(run_dir, digest: str | None = None) -> tuple[pd.DataFrame, dict, list[dict]]:
+def load_run(run_dir, digest: str | None = None) -> tuple[pd.DataFrame, dict, list[dict]]:
     """Records of a run as (long frame in grid order, manifest, raw records). A sweep folder
     (``hcibench.run.sweep``) gives the records of all its variants, each method named
     ``<method> [<variant>]``. Records of one settings digest only (see ``_one_settings``)."""
@@ -255,7 +255,7 @@ def load_records(run_dir) -> pd.DataFrame:
     naturally sorted); source and target share categories, so ``source == target`` works.
     Raises UsageError when the folder does not exist or holds no records.
     """
-    return _load(run_dir)[0]
+    return load_run(run_dir)[0]
 
 
 # --------------------------------------------------------------------------- summarising
@@ -306,7 +306,7 @@ def in_domain_means(summary: pd.DataFrame, metric: str) -> dict[str, float]:
 # --------------------------------------------------------------------------- rounding
 
 
-def _round4(value: float) -> Decimal | None:
+def round4(value: float) -> Decimal | None:
     """The one rounding step: a fraction to 4 decimals, half up on its shortest repr.
 
     Every format derives its numbers from this, which is what makes them agree.
@@ -316,9 +316,9 @@ def _round4(value: float) -> Decimal | None:
     return Decimal(repr(float(value))).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
 
 
-def _percent(value: float) -> str:
+def percent(value: float) -> str:
     """A fraction as percent with one decimal, computed from the rounded CSV fraction."""
-    fraction = _round4(value)
+    fraction = round4(value)
     if fraction is None:
         return MISSING
     return f"{(fraction * 100).quantize(Decimal('0.1'), rounding=ROUND_HALF_UP):f}"
@@ -326,27 +326,27 @@ def _percent(value: float) -> str:
 
 def _cell_text(mean: float, std: float) -> str:
     """'39.0 ± 0.4'; just the mean when one seed leaves no spread to report."""
-    if _round4(std) is None:
-        return _percent(mean)
-    return f"{_percent(mean)} {PLUS_MINUS} {_percent(std)}"
+    if round4(std) is None:
+        return percent(mean)
+    return f"{percent(mean)} {PLUS_MINUS} {percent(std)}"
 
 
-def _fraction_text(value: float) -> str:
+def fraction_text(value: float) -> str:
     """CSV text for a fraction: 4 decimals, empty when undefined (std of a single seed)."""
-    rounded = _round4(value)
+    rounded = round4(value)
     return "" if rounded is None else f"{rounded:f}"
 
 
 def _fraction_json(value: float) -> float | None:
     """JSON number for a fraction: the CSV's rounded value, null when undefined."""
-    rounded = _round4(value)
+    rounded = round4(value)
     return None if rounded is None else float(rounded)
 
 
 # --------------------------------------------------------------------------- layout
 
 
-class _Layout:
+class Layout:
     """What the three Table-2 layouts share: rows, columns, cell texts, caption, summary."""
 
     def __init__(self, summary: pd.DataFrame, metric: str, datasets: list[str]):
@@ -376,8 +376,7 @@ class _Layout:
     def summary_rows(self) -> list[tuple[str, str, str]]:
         """Per method: off-diagonal and in-domain mean in percent, with the same rounding."""
         return [
-            (m, _percent(self.off.get(m, math.nan)), _percent(self.diag.get(m, math.nan)))
-            for m in self.methods
+            (m, percent(self.off.get(m, math.nan)), percent(self.diag.get(m, math.nan))) for m in self.methods
         ]
 
 
@@ -395,7 +394,7 @@ def _caption(metric: str, ns: pd.Series, datasets: list[str]) -> str:
     )
 
 
-def _scoring_note(records: list[dict]) -> str:
+def scoring_note(records: list[dict]) -> str:
     """Says so when targets had labelled samples of classes that the source never trained on,
     which the runner leaves out of per-sample metrics (records' ``info.scoring``)."""
     scorings = [(r.get("info") or {}).get("scoring") or {} for r in records]
@@ -409,7 +408,7 @@ def _scoring_note(records: list[dict]) -> str:
     )
 
 
-def _data_note(manifest: dict) -> str:
+def data_note(manifest: dict) -> str:
     """Says how many images the dataset left out as unreadable (``on_error=skip``)."""
     skipped = int((manifest.get("data_problems") or {}).get("skipped_images", 0))
     if not skipped:
@@ -424,7 +423,7 @@ SUMMARY_TITLE = "Per method: mean over cells of the cell means (%)"
 SUMMARY_HEADER = ("Method", "Off-diagonal (source ≠ target)", "In-domain (source = target)")
 
 
-def _render_table(layout: _Layout, console) -> str:
+def _render_table(layout: Layout, console) -> str:
     """A rich table; in-domain cells bold with a trailing '*', since plain text loses bold."""
     from rich import box
     from rich.table import Table
@@ -469,7 +468,7 @@ def render_text(renderables, console=None) -> str:
     return capture.get()
 
 
-def _render_markdown(layout: _Layout) -> str:
+def _render_markdown(layout: Layout) -> str:
     """GitHub-flavoured markdown: caption line, Table-2 grid, then the per-method summary."""
     rows = []
     for source, methods in layout.groups.items():
@@ -521,7 +520,7 @@ def _tex_tabular(header: list[str], groups: list[list[list[str]]], left: int) ->
     return lines + [r"\bottomrule", r"\end{tabular}"]
 
 
-def _render_latex(layout: _Layout) -> str:
+def _render_latex(layout: Layout) -> str:
     """Two LaTeX table floats (needs booktabs): the Table-2 grid and the per-method summary."""
     groups = []
     for source, methods in layout.groups.items():
@@ -551,7 +550,7 @@ def _render_csv(summary: pd.DataFrame) -> str:
     writer.writerow(SUMMARY_COLUMNS)
     for r in summary.itertuples(index=False):
         writer.writerow(
-            [r.method, r.source, r.target, r.metric, _fraction_text(r.mean), _fraction_text(r.std), r.n]
+            [r.method, r.source, r.target, r.metric, fraction_text(r.mean), fraction_text(r.std), r.n]
         )
     return out.getvalue()
 
@@ -574,7 +573,7 @@ def _render_json(summary: pd.DataFrame, metric: str, long_df: pd.DataFrame) -> s
     return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
 
 
-def _check_metric(summary: pd.DataFrame, metric: str) -> None:
+def check_metric(summary: pd.DataFrame, metric: str) -> None:
     """A metric the run never recorded is a typo or the wrong run: list what exists."""
     known = [str(m) for m in summary["metric"].unique()]
     if metric not in known:
@@ -591,16 +590,16 @@ def render(run_dir, fmt: str = "table", metric: str = "accuracy", console=None) 
     """
     if fmt not in FORMATS:
         raise unknown_name("format", fmt, list(FORMATS))
-    long_df, manifest, records = _load(run_dir)
+    long_df, manifest, records = load_run(run_dir)
     summary = summarise(long_df)
     if fmt == "csv":
         return _render_csv(summary)
-    _check_metric(summary, metric)
+    check_metric(summary, metric)
     if fmt == "json":
         return _render_json(summary, metric, long_df)
-    layout = _Layout(summary, metric, _dataset_names(manifest, records))
-    layout.caption += _data_note(manifest)
-    layout.caption += _scoring_note(records)
+    layout = Layout(summary, metric, dataset_names(manifest, records))
+    layout.caption += data_note(manifest)
+    layout.caption += scoring_note(records)
     if fmt == "markdown":
         return _render_markdown(layout)
     if fmt == "latex":

@@ -19,7 +19,7 @@ import pandas as pd
 
 from hcibench.report.formats import markdown_table
 from hcibench.report.statistics import wilcoxon
-from hcibench.report.tables import _load, load_records
+from hcibench.report.tables import load_records, load_run
 
 
 def _rows(label: str, folder: str) -> pd.DataFrame:
@@ -86,7 +86,7 @@ def _comparisons(frame: pd.DataFrame, baselines: list[str]) -> pd.DataFrame:
 def _diagnostics(label: str, folder: str) -> pd.DataFrame:
     """Per method, the label-free diagnostics after the last adaptation epoch (out of domain,
     mean over cells and seeds), beside the same before adapting where it differs."""
-    _, _, records = _load(folder)
+    _, _, records = load_run(folder)
     rows = []
     for record in records:
         if record["source"] == record["target"]:
