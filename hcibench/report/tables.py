@@ -477,11 +477,11 @@ def _render_markdown(layout: Layout) -> str:
                 f"**{text}**" if diag and text != MISSING else text
                 for text, diag in layout.row(source, method)
             ]
-            rows.append([markdown_cell(source) if i == 0 else "", markdown_cell(method), *cells])
+            rows.append([source if i == 0 else "", method, *cells])
     lines = [f"**Table.** {markdown_cell(layout.caption)} In-domain cells (source = target) in bold.", ""]
     lines += markdown_table(["Source", "Method", *layout.targets], rows, right_from=2)
     lines += ["", f"**{SUMMARY_TITLE}.**", ""]
-    summary = [[markdown_cell(m), off, diag] for m, off, diag in layout.summary_rows()]
+    summary = [[m, off, diag] for m, off, diag in layout.summary_rows()]
     lines += markdown_table(list(SUMMARY_HEADER), summary, right_from=1)
     return "\n".join(lines) + "\n"
 

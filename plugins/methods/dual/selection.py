@@ -18,8 +18,8 @@ from torch import nn
 from hcibench.data import Domain
 from hcibench.run.accelerator import cpu_state, device_of
 from hcibench.train.classifier import predict_logits
+from hcibench.train.dino import class_token
 
-SELECTIONS = ("last", "knn")
 K, TEMPERATURE = 20, 0.07
 
 
@@ -27,11 +27,8 @@ def embeddings(fe: nn.Module, domain: Domain, batch_size: int, input_size: int) 
     """One L2-normalised vector per sample: the class token of ViT tokens, a profile embedding
     as it is."""
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        features = fe.forward_features(x)
-        return features[:, 0] if features.dim() == 3 else features
-
-    return F.normalize(predict_logits(forward, domain, batch_size, input_size, device_of(fe)).float(), dim=1)
+    tokens = predict_logits(lambda x: class_token(fe, x), domain, batch_size, input_size, device_of(fe))
+    return F.normalize(tokens.float(), dim=1)
 
 
 def knn_accuracy(
