@@ -19,7 +19,7 @@ from hcibench.run import distributed
 from hcibench.run.accelerator import cpu_state, prefetch, to_device
 from hcibench.run.stages import Context
 from hcibench.train import augment
-from hcibench.train.loop import SavedProgress, parameter_groups, set_schedule
+from hcibench.train.loop import TrainingStep, optimise, parameter_groups, run_epochs, set_schedule
 
 
 def prepare_images(
@@ -83,6 +83,94 @@ def _evaluate(
     return loss, accuracy
 
 
+class ClassifierStep(TrainingStep):
+    """Cross-entropy on the labelled samples of a domain, with the paper's schedule (linear
+    warm-up, the rate divided by ``decay`` when the validation loss stalls for ``patience``
+    epochs) and the best validation accuracy's weights kept."""
+
+    def __init__(
+        self,
+        trainable: nn.Module,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        train: Domain,
+        val: Domain,
+        settings: dict,
+        context: Context,
+        input_size: int,
+        description: str,
+    ):
+        super().__init__(context.device, context.precision)
+        self.trainable, self.forward = trainable.to(self.device), forward
+        self.train, self.val, self.settings, self.input_size = train, val, settings, input_size
+        self.description = description
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups([trainable], settings["weight_decay"]), lr=settings["lr"]
+        )
+        labels_known = (train.labels >= 0).sum().item()
+        steps_per_epoch = max(1, -(-labels_known // settings["batch_size"]))
+        self.warmup_steps = settings["warmup_epochs"] * steps_per_epoch
+        self.lr, self.stale, self.best_loss = settings["lr"], 0, float("inf")
+        self.best = {"accuracy": -1.0, "state": None, "epoch": -1}
+        self.history: list[dict] = []
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.trainable}
+
+    def batches(self, epoch: int, generator: torch.Generator):
+        self.generator = generator  # the crops and flips draw from the loop's stream too
+        batches = self.train.batches(self.settings["batch_size"], shuffle=True, generator=generator)
+        return prefetch(batches, self.device)
+
+    def update(self, batch, epoch: int, step: int):
+        x, y, _ = batch
+        known = y >= 0
+        if known.sum() == 0:
+            return None
+        scale = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        set_schedule(self.optimizer, self.lr * scale)
+        x, y = to_device(x[known], self.device), to_device(y[known], self.device)
+        x = prepare_images(x, self.input_size, True, self.generator)
+        # Under torchrun each rank takes its share of the global batch (possibly uneven:
+        # batches are not dropped); the loss is normalised by the global batch so that the
+        # averaged gradients are those of one process.
+        local_x, local_y = distributed.share(x), distributed.share(y)
+        with self.autocast():
+            logits = self.forward(local_x)
+        if distributed.active():
+            loss = F.cross_entropy(logits.float(), local_y, reduction="sum") * (
+                distributed.world_size() / len(y)
+            )
+        else:
+            loss = F.cross_entropy(logits.float(), y)
+        optimise(loss, self.optimizer, self.trainable.parameters(), zero_missing=True)
+        return {}
+
+    def end_epoch(self, epoch: int, figures: dict[str, float]) -> None:
+        self.trainable.eval()
+        val_loss, val_accuracy = _evaluate(
+            self.forward, self.val, self.settings["batch_size"] * 4, self.input_size, self.device
+        )
+        self.history.append(
+            {"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_accuracy, "lr": self.lr}
+        )
+        if val_accuracy > self.best["accuracy"]:
+            self.best = {"accuracy": val_accuracy, "state": cpu_state(self.trainable), "epoch": epoch}
+        # Step decay when the validation loss saturates (after warm-up).
+        settings = self.settings
+        if val_loss < self.best_loss - 1e-4:
+            self.best_loss, self.stale = val_loss, 0
+        elif epoch >= settings["warmup_epochs"]:
+            self.stale += 1
+            if self.stale >= settings["patience"]:
+                self.lr, self.stale = max(self.lr * settings["decay"], settings["min_lr"]), 0
+
+    def progress_state(self):
+        return (self.lr, self.stale, self.best_loss, self.best, self.history)
+
+    def load_progress_state(self, state) -> None:
+        self.lr, self.stale, self.best_loss, self.best, self.history = state
+
+
 def train_classifier(
     trainable: nn.Module,
     forward: Callable[[torch.Tensor], torch.Tensor],
@@ -95,74 +183,17 @@ def train_classifier(
 ) -> dict:
     """Train ``trainable`` (the parameters behind ``forward``) with cross-entropy on ``train``.
 
-    Training runs on ``context.device`` (``trainable`` is moved there) in ``context.precision``.
-    Inside a stage, the progress is saved when due and a killed run goes on from it (see
-    :func:`hcibench.train.dino.train_dino`). Returns ``{"state": best state_dict of trainable
-    (on the CPU), "history": [...], "best_epoch": k}``.
+    Training runs on ``context.device`` (``trainable`` is moved there) in ``context.precision``,
+    driven by :func:`hcibench.train.loop.run_epochs` (a killed stage goes on from its saved
+    progress). Returns ``{"state": best state_dict of trainable (on the CPU), "history": [...],
+    "best_epoch": k, "val_accuracy": best accuracy}``.
     """
-    device = context.device
-    trainable.to(device)
+    step = ClassifierStep(trainable, forward, train, val, settings, context, input_size, description)
     generator = torch.Generator().manual_seed(context.seed)
-    optimizer = torch.optim.AdamW(parameter_groups([trainable], settings["weight_decay"]), lr=settings["lr"])
-    labels_known = (train.labels >= 0).sum().item()
-    steps_per_epoch = max(1, -(-labels_known // settings["batch_size"]))
-    warmup_steps = settings["warmup_epochs"] * steps_per_epoch
-    lr, step, stale, best_loss = settings["lr"], 0, 0, float("inf")
-    best = {"accuracy": -1.0, "state": None, "epoch": -1}
-    history, first_epoch = [], 0
-    saved_progress = SavedProgress(
-        {"model": trainable}, optimizer, generator, log=context.log, description=description
-    )
-    saved = saved_progress.restore(settings["epochs"])
-    if saved is not None:
-        first_epoch, (step, lr, stale, best_loss, best, history) = saved["epoch"], saved["loop"]
-    for epoch in context.track(range(first_epoch, settings["epochs"]), description=description):
-        trainable.train()
-        for x, y, _ in prefetch(
-            train.batches(settings["batch_size"], shuffle=True, generator=generator), device
-        ):
-            known = y >= 0
-            if known.sum() == 0:
-                continue
-            scale = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-            set_schedule(optimizer, lr * scale)
-            x, y = to_device(x[known], device), to_device(y[known], device)
-            x = prepare_images(x, input_size, True, generator)
-            # Under torchrun each rank takes its share of the global batch (possibly uneven:
-            # batches are not dropped); the loss is normalised by the global batch so that the
-            # averaged gradients are those of one process.
-            local_x, local_y = distributed.share(x), distributed.share(y)
-            with context.autocast():
-                logits = forward(local_x)
-            if distributed.active():
-                loss = F.cross_entropy(logits.float(), local_y, reduction="sum") * (
-                    distributed.world_size() / len(y)
-                )
-            else:
-                loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.average_gradients(trainable.parameters(), zero_missing=True)
-            optimizer.step()
-            step += 1
-        trainable.eval()
-        val_loss, val_accuracy = _evaluate(forward, val, settings["batch_size"] * 4, input_size, device)
-        history.append({"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_accuracy, "lr": lr})
-        if val_accuracy > best["accuracy"]:
-            best = {"accuracy": val_accuracy, "state": cpu_state(trainable), "epoch": epoch}
-        # Step decay when the validation loss saturates (after warm-up).
-        if val_loss < best_loss - 1e-4:
-            best_loss, stale = val_loss, 0
-        elif epoch >= settings["warmup_epochs"]:
-            stale += 1
-            if stale >= settings["patience"]:
-                lr, stale = max(lr * settings["decay"], settings["min_lr"]), 0
-        saved_progress.save_if_due(
-            epoch + 1, settings["epochs"], {"loop": (step, lr, stale, best_loss, best, history)}
-        )
+    run_epochs(step, settings["epochs"], generator, context.progress)
     return {
-        "state": best["state"],
-        "history": history,
-        "best_epoch": best["epoch"],
-        "val_accuracy": best["accuracy"],
+        "state": step.best["state"],
+        "history": step.history,
+        "best_epoch": step.best["epoch"],
+        "val_accuracy": step.best["accuracy"],
     }

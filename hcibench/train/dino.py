@@ -22,7 +22,6 @@ the reference does when it adapts to a target.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -33,16 +32,17 @@ from torch import nn
 
 from hcibench.data import Domain, take
 from hcibench.run import distributed
-from hcibench.run.accelerator import PRECISIONS, prefetch, resolve_precision
+from hcibench.run.accelerator import PRECISIONS, autocast, prefetch, resolve_precision
 from hcibench.run.progress import Progress
 from hcibench.train import augment
-from hcibench.train.loop import SavedProgress, parameter_groups, set_schedule
+from hcibench.train.loop import TrainingStep, optimise, parameter_groups, run_epochs, set_schedule
 from hcibench.train.pairs import cross_batch_partners
 
 __all__ = [
     "DINOHead",
     "DINOLoss",
     "DinoSettings",
+    "DinoEpochs",
     "DinoTrainer",
     "MultiCropWrapper",
     "as_float",
@@ -516,7 +516,7 @@ class DinoTrainer:
             raise ValueError(f"clip_mode must be one of {CLIP_MODES}, not {settings.clip_mode!r}")
         if settings.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {settings.precision!r}")
-        self.autocast = resolve_precision(settings.precision, device) == "bf16"
+        self.precision = resolve_precision(settings.precision, device)
 
     def _schedule_value(self, schedule: np.ndarray, step: int) -> float:
         return float(schedule[min(step, len(schedule) - 1)])
@@ -539,7 +539,7 @@ class DinoTrainer:
             # The teacher's running statistics are not averaged from the student's, so its
             # head normalises with the batch's own statistics, as the student's does.
             self.teacher.head.train()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        with autocast(self.device, self.precision):
             with torch.no_grad():
                 teacher_output = self.teacher(views[:2])
             student_output = self.student(views)
@@ -549,14 +549,14 @@ class DinoTrainer:
             extra = self.extra_loss(views)
             self.last_extra = extra.detach()
             loss = loss + extra
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.average_gradients(self.trainable)
-        if settings.clip_grad:
-            clip_gradients(self.trainable, settings.clip_grad, settings.clip_mode)
-        if epoch < settings.freeze_last_layer_epochs:
-            cancel_last_layer(self.student_head)
-        self.optimizer.step()
+
+        def before_step() -> None:
+            if settings.clip_grad:
+                clip_gradients(self.trainable, settings.clip_grad, settings.clip_mode)
+            if epoch < settings.freeze_last_layer_epochs:
+                cancel_last_layer(self.student_head)
+
+        optimise(loss, self.optimizer, self.trainable, before_step)
         self.update_teacher(self._schedule_value(self.momentum_schedule, step))
         return value
 
@@ -591,6 +591,101 @@ def default_views(settings: DinoSettings) -> ViewFn:
         )
 
     return views
+
+
+class DinoEpochs(TrainingStep):
+    """DINO over a domain's images as :func:`hcibench.train.loop.run_epochs` drives it: each
+    epoch draws the cross-batch partners (with ``settings.cross_batch``), then every batch of
+    ``batch_size`` images (the last partial one dropped, as the reference) becomes views for one
+    :meth:`DinoTrainer.step`."""
+
+    def __init__(
+        self,
+        trainer: DinoTrainer,
+        domain: Domain,
+        batch_size: int,
+        views: ViewFn,
+        log: Callable[[str], None],
+        description: str,
+    ):
+        super().__init__(trainer.device, trainer.precision)
+        self.trainer, self.domain, self.batch_size, self.make_views = trainer, domain, batch_size, views
+        self.optimizer = trainer.optimizer
+        self.log, self.description = log, description
+        self.pair_stats: dict | None = None
+        self.last_loss = float("nan")
+        student, teacher = trainer.student, trainer.teacher
+        self.named = {
+            "student": student.backbone,
+            "teacher": teacher.backbone,
+            "student_head": student.head,
+            "teacher_head": teacher.head,
+        }
+        self.modes_before = {name: module.training for name, module in self.named.items()}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return self.named
+
+    def train_mode(self) -> None:
+        pass  # every DinoTrainer.step sets the student's and the teacher's modes itself
+
+    def batches(self, epoch: int, generator: torch.Generator):
+        self.generator, self.partners = generator, None
+        settings, domain = self.trainer.settings, self.domain
+        if settings.cross_batch:
+            self.partners, stats = cross_batch_partners(domain.meta, settings.pair_key, generator)
+            if self.pair_stats is None:
+                self.pair_stats = stats
+                if stats["fallback_plate"] or stats["fallback_self"]:
+                    self.log(
+                        f"cross-batch pairs on '{domain.name}' by {stats['key']}: "
+                        f"{stats['fallback_plate']} of {stats['pairs']} images paired on "
+                        f"another plate, {stats['fallback_self']} with themselves "
+                        f"({stats['fallback_compounds']} compounds without a partner in "
+                        f"another {stats['key']})"
+                    )
+        batches = domain.batches(self.batch_size, shuffle=True, generator=generator, drop_last=True)
+        return prefetch(batches, self.device)
+
+    def update(self, batch, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        images, _, positions = batch
+        trainer = self.trainer
+        anchor = as_float(images, self.device)
+        partner = None
+        if self.partners is not None:
+            partner = as_float(take(self.domain.images, self.partners[positions]), self.device)
+        loss = trainer.step(self.make_views(anchor, partner, self.generator), epoch, step)
+        self.last_step_loss = loss
+        figures = {
+            "loss": loss,
+            "entropy": trainer.loss.last_targets["entropy"],
+            "usage": trainer.loss.last_targets["usage"],
+        }
+        if trainer.extra_loss is not None:
+            figures["extra"] = trainer.last_extra
+        return figures
+
+    def end_epoch(self, epoch: int, figures: dict[str, float]) -> None:
+        self.last_loss = float(
+            distributed.mean_over_ranks(torch.as_tensor(self.last_step_loss, device=self.device))
+        )
+        if not math.isfinite(figures["loss"]):
+            raise FloatingPointError(f"DINO loss is {figures['loss']} in epoch {epoch}")
+
+    def finish(self) -> None:
+        for name, module in self.named.items():
+            module.train(self.modes_before[name])
+
+    def progress_state(self):
+        return {
+            "center": self.trainer.loss.center.detach().cpu(),
+            "pairs": self.pair_stats,
+            "last_loss": self.last_loss,
+        }
+
+    def load_progress_state(self, state) -> None:
+        self.trainer.loss.center.copy_(state["center"].to(self.device))
+        self.pair_stats, self.last_loss = state["pairs"], state["last_loss"]
 
 
 def train_dino(
@@ -635,7 +730,6 @@ def train_dino(
     "loss_state"}``; ``pairs`` holds the partner statistics of the first epoch (fallback counts)
     or None.
     """
-    progress = progress or Progress()
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     n = len(domain)
     if n == 0:
@@ -653,92 +747,13 @@ def train_dino(
         loss_state,
         extra_loss,
     )
-    make_views = views or default_views(settings)
-    was_training = student.training, student_head.training, teacher.training, teacher_head.training
-
-    pair_stats = None
-    epoch_losses: list[float] = []
-    epoch_entropy: list[float] = []  # teacher target entropy / ln K, see target_spread
-    epoch_usage: list[float] = []
-    epoch_extra: list[float] = []
-    last_loss = float("nan")
-    step, first_epoch = 0, 0
-    modules = {
-        "student": student,
-        "teacher": teacher,
-        "student_head": student_head,
-        "teacher_head": teacher_head,
-    }
-    saved_progress = SavedProgress(
-        modules, trainer.optimizer, generator, keep_with_checkpoint, progress.log, description
+    progress = progress or Progress()
+    epochs = DinoEpochs(
+        trainer, domain, batch_size, views or default_views(settings), progress.log, description
     )
-    saved = saved_progress.restore(settings.epochs)
-    if saved is not None:
-        first_epoch, step = saved["epoch"], saved["step"]
-        trainer.loss.center.copy_(saved["center"].to(trainer.device))
-        (epoch_losses, epoch_entropy, epoch_usage, epoch_extra, pair_stats, last_loss) = saved["curves"]
-    start = time.perf_counter()
-    try:
-        for epoch in progress.track(range(first_epoch, settings.epochs), description=description):
-            partners = None
-            if settings.cross_batch:
-                partners, stats = cross_batch_partners(domain.meta, settings.pair_key, generator)
-                if pair_stats is None:
-                    pair_stats = stats
-                    if stats["fallback_plate"] or stats["fallback_self"]:
-                        progress.log(
-                            f"cross-batch pairs on '{domain.name}' by {stats['key']}: "
-                            f"{stats['fallback_plate']} of {stats['pairs']} images paired on "
-                            f"another plate, {stats['fallback_self']} with themselves "
-                            f"({stats['fallback_compounds']} compounds without a partner in "
-                            f"another {stats['key']})"
-                        )
-            # Sums stay on the device during the epoch and are read once at its end.
-            total, entropy, usage, extra = 0.0, 0.0, 0.0, 0.0
-            for images, _, positions in prefetch(
-                domain.batches(batch_size, shuffle=True, generator=generator, drop_last=True), trainer.device
-            ):
-                anchor = as_float(images, trainer.device)
-                partner = None
-                if partners is not None:
-                    partner = as_float(take(domain.images, partners[positions]), trainer.device)
-                loss = trainer.step(make_views(anchor, partner, generator), epoch, step)
-                total += loss
-                entropy += trainer.loss.last_targets["entropy"]
-                usage += trainer.loss.last_targets["usage"]
-                extra += trainer.last_extra
-                step += 1
-            # Under torchrun each rank saw its slice: the epoch's figures are their means.
-            total, entropy, usage, extra, loss = (
-                distributed.mean_over_ranks(torch.as_tensor(v, device=trainer.device))
-                for v in (total, entropy, usage, extra, loss)
-            )
-            last_loss = float(loss)
-            epoch_loss = float(total) / max(steps_per_epoch, 1)
-            if not math.isfinite(epoch_loss):
-                raise FloatingPointError(f"DINO loss is {epoch_loss} in epoch {epoch}")
-            epoch_losses.append(epoch_loss)
-            epoch_entropy.append(float(entropy) / max(steps_per_epoch, 1))
-            epoch_usage.append(float(usage) / max(steps_per_epoch, 1))
-            epoch_extra.append(float(extra) / max(steps_per_epoch, 1))
-            if on_epoch is not None:
-                for module in (student, student_head, teacher, teacher_head):
-                    module.eval()
-                on_epoch(epoch + 1)
-            saved_progress.save_if_due(
-                epoch + 1,
-                settings.epochs,
-                {
-                    "step": step,
-                    "center": trainer.loss.center.detach().cpu(),
-                    "curves": (epoch_losses, epoch_entropy, epoch_usage, epoch_extra, pair_stats, last_loss),
-                },
-            )
-    finally:
-        for module, mode in zip((student, student_head, teacher, teacher_head), was_training):
-            module.train(mode)
-    seconds = time.perf_counter() - start
-    images = step * batch_size
+    figures = run_epochs(epochs, settings.epochs, generator, progress, on_epoch, keep_with_checkpoint)
+    epoch_losses, epoch_entropy = figures.curve("loss"), figures.curve("entropy")
+    images = figures.steps * batch_size
     collapsed = collapse_epoch(epoch_entropy)
     if collapsed is not None:
         progress.log(
@@ -748,21 +763,21 @@ def train_dino(
         )
     return {
         "loss": epoch_losses[-1] if epoch_losses else float("nan"),
-        "last_loss": last_loss,
+        "last_loss": epochs.last_loss,
         "epoch_losses": epoch_losses,
         "target_entropy": epoch_entropy,
-        "target_usage": epoch_usage,
-        "extra_losses": epoch_extra if extra_loss is not None else None,
+        "target_usage": figures.curve("usage"),
+        "extra_losses": figures.curve("extra") if extra_loss is not None else None,
         "collapsed_from_epoch": collapsed,
         "epochs": settings.epochs,
-        "steps": step,
+        "steps": figures.steps,
         "images": images,
-        "seconds": seconds,
-        "images_per_second": images / seconds if seconds > 0 else float("nan"),
+        "seconds": figures.seconds,
+        "images_per_second": images / figures.seconds if figures.seconds > 0 else float("nan"),
         "batch_size": batch_size,
         "cross_batch": settings.cross_batch,
         "pair_key": settings.pair_key if settings.cross_batch else None,
-        "pairs": pair_stats,
+        "pairs": epochs.pair_stats,
         "teacher_temp": trainer.loss.teacher_temperature(max(settings.epochs - 1, 0)),
         "loss_state": {"center": trainer.loss.center.detach().cpu().clone()},
     }

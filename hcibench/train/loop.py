@@ -1,21 +1,34 @@
-"""What every training loop shares: AdamW parameter groups, setting the learning rate and weight
-decay of a step, and saving and restoring progress inside a stage.
+"""The one epoch loop every training in hcibench runs, and what its steps share.
 
-The classifier, DINO and MAE loops keep their own steps (a supervised batch, a DINO update on
-multi-crop views, a masked reconstruction); everything around a step that a loop must get right
-the same way (which parameters decay, how a schedule reaches the optimiser, what a resumed
-computation needs to go on bitwise as if never stopped) is written here once.
+A kind of training (a supervised batch, a DINO update on multi-crop views, a masked
+reconstruction) is a :class:`TrainingStep`: it says which batches an epoch has and what one
+update does, as DomainBed's ``update()``. :func:`run_epochs` drives any of them, so that what a
+loop must get right the same way every time is written once: the progress bar, the epoch's
+figures (summed on the device, read once per epoch, averaged over torchrun's ranks), the
+callback after each epoch, and saving and restoring progress inside a stage so that a killed
+computation goes on bitwise as if never stopped. Beside it: AdamW parameter groups, a step's
+learning rate and weight decay (:func:`set_schedule`), one backward-and-step
+(:func:`optimise`) and the precision a step computes in (:meth:`TrainingStep.autocast`).
 """
 
 from __future__ import annotations
 
+import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from hcibench.run import distributed
+from hcibench.run.accelerator import autocast, resolve_precision
+from hcibench.run.progress import Progress
 from hcibench.run.stages import current_checkpoint
+
+# Saved progress in another layout (from another version of the loop) is not resumed from.
+PROGRESS_FORMAT = 2
 
 
 def parameter_groups(modules: Iterable[nn.Module], weight_decay: float | None = None) -> list[dict]:
@@ -71,6 +84,10 @@ class SavedProgress:
         saved = self.checkpoint.load() if self.checkpoint is not None else None
         if saved is None:
             return None
+        if saved.get("format") != PROGRESS_FORMAT:
+            if self.log is not None:
+                self.log(f"{self.description}: saved progress from another version, starting over")
+            return None
         for name, module in self.modules.items():
             module.load_state_dict(saved["modules"][name])
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -101,5 +118,163 @@ class SavedProgress:
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "kept": {name: keeper.state_dict() for name, keeper in self.kept.items()},
                 "figures": {**figures, "epoch": epochs_done},
+                "format": PROGRESS_FORMAT,
             }
         )
+
+
+def optimise(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    parameters: Iterable[torch.Tensor],
+    before_step: Callable[[], None] | None = None,
+    zero_missing: bool = False,
+) -> None:
+    """One optimiser step on ``loss``: gradients from zero, averaged over torchrun's ranks
+    (``zero_missing``: a parameter without a gradient on this rank counts as zero), then
+    ``before_step()`` (e.g. clipping), then the update."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    distributed.average_gradients(parameters, zero_missing=zero_missing)
+    if before_step is not None:
+        before_step()
+    optimizer.step()
+
+
+class TrainingStep(ABC):
+    """One kind of training as :func:`run_epochs` drives it.
+
+    A subclass sets ``optimizer``, ``device``, ``precision`` (through ``super().__init__``) and
+    ``description``, and says what an epoch's batches are and what one update does. Its own
+    loop state (a plateau counter, a best checkpoint, a loss centre) goes through
+    :meth:`progress_state` / :meth:`load_progress_state`, so a resumed stage goes on from it.
+    """
+
+    description = "training"
+    optimizer: torch.optim.Optimizer
+
+    def __init__(self, device: torch.device, precision: str | None = "fp32"):
+        self.device = device
+        self.precision = resolve_precision(precision, device)
+
+    def autocast(self):
+        """The context a forward pass of this step runs in (bf16 autocast, or nothing)."""
+        return autocast(self.device, self.precision)
+
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """The modules whose weights a saved progress holds."""
+
+    @abstractmethod
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterable:
+        """The batches of ``epoch`` (drawn with ``generator``, the loop's random stream)."""
+
+    @abstractmethod
+    def update(self, batch, epoch: int, step: int) -> dict[str, torch.Tensor] | None:
+        """One optimisation step on ``batch`` (``step`` counts the updates of every epoch so
+        far). Returns the figures to average over the epoch, as tensors on the device (the
+        loop reads them once per epoch), or None when the batch gave no update."""
+
+    def train_mode(self) -> None:
+        """Put the modules in the mode an update expects (called before every epoch)."""
+        for module in self.modules().values():
+            module.train()
+
+    def eval_mode(self) -> None:
+        """The modules as the callback after an epoch sees them."""
+        for module in self.modules().values():
+            module.eval()
+
+    def end_epoch(self, epoch: int, figures: dict[str, float]) -> None:
+        """After ``epoch``'s updates, with their mean figures (e.g. validate, decay the rate)."""
+        return None
+
+    def finish(self) -> None:
+        """After the loop, also when it failed (e.g. leave the modules in eval mode)."""
+        for module in self.modules().values():
+            module.eval()
+
+    def progress_state(self) -> Any:
+        return None
+
+    def load_progress_state(self, state: Any) -> None:
+        """Take back what :meth:`progress_state` gave (nothing to take by default)."""
+        return None
+
+
+@dataclass
+class EpochFigures:
+    """What :func:`run_epochs` measured: the mean figures of each epoch, the updates done, and
+    the seconds the loop took in this process (a resumed run counts only its own part)."""
+
+    epochs: list[dict[str, float]]
+    steps: int
+    seconds: float
+
+    def curve(self, name: str) -> list[float]:
+        return [figures[name] for figures in self.epochs]
+
+
+def run_epochs(
+    training: TrainingStep,
+    epochs: int,
+    generator: torch.Generator,
+    progress: Progress | None = None,
+    on_epoch: Callable[[int], None] | None = None,
+    keep_with_checkpoint: dict[str, Any] | None = None,
+) -> EpochFigures:
+    """Drive ``training`` for ``epochs`` epochs.
+
+    Each epoch: the modules in training mode, every batch through ``update``, the figures' means
+    (over the epoch's updates and torchrun's ranks) to ``end_epoch``, then ``on_epoch(k)``
+    (``k`` counting from 1) with the modules in eval mode. Inside a stage, the progress
+    (modules, optimiser, random streams, figures, the step's own state and the ``state_dict()``
+    of each object in ``keep_with_checkpoint``) is saved after an epoch when a save is due and,
+    when the stage is computed again after a kill, the loop goes on from there.
+    """
+    progress = progress or Progress()
+    saved_progress = SavedProgress(
+        training.modules(),
+        training.optimizer,
+        generator,
+        keep_with_checkpoint,
+        progress.log,
+        training.description,
+    )
+    first_epoch, step, curves = 0, 0, []
+    saved = saved_progress.restore(epochs)
+    if saved is not None:
+        first_epoch, step, curves = saved["epoch"], saved["step"], saved["curves"]
+        training.load_progress_state(saved["state"])
+    started = time.perf_counter()
+    try:
+        for epoch in progress.track(range(first_epoch, epochs), description=training.description):
+            training.train_mode()
+            sums: dict[str, Any] = {}
+            updates = 0
+            for batch in training.batches(epoch, generator):
+                figures = training.update(batch, epoch, step)
+                if figures is None:
+                    continue
+                for name, value in figures.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                step += 1
+                updates += 1
+            means = {
+                name: float(distributed.mean_over_ranks(torch.as_tensor(total, device=training.device)))
+                / max(updates, 1)
+                for name, total in sums.items()
+            }
+            curves.append(means)
+            training.end_epoch(epoch, means)
+            if on_epoch is not None:
+                training.eval_mode()
+                on_epoch(epoch + 1)
+            saved_progress.save_if_due(
+                epoch + 1,
+                epochs,
+                {"step": step, "curves": curves, "state": training.progress_state()},
+            )
+    finally:
+        training.finish()
+    return EpochFigures(curves, step, time.perf_counter() - started)

@@ -8,7 +8,6 @@ Dual-model-MAE, to adapt it (ODA-MAE) and by test-time training (TTT).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -16,12 +15,12 @@ from torch import nn
 
 from hcibench.data import Domain
 from hcibench.run import distributed
-from hcibench.run.accelerator import autocast, device_of, prefetch, to_device
+from hcibench.run.accelerator import device_of, prefetch, to_device
 from hcibench.run.progress import Progress
 from hcibench.train.backbones import timm
 from hcibench.train.classifier import prepare_images
 from hcibench.train.dino import cosine_schedule
-from hcibench.train.loop import SavedProgress, parameter_groups, set_schedule
+from hcibench.train.loop import TrainingStep, optimise, parameter_groups, run_epochs, set_schedule
 
 Block = timm.models.vision_transformer.Block
 build_sincos2d_pos_embed = timm.layers.pos_embed_sincos.build_sincos2d_pos_embed
@@ -158,6 +157,53 @@ def build_decoder(encoder: nn.Module, settings: MaeSettings, in_chans: int) -> M
     )
 
 
+class MaeStep(TrainingStep):
+    """Masked reconstruction over a domain's images as :func:`hcibench.train.loop.run_epochs`
+    drives it: random crops and flips, a fresh random mask per image, AdamW (betas 0.9, 0.95)
+    on a warm-up then cosine rate."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        domain: Domain,
+        settings: MaeSettings,
+        input_size: int,
+        precision: str,
+        description: str,
+    ):
+        super().__init__(device_of(model), precision)
+        self.model, self.domain, self.input_size, self.description = model, domain, input_size, description
+        self.batch_size = min(settings.batch_size, len(domain))
+        steps_per_epoch = max(1, len(domain) // self.batch_size)
+        self.lr = cosine_schedule(
+            settings.lr, settings.min_lr, settings.epochs, steps_per_epoch, settings.warmup_epochs
+        )
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups([model], settings.weight_decay), betas=(0.9, 0.95)
+        )
+        self.n_patches = model.noise_size(input_size)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def batches(self, epoch: int, generator: torch.Generator):
+        self.generator = generator  # crops, flips and masks draw from the loop's stream too
+        batches = self.domain.batches(self.batch_size, shuffle=True, generator=generator, drop_last=True)
+        return prefetch(batches, self.device)
+
+    def update(self, batch, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        images, _, _ = batch
+        set_schedule(self.optimizer, float(self.lr[min(step, len(self.lr) - 1)]))
+        x = prepare_images(to_device(images, self.device), self.input_size, True, self.generator)
+        noise = torch.rand(len(x), self.n_patches, generator=self.generator).to(self.device)
+        # Under torchrun: the global batch is drawn on every rank, each trains on its slice.
+        x, noise = distributed.local_slice(x), distributed.local_slice(noise)
+        with self.autocast():
+            loss = self.model(x, noise).float()
+        optimise(loss, self.optimizer, self.model.parameters())
+        return {"loss": loss.detach()}
+
+
 def train_mae(
     model: nn.Module,
     domain: Domain,
@@ -177,52 +223,13 @@ def train_mae(
     model's device, in ``precision`` (bf16: autocast, the loss in float32). Inside a stage, the
     progress is saved when due and a killed run goes on from it, as :func:`train_dino` does
     (with the ``state_dict()`` of the objects in ``keep_with_checkpoint``)."""
-    progress = progress or Progress()
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    batch_size = min(settings.batch_size, len(domain))
-    steps_per_epoch = max(1, len(domain) // batch_size)
-    lr = cosine_schedule(
-        settings.lr, settings.min_lr, settings.epochs, steps_per_epoch, settings.warmup_epochs
-    )
-    optimizer = torch.optim.AdamW(parameter_groups([model], settings.weight_decay), betas=(0.9, 0.95))
-    model.train()
-    step, losses, started, first_epoch = 0, [], time.perf_counter(), 0
-    n_patches = model.noise_size(input_size)
-    device = device_of(model)
-    saved_progress = SavedProgress(
-        {"model": model}, optimizer, generator, keep_with_checkpoint, progress.log, description
-    )
-    saved = saved_progress.restore(settings.epochs)
-    if saved is not None:
-        first_epoch, step, losses = saved["epoch"], saved["step"], saved["losses"]
-    for epoch in progress.track(range(first_epoch, settings.epochs), description=description):
-        total = 0.0
-        for images, _, _ in prefetch(
-            domain.batches(batch_size, shuffle=True, generator=generator, drop_last=True), device
-        ):
-            set_schedule(optimizer, float(lr[min(step, len(lr) - 1)]))
-            x = prepare_images(to_device(images, device), input_size, True, generator)
-            noise = torch.rand(len(x), n_patches, generator=generator).to(device)
-            # Under torchrun: the global batch is drawn on every rank, each trains on its slice.
-            x, noise = distributed.local_slice(x), distributed.local_slice(noise)
-            with autocast(device, precision):
-                loss = model(x, noise).float()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.average_gradients(model.parameters())
-            optimizer.step()
-            total += loss.detach()  # summed on the device: no host round-trip per step
-            step += 1
-        losses.append(float(distributed.mean_over_ranks(torch.as_tensor(total))) / steps_per_epoch)
-        if on_epoch is not None:
-            model.eval()
-            on_epoch(len(losses))
-            model.train()
-        saved_progress.save_if_due(epoch + 1, settings.epochs, {"step": step, "losses": losses})
-    model.eval()
+    step = MaeStep(model, domain, settings, input_size, precision, description)
+    figures = run_epochs(step, settings.epochs, generator, progress, on_epoch, keep_with_checkpoint)
+    losses = figures.curve("loss")
     return {
         "loss": losses[-1] if losses else float("nan"),
         "epoch_losses": losses,
-        "steps": step,
-        "seconds": time.perf_counter() - started,
+        "steps": figures.steps,
+        "seconds": figures.seconds,
     }
