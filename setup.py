@@ -5,8 +5,11 @@ Everything else is declared in pyproject.toml."""
 from setuptools import find_packages, setup
 
 PLUGINS = "hcibench_plugins"
-plugin_packages = [PLUGINS + name[len("plugins"):]
-                   for name in find_packages(include=["plugins", "plugins.*"])]
+plugin_packages = [
+    PLUGINS + name[len("plugins") :] for name in find_packages(include=["plugins", "plugins.*"])
+]
 
-setup(packages=find_packages(include=["hcibench", "hcibench.*"]) + plugin_packages,
-      package_dir={PLUGINS: "plugins"})
+setup(
+    packages=find_packages(include=["hcibench", "hcibench.*"]) + plugin_packages,
+    package_dir={PLUGINS: "plugins"},
+)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -68,3 +70,22 @@ def save_torch(path: Path, obj: Any) -> None:
 
 def load_torch(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@functools.cache
+def _digest_of(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's content (read once per size and modification time)."""
+    path = Path(path)
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise UsageError(f"file not found: {path}") from None
+    return _digest_of(str(path.resolve()), status.st_size, status.st_mtime_ns)

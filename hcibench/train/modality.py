@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from hcibench.run.storage import file_digest
 from hcibench.train import profiles
 from hcibench.train.backbones import create_vit
 
@@ -19,8 +20,13 @@ class ImageModality:
     first_weight = "patch_embed.proj.weight"
 
     def fe_settings(self, config: dict) -> dict:
-        """The settings that define the feature extractor, for stage keys."""
-        return config["backbone"]
+        """The settings that define the feature extractor, for stage keys. A pretrained weights
+        file counts by its content, not its path: a file written anew at the same path makes
+        new stages, and the same file elsewhere (another machine) reuses them."""
+        settings = config["backbone"]
+        if settings.get("pretrained"):
+            settings = {**settings, "pretrained": {"sha256": file_digest(settings["pretrained"])}}
+        return settings
 
     def create_fe(
         self, config: dict, in_chans: int, num_classes: int = 0, drop_path: float = 0.0

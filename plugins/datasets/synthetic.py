@@ -24,6 +24,8 @@ from hcibench_plugins.datasets import synthetic_render as render
 # (batches, plates) per source: Table 1 scaled down, keeping at least 3 plates (train,
 # validation and test plates) and 2 batches (cross-batch pairs) everywhere.
 SOURCE_LAYOUT = {"S3": (4, 6), "S5": (6, 6), "S8": (3, 3), "S11": (2, 4), "S7": (3, 3), "S10": (3, 3)}
+# The layout of every source of ``synthetic-labs`` (L1, L2, ...: labs drawn from the seed).
+LAB_LAYOUT = (3, 3)
 COMPOUNDS_PER_CLASS = 3
 WELLS_PER_COMPOUND = 2
 SITES_PER_WELL = 3  # at scale 1.0
@@ -109,7 +111,7 @@ class SyntheticDataset(hcibench.Dataset):
         return list(render.MOA_TABLE)
 
     def domain(self, source: str) -> hcibench.Domain:
-        if source not in SOURCE_LAYOUT:
+        if source not in self.sources():
             raise unknown_name("source", source, self.sources())
         if source not in self._domains:
             meta = self._layout(source)
@@ -118,6 +120,18 @@ class SyntheticDataset(hcibench.Dataset):
                 source, meta.drop(columns=["compound_index"]), hcibench.TensorImages(images), self.classes()
             )
         return self._domains[source]
+
+    def _profile(self, source: str) -> render.SourceProfile:
+        if source in render.SOURCE_PROFILES:
+            return render.SOURCE_PROFILES[source]
+        return render.drawn_profile(generator(self.seed, source, "lab"))
+
+    def _artifact_kinds(self, source: str) -> tuple:
+        if source in artifacts.SOURCE_ARTIFACTS:
+            return artifacts.SOURCE_ARTIFACTS[source]
+        kinds = sorted({kind for kinds in artifacts.SOURCE_ARTIFACTS.values() for kind in kinds})
+        draw = torch.randint(len(kinds), (), generator=generator(self.seed, source, "artifact kind"))
+        return (kinds[int(draw)],)
 
     def compounds(self) -> pd.DataFrame:
         """The compounds shared by all sources: id, label (MoA) and wells on every plate."""
@@ -147,7 +161,7 @@ class SyntheticDataset(hcibench.Dataset):
         return self._compounds
 
     def _layout(self, source: str) -> pd.DataFrame:
-        batches, plates = SOURCE_LAYOUT[source]
+        batches, plates = SOURCE_LAYOUT.get(source, LAB_LAYOUT)
         compounds = self.compounds()
         rows = []
         plate = 0
@@ -173,14 +187,14 @@ class SyntheticDataset(hcibench.Dataset):
         return meta.sort_values(["plate", "well", "site"], kind="stable").reset_index(drop=True)
 
     def _render(self, source: str, meta: pd.DataFrame) -> torch.Tensor:
-        profile = render.SOURCE_PROFILES[source]
+        profile = self._profile(source)
         settings = render.imaging_settings(
             profile, _codes(meta["batch"]), _codes(meta["plate"]), generator(self.seed, source, "imaging")
         )
         morph = self._compound_table()[1][torch.tensor(meta["compound_index"].to_numpy())]
         batch = _codes(meta["batch"])
         looks = artifacts.batch_artifacts(
-            artifacts.SOURCE_ARTIFACTS[source],
+            self._artifact_kinds(source),
             int(batch.max()) + 1,
             generator(self.seed, source, "artifacts"),
         )
@@ -264,9 +278,34 @@ def synth_command(out, seed, image_size, scale, culture, artifacts, sources):
     )
 
 
+class SyntheticLabs(SyntheticDataset):
+    """Sources L1..LN whose labs and microscopes are drawn from the seed (each setting between
+    the lowest and highest of S3..S10's, :func:`synthetic_render.drawn_profile`), and, with the
+    default seed 1, other compounds than ``synthetic``'s (seed 0) of the same mechanisms. An
+    unlabelled corpus disjoint from every source of ``synthetic``: what ``hcibench pretrain``
+    learns a starting point on, as the CODA paper's FE started from ImageNet."""
+
+    name = "synthetic-labs"
+    description = "Generated images from N labs and microscopes drawn at random (L1..LN), for pretraining"
+
+    @classmethod
+    def default_settings(cls, preset: str) -> dict:
+        return {**super().default_settings(preset), "seed": 1, "labs": 8}
+
+    def __init__(self, data=None, seed=1, labs=8, **options):
+        super().__init__(data, seed=seed, **options)
+        self.labs = _number("labs", labs, int)
+        if self.labs < 1:
+            raise hcibench.UsageError(f"synthetic-labs option 'labs' is a count >= 1, got {labs}")
+
+    def sources(self) -> list[str]:
+        return [f"L{i}" for i in range(1, self.labs + 1)]
+
+
 @hcibench.hookimpl
 def register_datasets(register):
     register(SyntheticDataset)
+    register(SyntheticLabs)
 
 
 @hcibench.hookimpl
@@ -274,4 +313,4 @@ def register_commands(cli):
     cli.commands["data"].add_command(synth_command)
 
 
-__all__ = ["SyntheticDataset", "generator"]
+__all__ = ["SyntheticDataset", "SyntheticLabs", "generator"]

@@ -94,10 +94,6 @@ def _bleed(dna_agp=0.0, agp_mito=0.0, mito_agp=0.0, dna_mito=0.0):
     return ((1.0, 0.0, 0.0), (dna_agp, 1.0, mito_agp), (dna_mito, agp_mito, 1.0))
 
 
-# Fixed per source name (never drawn from the seed): six recognisable labs and microscopes.
-# S5, S7 and S10 are CV7000/CV8000 confocals, so their optics resemble each other (Table 1);
-# their labs still differ. Widefield sources (S3, S11) have haze, LED sources (S8, S11) uneven
-# illumination, confocals more blur (lower NA) and noise.
 SOURCE_PROFILES = {
     "S3": SourceProfile(
         density=4.5,
@@ -226,6 +222,29 @@ SOURCE_PROFILES = {
         crosstalk=_bleed(agp_mito=0.18, mito_agp=0.08),
     ),
 }
+
+
+def drawn_profile(generator: torch.Generator) -> SourceProfile:
+    """A lab and microscope of its own: every setting drawn uniformly between the lowest and the
+    highest value the named sources have (per channel for channel settings), so that it is as
+    far from each of them as they are from each other, but none of them."""
+    named = list(SOURCE_PROFILES.values())
+
+    def draw(values):
+        first = values[0]
+        if isinstance(first, tuple):
+            return tuple(draw([v[i] for v in values]) for i in range(len(first)))
+        low, high = min(values), max(values)
+        return low + (high - low) * float(torch.rand((), generator=generator))
+
+    fields = SourceProfile.__dataclass_fields__
+    return SourceProfile(**{name: draw([getattr(p, name) for p in named]) for name in fields})
+
+
+# Fixed per source name (never drawn from the seed): six recognisable labs and microscopes.
+# S5, S7 and S10 are CV7000/CV8000 confocals, so their optics resemble each other (Table 1);
+# their labs still differ. Widefield sources (S3, S11) have haze, LED sources (S8, S11) uneven
+# illumination, confocals more blur (lower NA) and noise.
 
 # Log-normal spread of the imaging settings between batches; plates drift by half of it.
 BATCH_DRIFT = {

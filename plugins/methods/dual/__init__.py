@@ -10,13 +10,15 @@ unlabelled target.
 Modules: ``settings`` (the ``dino``, ``mae``, ``task`` and ``adapt`` sections per preset),
 ``steps`` (the three steps with DINO), ``mae_steps`` (with MAE), ``ttt`` (test-time training),
 ``adaptation`` (what step 3 adapts, its label-free diagnostics, alignment to the source),
-``dino_methods`` and ``mae_methods`` (the registered methods).
+``dino_methods`` and ``mae_methods`` (the registered methods), ``pretrain`` (``hcibench
+pretrain``: an FE pretrained on a corpus disjoint from a run's sources, for ``--pretrained``).
 """
 
 import hcibench
 
 from .dino_methods import CODA, ODA, CODAAligned, DualCB, DualDino, ODAAligned
 from .mae_methods import ODAMAE, TTT, DualMAE
+from .pretrain import pretrain_command
 
 METHODS = (DualDino, DualCB, ODA, CODA, ODAAligned, CODAAligned, DualMAE, ODAMAE, TTT)
 
@@ -25,3 +27,8 @@ METHODS = (DualDino, DualCB, ODA, CODA, ODAAligned, CODAAligned, DualMAE, ODAMAE
 def register_methods(register):
     for method in METHODS:
         register(method)
+
+
+@hcibench.hookimpl
+def register_commands(cli):
+    cli.add_command(pretrain_command)

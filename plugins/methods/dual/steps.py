@@ -113,7 +113,7 @@ def source_center(config, settings, teacher, teacher_head, source: Domain, seed:
     return {"center": (total / max(count, 1)).cpu()}
 
 
-def _run_dino(
+def run_dino(
     config,
     channels,
     domain,
@@ -244,7 +244,7 @@ def pretrain_fe(
     result = context.stage(
         name,
         key,
-        lambda: _run_dino(
+        lambda: run_dino(
             config,
             channels,
             train,
@@ -439,7 +439,7 @@ def adapt_fe(
     return context.stage(
         name,
         key,
-        lambda: _run_dino(
+        lambda: run_dino(
             config,
             channels,
             target,

@@ -1,0 +1,48 @@
+"""A starting point pretrained on a corpus disjoint from the run: synthetic-labs, `hcibench
+pretrain`, and `--pretrained` with the file it writes."""
+
+import torch
+from conftest import run_in_process
+
+from hcibench.train.modality import backbone_settings, create_backbone
+from hcibench_plugins.datasets import synthetic_render as render
+from hcibench_plugins.datasets.synthetic import SyntheticDataset, SyntheticLabs
+
+
+def test_synthetic_labs_are_their_own_labs_and_compounds():
+    labs = SyntheticLabs(labs=3)
+    assert labs.sources() == ["L1", "L2", "L3"]
+    profiles = [labs._profile(source) for source in labs.sources()]
+    assert len({p.zoom for p in profiles}) == 3  # each lab has its own microscope
+    assert not set(profiles) & set(render.SOURCE_PROFILES.values())
+    named = SyntheticDataset()
+    assert not set(labs.domain("L1").meta["plate"]) & set(named.domain("S8").meta["plate"])
+    # Other compounds (seed 1) of the same mechanisms as the synthetic dataset's (seed 0).
+    assert labs.classes() == named.classes()
+    assert not torch.equal(labs._compound_table()[1], named._compound_table()[1])
+    again = SyntheticLabs(labs=3)._profile("L2")
+    assert again == profiles[1]  # drawn from the seed: the same every time
+
+
+def test_pretrain_writes_weights_that_a_run_starts_from(tmp_path, capsys):
+    out = tmp_path / "fe.pt"
+    args = ["pretrain", "--dataset", "synthetic-labs", "--sources", "L1", "--out", str(out)]
+    args += ["--set", "dataset.labs=1", "--set", "dino.epochs=1", "--set", "dino.batch_size=64"]
+    status, _, err = run_in_process(capsys, *args)
+    assert status == 0, err
+    saved = torch.load(out, weights_only=False)
+    assert saved["corpus"]["sources"] == ["L1"] and saved["corpus"]["images"] == 540
+    assert not any(p.name.endswith(".progress") for p in tmp_path.iterdir())  # no debris
+    config = {"backbone": {**saved["backbone"], "pretrained": str(out)}}
+    fe = create_backbone(config, 3)
+    assert all(torch.equal(fe.state_dict()[k], v) for k, v in saved["teacher"].items())
+    # A stage key names the file by its content, so the same file elsewhere keeps the stages.
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(out.read_bytes())
+    key = backbone_settings(config)["pretrained"]
+    assert (
+        key == backbone_settings({"backbone": {**config["backbone"], "pretrained": str(copy)}})["pretrained"]
+    )
+
+    status, _, err = run_in_process(capsys, *args)
+    assert status == 2 and err.count("\n") == 1 and "exists" in err
