@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import hcibench
 from hcibench_plugins.datasets import synthetic
 from hcibench_plugins.datasets.files.folder_format import read_folder, write_folder
-from hcibench_plugins.datasets.synthetic import SyntheticDataset
+from hcibench_plugins.datasets.synthetic import SyntheticDataset, SyntheticLabs
 
 SMALL = {"scale": 0.34}  # one site per well: 60 images per plate
 
@@ -207,7 +207,7 @@ def test_folder_refuses_a_non_empty_target_and_unknown_sources(tmp_path, small):
 def test_hooks_register_the_dataset_and_the_synth_command(tmp_path):
     registered = []
     synthetic.register_datasets(registered.append)
-    assert registered == [SyntheticDataset]
+    assert registered == [SyntheticDataset, SyntheticLabs]
 
     data = click.Group("data")  # the core's group that dataset commands join
     root = click.Group("hcibench", commands=[data])
