@@ -85,3 +85,6 @@ for budget in "1e-4 20" "5e-4 20" "1e-4 5"; do
   $H run --methods oda,coda $GRID --set dataset.culture=1 --set adapt.lr=$1 --set adapt.epochs=$2 \
     --cache runs/adapt/base-culture1/stages --out runs/adapt/budget4-lr$1-ep$2-culture1
 done
+# What adapts on the culture shift: the early layers, or the normalisation layers only.
+$H run --methods oda,coda $GRID --set dataset.culture=1 --set adapt.trainable=early,norm \
+  --cache runs/adapt/base-culture1/stages --out runs/adapt/scope4-culture1
