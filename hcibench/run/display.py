@@ -20,6 +20,19 @@ from hcibench.run.progress import RichProgress
 from hcibench.run.runner import RunSpec, count_cells, execute, open_run_folder, prepare
 
 
+def progress_bars(console: Console) -> Progress:
+    """A rich display for :class:`RichProgress`: one bar per loop, with counts, time and ETA."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=console, transient=False)
+
+
 def run_with_progress(spec: RunSpec, console: Console) -> None:
     run = prepare(spec)
     resolve_device(run.config.get("device"))  # a GPU asked for but absent: before any writing
@@ -33,15 +46,7 @@ def run_with_progress(spec: RunSpec, console: Console) -> None:
         f" × {len(run.grid.targets)} target(s) × {len(run.grid.seeds)} seed(s) = {total} cells"
         f" on '{spec.dataset}' ({spec.preset} preset); {finished} already done -> {run.out}"
     )
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as display:
+    with progress_bars(console) as display:
         grid_task = display.add_task("grid cells", total=total, completed=finished)
 
         def on_cell(record):

@@ -23,19 +23,12 @@ import click
 import pandas as pd
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from hcibench import __version__
 from hcibench.data import Domain, TensorImages
 from hcibench.errors import UsageError
 from hcibench.run import accelerator, storage
+from hcibench.run.display import progress_bars
 from hcibench.run.progress import Progress as Silent
 from hcibench.run.progress import RichProgress
 from hcibench.run.runner import Grid, RunSpec, prepare
@@ -50,6 +43,11 @@ def pooled(domains: list[Domain], name: str) -> Domain:
     meta = [domain.meta for domain in domains]
     images = torch.cat([domain.stack() for domain in domains])
     return Domain(name, pd.concat(meta, ignore_index=True), TensorImages(images), domains[0].classes)
+
+
+def progress_folder(out: Path) -> Path:
+    """Where a pretraining for ``out`` keeps its progress until the file is written."""
+    return out.parent / f".{out.name}.progress"
 
 
 def pretrain(spec: RunSpec, out: Path, progress=None) -> dict:
@@ -68,7 +66,7 @@ def pretrain(spec: RunSpec, out: Path, progress=None) -> dict:
         config,
         seed=run.grid.seeds[0],
         source="+".join(run.grid.sources),
-        stages=StageCache(out.parent / f".{out.name}.progress"),
+        stages=StageCache(progress_folder(out)),
         progress=progress or Silent(),
         device=device,
         precision=precision,
@@ -140,18 +138,10 @@ def pretrain_command(sources, out, dataset, data_path, preset, seed, overrides):
         overrides=list(overrides),
     )
     console = Console()
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as display:
+    with progress_bars(console) as display:
         weights = pretrain(spec, out, RichProgress(display))
     storage.save_torch(out, weights)
-    shutil.rmtree(out.parent / f".{out.name}.progress", ignore_errors=True)
+    shutil.rmtree(progress_folder(out), ignore_errors=True)
     console.print(
         f"{out}: FE pretrained on {weights['corpus']['images']} images of {', '.join(names)} "
         f"({weights['dino']['epochs']} epochs, last loss {weights['loss'][-1]:.3f}); "
