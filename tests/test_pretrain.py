@@ -10,12 +10,12 @@ from hcibench_plugins.datasets.synthetic import SyntheticDataset, SyntheticLabs
 
 
 def test_synthetic_labs_are_their_own_labs_and_compounds():
-    labs = SyntheticLabs(labs=3)
+    labs = SyntheticLabs(labs=3, scale=0.34)  # one site per well: fewer images, same labs
     assert labs.sources() == ["L1", "L2", "L3"]
     profiles = [labs._profile(source) for source in labs.sources()]
     assert len({p.zoom for p in profiles}) == 3  # each lab has its own microscope
     assert not set(profiles) & set(render.SOURCE_PROFILES.values())
-    named = SyntheticDataset()
+    named = SyntheticDataset(scale=0.34)
     assert not set(labs.domain("L1").meta["plate"]) & set(named.domain("S8").meta["plate"])
     # Other compounds (seed 1) of the same mechanisms as the synthetic dataset's (seed 0).
     assert labs.classes() == named.classes()
@@ -27,11 +27,11 @@ def test_synthetic_labs_are_their_own_labs_and_compounds():
 def test_pretrain_writes_weights_that_a_run_starts_from(tmp_path, capsys):
     out = tmp_path / "fe.pt"
     args = ["pretrain", "--dataset", "synthetic-labs", "--sources", "L1", "--out", str(out)]
-    args += ["--set", "dataset.labs=1", "--set", "dino.epochs=1", "--set", "dino.batch_size=64"]
+    args += ["--set", "dataset.labs=1", "--set", "dataset.scale=0.34", "--set", "dino.epochs=1"]
     status, _, err = run_in_process(capsys, *args)
     assert status == 0, err
     saved = torch.load(out, weights_only=False)
-    assert saved["corpus"]["sources"] == ["L1"] and saved["corpus"]["images"] == 540
+    assert saved["corpus"]["sources"] == ["L1"] and saved["corpus"]["images"] == 180
     assert not any(p.name.endswith(".progress") for p in tmp_path.iterdir())  # no debris
     config = {"backbone": {**saved["backbone"], "pretrained": str(out)}}
     fe = create_backbone(config, 3)
