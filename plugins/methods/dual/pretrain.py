@@ -31,7 +31,7 @@ from hcibench.run import accelerator, storage
 from hcibench.run.display import progress_bars
 from hcibench.run.progress import Progress as Silent
 from hcibench.run.progress import RichProgress
-from hcibench.run.runner import Grid, RunSpec, prepare
+from hcibench.run.runner import Grid, Run, RunSpec, prepare
 from hcibench.run.stages import Context, StageCache
 from hcibench.train.modality import backbone_settings
 
@@ -50,10 +50,10 @@ def progress_folder(out: Path) -> Path:
     return out.parent / f".{out.name}.progress"
 
 
-def pretrain(spec: RunSpec, out: Path, progress=None) -> dict:
-    """Pretrain on every image of ``spec``'s sources; returns what the file holds."""
-    run = prepare(spec)
-    config = run.config
+def pretrain(run: Run, out: Path, progress=None) -> dict:
+    """Pretrain on every image of ``run``'s sources (a prepared run, see
+    :func:`hcibench.run.runner.prepare`); returns what the file holds."""
+    config, spec = run.config, run.spec
     if config.get("modality", "image") != "image":
         raise UsageError("hcibench pretrain trains image backbones; this dataset holds profiles")
     if config.get("threads"):
@@ -137,9 +137,10 @@ def pretrain_command(sources, out, dataset, data_path, preset, seed, overrides):
         preset=preset,
         overrides=list(overrides),
     )
+    run = prepare(spec)  # every name and setting checked before anything is shown or written
     console = Console()
     with progress_bars(console) as display:
-        weights = pretrain(spec, out, RichProgress(display))
+        weights = pretrain(run, out, RichProgress(display))
     storage.save_torch(out, weights)
     shutil.rmtree(progress_folder(out), ignore_errors=True)
     console.print(
