@@ -30,7 +30,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUT/NAME
 { nvidia-smi -L; $PY -c "import torch; print('torch', torch.__version__)"; } >"$out/summary.txt"
 step tests 120 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
 step figures 120 $PY benchmarks/gpu_check.py --out "$out"
-TINY=(--set backbone.depth=1 --set backbone.embed_dim=32 --set backbone.num_heads=2
+TINY=(--set backbone.depth=1 --set backbone.embed_dim=32 --set backbone.num_heads=2 --set backbone.pretrained=null
       --set dataset.scale=0.34 --set dino.epochs=2 --set dino.batch_size=32 --set task.epochs=1
       --set adapt.epochs=2 --set device=cuda)
 step torchrun 60 $PY -m torch.distributed.run --standalone --nproc_per_node="$gpus" -m hcibench.cli run \

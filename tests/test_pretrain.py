@@ -46,3 +46,21 @@ def test_pretrain_writes_weights_that_a_run_starts_from(tmp_path, capsys):
 
     status, _, err = run_in_process(capsys, *args)
     assert status == 2 and err.count("\n") == 1 and "exists" in err
+
+
+def test_the_quick_preset_starts_synthetic_backbones_from_the_shipped_fe(tmp_path):
+    from hcibench.run.runner import Grid, RunSpec, prepare
+    from hcibench_plugins.datasets.synthetic import PRETRAINED_QUICK
+
+    def config(preset="quick", dataset="synthetic", sources=("S3",)):
+        grid = Grid(["supervised"], list(sources), list(sources), [0])
+        return prepare(RunSpec(grid, tmp_path, dataset=dataset, preset=preset)).config
+
+    quick = config()
+    assert quick["backbone"]["pretrained"] == str(PRETRAINED_QUICK)
+    saved = torch.load(PRETRAINED_QUICK, weights_only=True)
+    fe = create_backbone(quick, 3)
+    assert all(torch.equal(fe.state_dict()[k], v) for k, v in saved["teacher"].items())
+    # Not in the paper preset (another backbone), not for the corpus it was learned on.
+    assert not config(preset="paper")["backbone"].get("pretrained")
+    assert not config(dataset="synthetic-labs", sources=("L1",))["backbone"].get("pretrained")

@@ -123,6 +123,9 @@ def _matches(value: Any, kind: str) -> bool:
     return True
 
 
+# Settings that may be null whatever their default (a weights file, or null for random weights).
+ALWAYS_NULLABLE = {"pretrained"}
+
 # Settings whose lowest value is excluded (a learning rate or temperature of 0 is no setting).
 ABOVE_LOWEST = {"lr", "adapt_lr", "teacher_temp", "warmup_teacher_temp", "student_temp", "hours"}
 
@@ -160,13 +163,13 @@ def _kind_for(name: str, default: Any) -> str | None:
 def describe(path: str, default: Any) -> str:
     """What a setting may be, in words (as the error for a bad value says it)."""
     name = path.rsplit(".", 1)[-1]
-    return _allowed(name, _kind_for(name, default), default is None)
+    return _allowed(name, _kind_for(name, default), default is None or name in ALWAYS_NULLABLE)
 
 
 def check_value(path: str, value: Any, default: Any) -> None:
     """Raise UsageError naming ``path``, ``value`` and what is allowed when ``value`` is wrong."""
     name = path.rsplit(".", 1)[-1]
-    nullable = default is None
+    nullable = default is None or name in ALWAYS_NULLABLE
     kind = _kind_for(name, default)
     if value is None and nullable:
         return
