@@ -79,6 +79,14 @@ $H pretrain --dataset synthetic-labs --sources L1,L2,L3,L4,L5,L6,L7,L8 \
   --set dino.epochs=30 --set threads=1 --out $P
 $H run --methods supervised,dual-dino,dual-cb,oda,coda $GRID --set dataset.culture=1 \
   --pretrained $P --out runs/adapt/pretrained-culture1
-# What adapts on the culture shift: the early layers, or the normalisation layers only.
-$H run --methods oda,coda $GRID --set dataset.culture=1 --set adapt.trainable=early,norm \
-  --cache runs/adapt/base-culture1/stages --out runs/adapt/scope4-culture1
+# The pretrained start where it was not measured: the unseen targets S7, S10 (from S3), another
+# training source (S5), and the whole CODA grid (S3's and S5's stages reused).
+ALL="supervised,dual-dino,dual-cb,oda,coda"
+$H run --methods $ALL --sources S3 --targets S7,S10 --seeds 0,1,2 --set threads=1 \
+  --set dataset.culture=1 --pretrained $P --cache runs/adapt/pretrained-culture1/stages \
+  --out runs/adapt/pretrained-heldout-culture1
+$H run --methods $ALL --sources S5 --targets S3,S5,S8,S11 --seeds 0,1,2 --set threads=1 \
+  --set dataset.culture=1 --pretrained $P --cache runs/adapt/pretrained-culture1/stages \
+  --out runs/adapt/pretrained-S5-culture1
+$H run --grid benchmarks/grids/coda.toml --set threads=1 --set dataset.culture=1 --pretrained $P \
+  --cache runs/adapt/pretrained-culture1/stages --out runs/adapt/pretrained-grid
