@@ -74,9 +74,11 @@ $H run --methods dual-dino,oda $GRID --set dataset.culture=1 \
   --cache runs/adapt/base-culture1/stages --out runs/adapt/temp002-culture1
 # Round 4. A starting point learned on a disjoint corpus (8 labs drawn from seed 1, 4,320
 # images, no labels; 30 DINO epochs), then every method of the quick CODA grid from it.
-P=results/adaptation/pretrained/synthetic-labs-fe.pt
+# The pretraining wrote the file the quick preset ships (plugins/datasets/data/synthetic-labs/
+# fe-quick.pt); the runs below use that file (stages name it by content, not by path).
 $H pretrain --dataset synthetic-labs --sources L1,L2,L3,L4,L5,L6,L7,L8 \
-  --set dino.epochs=30 --set threads=1 --out $P
+  --set dino.epochs=30 --set threads=1 --out runs/adapt/synthetic-labs-fe.pt
+P=plugins/datasets/data/synthetic-labs/fe-quick.pt
 $H run --methods supervised,dual-dino,dual-cb,oda,coda $GRID --set dataset.culture=1 \
   --pretrained $P --out runs/adapt/pretrained-culture1
 # The pretrained start where it was not measured: the unseen targets S7, S10 (from S3), another
