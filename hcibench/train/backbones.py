@@ -62,7 +62,10 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not fitting:
-        raise UsageError(f"no tensor in {path} fits backbone {type(model).__name__}")
+        raise UsageError(
+            f"no tensor in {path} fits backbone {type(model).__name__}: give weights made for "
+            f"this backbone's settings, or --set backbone.pretrained=null for random weights"
+        )
     model.load_state_dict(fitting, strict=False)
 
 
