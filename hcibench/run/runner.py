@@ -127,11 +127,8 @@ def prepare(spec: RunSpec) -> Run:
     declared = {name: sorted(cls.settings_sections(spec.preset)) for name, cls in method_classes.items()}
     owned = set(method_classes).union(*declared.values())
     shared = {key: value for key, value in config.items() if key not in owned and key not in RUNTIME_ONLY}
-    if isinstance(shared.get("backbone"), dict) and shared["backbone"].get("pretrained"):
-        # A weights file counts by its content: the same file at another path (another
-        # checkout or node) continues the same folder, a file written anew does not.
-        pretrained = {"sha256": storage.file_digest(shared["backbone"]["pretrained"])}
-        shared = {**shared, "backbone": {**shared["backbone"], "pretrained": pretrained}}
+    if isinstance(shared.get("backbone"), dict):
+        shared = {**shared, "backbone": storage.weights_by_content(shared["backbone"])}
     settings = {"config": shared, "dataset": spec.dataset, "data": spec.data, "evaluators": evaluator_names}
     run_digest = digest(settings)
     method_digests = {

@@ -89,3 +89,12 @@ def file_digest(path: str | Path) -> str:
     except FileNotFoundError:
         raise UsageError(f"file not found: {path}") from None
     return _digest_of(str(path.resolve()), status.st_size, status.st_mtime_ns)
+
+
+def weights_by_content(backbone: dict) -> dict:
+    """Backbone settings for a key or digest: a ``pretrained`` weights file named by its content,
+    so that the same file at another path (another checkout or node) counts as the same, and a
+    file written anew at the same path does not."""
+    if not backbone.get("pretrained"):
+        return backbone
+    return {**backbone, "pretrained": {"sha256": file_digest(backbone["pretrained"])}}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from hcibench.run.storage import file_digest
+from hcibench.run.storage import weights_by_content
 from hcibench.train import profiles
 from hcibench.train.backbones import create_vit
 
@@ -20,13 +20,9 @@ class ImageModality:
     first_weight = "patch_embed.proj.weight"
 
     def fe_settings(self, config: dict) -> dict:
-        """The settings that define the feature extractor, for stage keys. A pretrained weights
-        file counts by its content, not its path: a file written anew at the same path makes
-        new stages, and the same file elsewhere (another machine) reuses them."""
-        settings = config["backbone"]
-        if settings.get("pretrained"):
-            settings = {**settings, "pretrained": {"sha256": file_digest(settings["pretrained"])}}
-        return settings
+        """The settings that define the feature extractor, for stage keys (a pretrained weights
+        file named by its content, :func:`hcibench.run.storage.weights_by_content`)."""
+        return weights_by_content(config["backbone"])
 
     def create_fe(
         self, config: dict, in_chans: int, num_classes: int = 0, drop_path: float = 0.0
