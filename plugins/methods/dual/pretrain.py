@@ -62,16 +62,20 @@ def pretrain(run: Run, out: Path, progress=None) -> dict:
     precision = accelerator.resolve_precision(config.get("precision"), device)
     corpus = pooled([run.dataset.domain(source) for source in run.grid.sources], "corpus")
     settings = dino_settings(config["dino"], cross_batch=False, precision=precision)
+    # The stage's key holds the corpus (dataset, its options, sources), so saved progress of one
+    # corpus is never resumed by a command for another that writes the same file.
     context = Context(
         config,
         seed=run.grid.seeds[0],
         source="+".join(run.grid.sources),
+        dataset={"name": spec.dataset, "data": spec.data, "options": config["dataset"]},
         stages=StageCache(progress_folder(out)),
         progress=progress or Silent(),
         device=device,
         precision=precision,
     )
-    key = {"backbone": backbone_settings(config), "dino": asdict(settings), "sources": run.grid.sources}
+    backbone = backbone_settings(config)
+    key = {"backbone": backbone, "dino": asdict(settings)}
     started = time.perf_counter()
     result = context.stage(
         "pretrain",
@@ -88,7 +92,7 @@ def pretrain(run: Run, out: Path, progress=None) -> dict:
     )
     return {
         "teacher": result["teacher"],
-        "backbone": backbone_settings(config),
+        "backbone": backbone,
         "dino": asdict(settings),
         "corpus": {
             "dataset": spec.dataset,
