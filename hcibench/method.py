@@ -80,6 +80,12 @@ class Method:
         other methods' records in the same run folder valid."""
         return {}
 
+    @classmethod
+    def check_settings(cls, config: dict) -> None:
+        """Raise UsageError for settings this method cannot run with (e.g. a pretrained weights
+        file that fits no tensor of the backbone), so that a run stops before anything is written
+        rather than when its first model is built. ``config``: the run's resolved settings."""
+
     #: The method that others are compared with by default in reports (``report --stats``,
     #: the HTML page) when it is among a run's methods.
     baseline: bool = False

@@ -1,7 +1,12 @@
 """Bad input: one clear line on stderr, exit status 2, and nothing written."""
 
+from pathlib import Path
+
 import pytest
 from conftest import run_in_process, tiny_args
+
+# The quick preset's pretrained FE: made for the quick backbone, not for the tiny one of the tests.
+SHIPPED_FE = Path(__file__).parents[1] / "plugins/datasets/data/synthetic-labs/fe-quick.pt"
 
 CASES = [
     (["--methods", "supervisd"], "Did you mean 'supervised'"),
@@ -17,6 +22,7 @@ CASES = [
     (["--methods", "supervised,supervised"], "more than once"),
     (["--methods", "supervised", "--pretrained", "/nonexistent/w.pt"], "not found"),
     (["--methods", "supervised", "--seeds", "18446744073709551616"], "seeds must be integers"),
+    (["--methods", "supervised,coda", "--pretrained", str(SHIPPED_FE)], "fits backbone"),
     *[
         (["--methods", "supervised,oda", "--set", item], message)
         for item, message in [

@@ -105,9 +105,8 @@ def prepare(spec: RunSpec) -> Run:
     _check_unique("evaluators", evaluator_names)
     evaluators = {name: plugins.evaluators().get(name)() for name in evaluator_names}
     config = resolve_config(spec, method_classes, dataset_class)[-1][1]
-    weights = config["backbone"].get("pretrained")
-    if weights and not Path(weights).is_file():
-        raise UsageError(f"pretrained weights file not found: {weights}")
+    for cls in method_classes.values():
+        cls.check_settings(config)
     dataset = dataset_class(data=spec.data, **config["dataset"])
     known = dataset.sources()
     for source in [*grid.sources, *grid.targets]:

@@ -52,6 +52,27 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     Tensors whose shape does not fit (a classifier head for another number of classes) are
     skipped; a file that matches nothing at all is an error, since it is surely the wrong file.
     """
+    model.load_state_dict(_fitting(read_weights(path), model, path), strict=False)
+
+
+def check_weights(settings: dict) -> None:
+    """Raise UsageError unless ``settings["pretrained"]`` (if any) fits the backbone ``settings``
+    describe: a run checks this before its folder is written, not when the first model loads.
+    The model is built on the meta device (no memory, no computation) with the file's own
+    number of input channels, which the dataset decides and a run does not know yet."""
+    path = settings.get("pretrained")
+    if not path:
+        return
+    state = read_weights(path)
+    embedding = state.get("patch_embed.proj.weight")
+    in_chans = embedding.shape[1] if embedding is not None and embedding.dim() == 4 else 3
+    with torch.device("meta"):
+        model = create_vit({**settings, "pretrained": None}, in_chans=in_chans)
+    _fitting(state, model, path)
+
+
+def read_weights(path: str | Path) -> dict:
+    """The state dict in a local weights file (unwrapped from 'model', 'state_dict', 'teacher')."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"pretrained weights file not found: {path}")
@@ -59,6 +80,10 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     for wrapper in ("model", "state_dict", "teacher"):
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
             state = state[wrapper]
+    return state
+
+
+def _fitting(state: dict, model: nn.Module, path: str | Path) -> dict:
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not fitting:
@@ -66,7 +91,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             f"no tensor in {path} fits backbone {type(model).__name__}: give weights made for "
             f"this backbone's settings, or --set backbone.pretrained=null for random weights"
         )
-    model.load_state_dict(fitting, strict=False)
+    return fitting
 
 
 def token_dim(model: nn.Module) -> int:

@@ -10,7 +10,7 @@ from torch import nn
 
 from hcibench.run.storage import weights_by_content
 from hcibench.train import profiles
-from hcibench.train.backbones import create_vit
+from hcibench.train.backbones import check_weights, create_vit
 
 
 class ImageModality:
@@ -29,6 +29,10 @@ class ImageModality:
     ) -> nn.Module:
         """A timm ViT on C×H×W images (``forward_features``, ``forward_head``, ``embed_dim``)."""
         return create_vit(config["backbone"], in_chans=in_chans, num_classes=num_classes, drop_path=drop_path)
+
+    def check_fe_settings(self, config: dict) -> None:
+        """UsageError when a pretrained weights file fits no tensor of the configured ViT."""
+        check_weights(config["backbone"])
 
     def dino_views(self, config: dict, n_local: int):
         """The DINO view function (None: the image multi-crop of :mod:`hcibench.train.dino`)."""
@@ -54,6 +58,9 @@ class ProfileModality:
     ) -> nn.Module:
         """An MLP on F-feature profiles (``in_chans`` = F; ``drop_path`` becomes its dropout)."""
         return profiles.create_mlp(config["profile"]["fe"], in_chans, num_classes, dropout=drop_path)
+
+    def check_fe_settings(self, config: dict) -> None:
+        """Profile MLPs start from random weights: nothing to check."""
 
     def dino_views(self, config: dict, n_local: int):
         """Feature noise and dropout (:func:`hcibench.train.profiles.profile_views`)."""
@@ -82,6 +89,11 @@ def backbone_settings(config: dict) -> dict:
 def create_backbone(config: dict, in_chans: int, num_classes: int = 0, drop_path: float = 0.0) -> nn.Module:
     """This run's feature extractor (``in_chans``: image channels or profile features)."""
     return modality_of(config).create_fe(config, in_chans, num_classes, drop_path)
+
+
+def check_fe_settings(config: dict) -> None:
+    """UsageError for feature-extractor settings that cannot be built (checked before a run)."""
+    modality_of(config).check_fe_settings(config)
 
 
 def dino_views(config: dict, n_local: int):

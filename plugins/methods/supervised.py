@@ -6,7 +6,7 @@ from __future__ import annotations
 import hcibench
 from hcibench.run.accelerator import precision_key
 from hcibench.train.classifier import predict_outputs, train_classifier
-from hcibench.train.modality import backbone_settings, create_backbone
+from hcibench.train.modality import backbone_settings, check_fe_settings, create_backbone
 
 SETTINGS = {
     "quick": {
@@ -43,6 +43,10 @@ class Supervised(hcibench.Method):
     @classmethod
     def default_settings(cls, preset: str) -> dict:
         return SETTINGS.get(preset, SETTINGS["quick"])
+
+    @classmethod
+    def check_settings(cls, config: dict) -> None:
+        check_fe_settings(config)
 
     def fit(self, train: hcibench.Domain, val: hcibench.Domain) -> None:
         settings = self.config[self.name]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 import hcibench
+from hcibench.train.modality import check_fe_settings
 
 from . import settings
 from . import steps as dual
@@ -31,6 +32,10 @@ class DualModel(hcibench.Method):
     #: ``adapt`` settings a named variant fixes: they form its own settings section
     #: (``--set <name>.<key>=...`` changes them) and replace the ``adapt`` section's for it.
     adapt_changes: dict = {}
+
+    @classmethod
+    def check_settings(cls, config: dict) -> None:
+        check_fe_settings(config)
 
     def __init__(self, context: hcibench.Context):
         if self.adapt_changes:
