@@ -92,3 +92,15 @@ $H run --methods $ALL --sources S5 --targets S3,S5,S8,S11 --seeds 0,1,2 --set th
   --out runs/adapt/pretrained-S5-culture1
 $H run --grid benchmarks/grids/coda.toml --set threads=1 --set dataset.culture=1 --pretrained $P \
   --cache runs/adapt/pretrained-culture1/stages --out runs/adapt/pretrained-grid
+# Round 5. The whole CODA grid from the shipped FE with the token-aligned variants beside the
+# paper's methods (the quick preset's defaults: culture on, the shipped FE; one process, both
+# threads), and a dataset written by another program (microscope_world.py: other cells, labs
+# that differ by their microscope only), read through `folder`, from the same shipped FE.
+ALL7="supervised,dual-dino,oda,oda-align,dual-cb,coda,coda-align"
+$H run --methods $ALL7 --sources S3,S5,S8,S11 --targets S3,S5,S8,S11 --seeds 0,1,2 \
+  --cache runs/adapt/stages --out runs/adapt/pretrained-grid7
+.venv/bin/python results/adaptation/microscope_world.py --out runs/adapt/microscope-world
+$H run --dataset folder --data runs/adapt/microscope-world --set dataset.resize=32 \
+  --methods $ALL7 --sources LabNorth,LabEast --targets LabNorth,LabEast,LabSouth,LabWest \
+  --seeds 0,1,2 --set threads=1 --pretrained $P --cache runs/adapt/mw-stages \
+  --out runs/adapt/mw-pretrained

@@ -1,0 +1,204 @@
+"""Write a Cell-Painting-like image set whose nuisance model hcibench's renderer does not share.
+
+hcibench's own synthetic data draws cells and lab effects with ``plugins/datasets/
+synthetic_render.py``. This program is deliberately separate from it (numpy and scipy only, no
+hcibench import): other cells, other compounds, and labs that differ by their *microscope* only,
+through effects the project's renderer does not model in this form:
+
+- pixel scale (the same cells imaged at another magnification),
+- anisotropic blur (a tilted, astigmatic point-spread function) and per-site focus jitter,
+- channel misregistration (each channel shifted by up to a few pixels),
+- vignetting and a linear illumination gradient,
+- per-channel gain, background and crosstalk between channels,
+- a camera response (gamma), shot noise at the lab's photon budget and read noise,
+- a small drift of gain and background from batch to batch within a lab.
+
+No lab changes the cells themselves: a compound's morphology is the same everywhere.
+
+The output is the generic index CSV that ``hcibench --dataset folder`` reads: ``index.csv``
+(path, source, batch, plate, well, site, compound, label), ``classes.txt`` and one 8-bit RGB
+PNG per image (channels: DNA, cytoplasm, mitochondria).
+
+    python results/adaptation/microscope_world.py --out data/microscope-world
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+CLASSES = ["actin", "dna-damage", "mitotic", "metabolic", "er-stress", "control"]
+# Per class, the mean cell morphology: nucleus radius, nucleus elongation, cytoplasm radius
+# (relative to the nucleus), cytoplasm brightness, mitochondria count, their spread (relative to
+# the cytoplasm), nucleus texture (granularity), cytoplasm edge roughness.
+MORPHOLOGY = {
+    "actin": (5.0, 1.15, 2.4, 0.55, 14, 0.70, 0.10, 0.45),
+    "dna-damage": (6.4, 1.05, 1.9, 0.45, 10, 0.55, 0.45, 0.10),
+    "mitotic": (3.8, 1.00, 1.5, 0.75, 6, 0.45, 0.20, 0.05),
+    "metabolic": (5.0, 1.10, 2.1, 0.40, 28, 0.85, 0.12, 0.12),
+    "er-stress": (5.4, 1.35, 2.6, 0.85, 12, 0.60, 0.15, 0.20),
+    "control": (5.0, 1.15, 2.1, 0.55, 14, 0.65, 0.12, 0.12),
+}
+SPREAD = np.array([0.10, 0.05, 0.08, 0.10, 0.15, 0.08, 0.20, 0.25])  # compound around its class
+CELL_SPREAD = np.array([0.12, 0.06, 0.10, 0.12, 0.25, 0.10, 0.25, 0.30])  # cell around compound
+RENDER = 96  # cells are drawn on a larger canvas, then imaged at the lab's scale
+
+
+@dataclass(frozen=True)
+class Microscope:
+    scale: float  # pixels of the canvas per output pixel
+    blur: tuple[float, float, float]  # sigma along x, along y (pixels), rotation (radians)
+    shift: np.ndarray  # 3 × 2 channel offsets (pixels)
+    vignetting: float
+    gradient: np.ndarray  # illumination slope along x and y
+    gain: np.ndarray  # 3
+    background: np.ndarray  # 3
+    crosstalk: np.ndarray  # 3 × 3 (rows: camera channel, columns: dye)
+    gamma: float
+    photons: float  # photons at full scale (shot noise)
+    read_noise: float
+
+
+def draw_microscope(rng: np.random.Generator) -> Microscope:
+    crosstalk = np.eye(3)
+    crosstalk[~np.eye(3, dtype=bool)] = rng.uniform(0.0, 0.3, 6)
+    return Microscope(
+        scale=float(rng.uniform(1.1, 2.0)),
+        blur=(float(rng.uniform(0.2, 1.6)), float(rng.uniform(0.2, 1.6)), float(rng.uniform(0, np.pi))),
+        shift=rng.uniform(-2.5, 2.5, (3, 2)),
+        vignetting=float(rng.uniform(0.0, 0.5)),
+        gradient=rng.uniform(-0.3, 0.3, 2),
+        gain=rng.uniform(0.5, 1.6, 3),
+        background=rng.uniform(0.0, 0.15, 3),
+        crosstalk=crosstalk,
+        gamma=float(rng.uniform(0.6, 1.5)),
+        photons=float(np.exp(rng.uniform(np.log(30), np.log(400)))),
+        read_noise=float(rng.uniform(0.005, 0.03)),
+    )
+
+
+def draw_cell(canvas: np.ndarray, rng: np.random.Generator, centre: np.ndarray, morph: np.ndarray) -> None:
+    """Add one cell (nucleus, cytoplasm, mitochondria) to the 3 × RENDER × RENDER canvas."""
+    nucleus, elongation, cyto, cyto_bright, spots, spot_spread, texture, rough = morph
+    yy, xx = np.mgrid[0:RENDER, 0:RENDER].astype(float)
+    angle = rng.uniform(0, np.pi)
+    dx, dy = xx - centre[0], yy - centre[1]
+    u = dx * np.cos(angle) + dy * np.sin(angle)
+    v = -dx * np.sin(angle) + dy * np.cos(angle)
+    radius = np.hypot(u / elongation, v * elongation)
+    theta = np.arctan2(v, u)
+    nuc = 1 / (1 + np.exp((radius - nucleus) * 2.0))
+    grain = ndimage.gaussian_filter(rng.normal(0, 1, (RENDER, RENDER)), 1.0)
+    canvas[0] += nuc * (0.8 + texture * grain)
+    wobble = 1 + rough * np.sin(5 * theta + rng.uniform(0, 2 * np.pi)) * np.cos(3 * theta)
+    cyto_radius = nucleus * cyto * wobble
+    canvas[1] += cyto_bright / (1 + np.exp((np.hypot(u, v) - cyto_radius) * 1.2)) * (1 - 0.6 * nuc)
+    count = max(1, int(round(spots)))
+    r = np.sqrt(rng.uniform(0.15, 1.0, count)) * nucleus * cyto * spot_spread * 1.4
+    phi = rng.uniform(0, 2 * np.pi, count)
+    for px, py in zip(centre[0] + r * np.cos(phi), centre[1] + r * np.sin(phi)):
+        canvas[2] += 0.7 * np.exp(-((xx - px) ** 2 + (yy - py) ** 2) / 2.0)
+
+
+def render_specimen(rng: np.random.Generator, compound_morph: np.ndarray) -> np.ndarray:
+    canvas = np.zeros((3, RENDER, RENDER))
+    for _ in range(rng.integers(3, 7)):
+        morph = compound_morph * (1 + CELL_SPREAD * rng.normal(0, 1, len(compound_morph)))
+        draw_cell(canvas, rng, rng.uniform(12, RENDER - 12, 2), np.maximum(morph, 0.05))
+    return canvas
+
+
+def image(specimen: np.ndarray, scope: Microscope, drift: np.ndarray, size: int, rng) -> np.ndarray:
+    """What the lab's microscope records of a specimen: size × size × 3 in [0, 1]."""
+    sx, sy, rot = scope.blur
+    focus = rng.uniform(0.8, 1.3)  # per-site focus jitter
+    out = np.empty((3, size, size))
+    grid = (np.mgrid[0:size, 0:size].astype(float) - size / 2) * scope.scale + RENDER / 2
+    for c in range(3):
+        rotated = ndimage.rotate(specimen[c], np.degrees(rot), reshape=False, order=1)
+        blurred = ndimage.gaussian_filter(rotated, (sy * focus * scope.scale, sx * focus * scope.scale))
+        back = ndimage.rotate(blurred, -np.degrees(rot), reshape=False, order=1)
+        coords = grid + scope.shift[c][::-1, None, None] * scope.scale
+        out[c] = ndimage.map_coordinates(back, coords, order=1, mode="constant")
+    out = np.einsum("cd,dhw->chw", scope.crosstalk, out)
+    yy, xx = (np.mgrid[0:size, 0:size] / (size - 1) - 0.5) * 2
+    light = (1 - scope.vignetting * (xx**2 + yy**2) / 2) * (
+        1 + scope.gradient[0] * xx + scope.gradient[1] * yy
+    )
+    gain = scope.gain * (1 + drift[:3])
+    out = out * light * gain[:, None, None] + (scope.background * (1 + drift[3:]))[:, None, None]
+    out = np.clip(out, 0, None) ** scope.gamma
+    out = rng.poisson(np.clip(out, 0, 4) * scope.photons) / scope.photons
+    out = out + rng.normal(0, scope.read_noise, out.shape)
+    return np.clip(out, 0, 1).transpose(1, 2, 0)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--labs", default="LabNorth,LabEast,LabSouth,LabWest")
+    parser.add_argument("--compounds-per-class", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--plates-per-batch", type=int, default=2)
+    parser.add_argument("--wells", type=int, default=2, help="wells per compound and plate")
+    parser.add_argument("--sites", type=int, default=2, help="images per well")
+    parser.add_argument("--size", type=int, default=64)
+    args = parser.parse_args(argv)
+    if args.out.exists() and any(args.out.iterdir()):
+        print(f"error: {args.out} is not empty; give a new folder with --out", file=sys.stderr)
+        return 2
+    rng = np.random.default_rng(args.seed)
+    compounds = []
+    for label in CLASSES:
+        base = np.array(MORPHOLOGY[label], dtype=float)
+        for k in range(args.compounds_per_class):
+            compounds.append((f"{label}-{k}", label, base * (1 + SPREAD * rng.normal(0, 1, len(base)))))
+    rows = []
+    labs = args.labs.split(",")
+    for lab in labs:
+        scope = draw_microscope(rng)
+        for batch in range(args.batches):
+            drift = rng.normal(0, 0.05, 6)
+            for p in range(args.plates_per_batch):
+                plate = f"{lab}-B{batch}-P{p}"
+                folder = args.out / lab / plate
+                folder.mkdir(parents=True, exist_ok=True)
+                wells = iter(f"{r}{c:02d}" for r in "ABCDEFGHIJKLMNOP" for c in range(1, 25))
+                for name, label, morph in compounds:
+                    for _ in range(args.wells):
+                        well = next(wells)
+                        for site in range(args.sites):
+                            pixels = image(render_specimen(rng, morph), scope, drift, args.size, rng)
+                            path = folder / f"{well}-{site}.png"
+                            Image.fromarray((pixels * 255).round().astype(np.uint8)).save(path)
+                            rows.append(
+                                [
+                                    path.relative_to(args.out).as_posix(),
+                                    lab,
+                                    f"{lab}-B{batch}",
+                                    plate,
+                                    well,
+                                    site,
+                                    name,
+                                    label,
+                                ]
+                            )
+        print(f"{lab}: {sum(r[1] == lab for r in rows)} images", file=sys.stderr)
+    with open(args.out / "index.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "source", "batch", "plate", "well", "site", "compound", "label"])
+        writer.writerows(rows)
+    (args.out / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
