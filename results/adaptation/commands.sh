@@ -104,3 +104,7 @@ $H run --dataset folder --data runs/adapt/microscope-world --set dataset.resize=
   --methods $ALL7 --sources LabNorth,LabEast --targets LabNorth,LabEast,LabSouth,LabWest \
   --seeds 0,1,2 --set threads=1 --pretrained $P --cache runs/adapt/mw-stages \
   --out runs/adapt/mw-pretrained
+# The dual models with the token alignment and no step 3 (predictions only; the grid's stages):
+# how much of the aligned variants' gain is the alignment alone.
+$H run --methods dual-dino,dual-cb --sources S3,S5,S8,S11 --targets S3,S5,S8,S11 --seeds 0,1,2 \
+  --set adapt.align_tokens=true --cache runs/adapt/stages --out runs/adapt/pretrained-grid-dual-align
