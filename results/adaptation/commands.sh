@@ -108,3 +108,6 @@ $H run --dataset folder --data runs/adapt/microscope-world --set dataset.resize=
 # how much of the aligned variants' gain is the alignment alone.
 $H run --methods dual-dino,dual-cb --sources S3,S5,S8,S11 --targets S3,S5,S8,S11 --seeds 0,1,2 \
   --set adapt.align_tokens=true --cache runs/adapt/stages --out runs/adapt/pretrained-grid-dual-align
+# The five-method table with the aligned variants in place of ODA and CODA (predictions only).
+$H run --methods supervised,dual-dino,oda-align,dual-cb,coda-align --sources S3,S5,S8,S11 \
+  --targets S3,S5,S8,S11 --seeds 0,1,2 --cache runs/adapt/stages --out runs/adapt/pretrained-grid-aligned
