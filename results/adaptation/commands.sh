@@ -94,20 +94,23 @@ $H run --grid benchmarks/grids/coda.toml --set threads=1 --set dataset.culture=1
   --cache runs/adapt/pretrained-culture1/stages --out runs/adapt/pretrained-grid
 # Round 5. The whole CODA grid from the shipped FE with the token-aligned variants beside the
 # paper's methods (the quick preset's defaults: culture on, the shipped FE; one process, both
-# threads), and a dataset written by another program (microscope_world.py: other cells, labs
-# that differ by their microscope only), read through `folder`, from the same shipped FE.
+# threads); the dual models with the alignment and no step 3; the five-method table with the
+# aligned variants (benchmarks/grids/coda-aligned.toml). The last two compute predictions only.
 ALL7="supervised,dual-dino,oda,oda-align,dual-cb,coda,coda-align"
 $H run --methods $ALL7 --sources S3,S5,S8,S11 --targets S3,S5,S8,S11 --seeds 0,1,2 \
   --cache runs/adapt/stages --out runs/adapt/pretrained-grid7
-.venv/bin/python results/adaptation/microscope_world.py --out runs/adapt/microscope-world
-$H run --dataset folder --data runs/adapt/microscope-world --set dataset.resize=32 \
-  --methods $ALL7 --sources LabNorth,LabEast --targets LabNorth,LabEast,LabSouth,LabWest \
-  --seeds 0,1,2 --set threads=1 --pretrained $P --cache runs/adapt/mw-stages \
-  --out runs/adapt/mw-pretrained
-# The dual models with the token alignment and no step 3 (predictions only; the grid's stages):
-# how much of the aligned variants' gain is the alignment alone.
 $H run --methods dual-dino,dual-cb --sources S3,S5,S8,S11 --targets S3,S5,S8,S11 --seeds 0,1,2 \
   --set adapt.align_tokens=true --cache runs/adapt/stages --out runs/adapt/pretrained-grid-dual-align
-# The five-method table with the aligned variants in place of ODA and CODA (predictions only).
-$H run --methods supervised,dual-dino,oda-align,dual-cb,coda-align --sources S3,S5,S8,S11 \
-  --targets S3,S5,S8,S11 --seeds 0,1,2 --cache runs/adapt/stages --out runs/adapt/pretrained-grid-aligned
+$H run --grid benchmarks/grids/coda-aligned.toml --cache runs/adapt/stages \
+  --out runs/adapt/pretrained-grid-aligned
+# A dataset written by another program (microscope_world.py: other cells, labs that differ by
+# their microscope only), read through `folder`, from the same shipped FE; two processes of one
+# thread share the folder.
+.venv/bin/python results/adaptation/microscope_world.py --out runs/adapt/microscope-world
+for order in LabNorth,LabEast LabEast,LabNorth; do
+  $H run --dataset folder --data runs/adapt/microscope-world --set dataset.resize=32 \
+    --methods $ALL7 --sources $order --targets LabNorth,LabEast,LabSouth,LabWest \
+    --seeds 0,1,2 --set threads=1 --pretrained $P --cache runs/adapt/mw-stages \
+    --out runs/adapt/mw-pretrained &
+done
+wait
