@@ -183,3 +183,38 @@ def test_coda_align_shares_every_stage_with_coda_and_only_aligns_its_prediction(
     _, by_setting = fitted("coda", cache, "adapt.align_tokens=true")
     assert torch.equal(aligned.logits, by_setting.logits)
     assert not torch.equal(aligned.logits, plain.logits)
+
+
+def test_alignment_is_checked_on_the_source_validation_images_and_skipped_past_the_guard(monkeypatch):
+    from hcibench_plugins.methods.dual import steps
+
+    target = _domain("B", 2, seed=1)
+    plain, _ = _fitted("dual-dino")
+    kept, _ = _fitted("dual-dino", ["adapt.align_tokens=true"])  # guard 1: never skipped
+    check = kept.info["alignment_on_source_val"]
+    assert check["images"] == 16 and 0 <= check["plain"] <= 1 and 0 <= check["aligned"] <= 1
+    assert not check["skipped"]
+    assert not torch.equal(kept.predict(target).logits, plain.predict(target).logits)
+
+    # An alignment that costs the source's validation images 40 points is skipped at a guard of 5.
+    monkeypatch.setattr(steps, "alignment_check", lambda *a: {"images": 16, "plain": 0.9, "aligned": 0.5})
+    guarded, _ = _fitted("dual-dino", ["adapt.align_tokens=true", "adapt.align_guard=0.05"])
+    assert guarded.info["alignment_on_source_val"]["skipped"]
+    assert torch.equal(guarded.predict(target).logits, plain.predict(target).logits)
+    # One that costs 2 points is kept.
+    monkeypatch.setattr(steps, "alignment_check", lambda *a: {"images": 16, "plain": 0.9, "aligned": 0.88})
+    within, _ = _fitted("dual-dino", ["adapt.align_tokens=true", "adapt.align_guard=0.05"])
+    assert not within.info["alignment_on_source_val"]["skipped"]
+    assert torch.equal(within.predict(target).logits, kept.predict(target).logits)
+
+
+def test_alignment_check_needs_labelled_validation_images():
+    from hcibench_plugins.methods.dual import steps
+
+    method, _ = _fitted("dual-dino", ["adapt.align_tokens=true"])
+    val = _domain("A-val", 2, n=16)
+    unlabelled = type(val)(val.name, val.meta.assign(label=None), val.images, val.classes)
+    assert (
+        steps.alignment_check(method.config, method.fe, method.task, method.source_moments, unlabelled)
+        is None
+    )

@@ -67,6 +67,7 @@ RANGES: dict[str, tuple[str, float, float]] = {
     "shift_std": (FLOAT, 0, 10),
     "gamma_std": (FLOAT, 0, 10),
     "feature_alignment": (FLOAT, 0, 1e6),
+    "align_guard": (FLOAT, 0, 1),
     "gpus": (INT, 0, 1_024),
     "hours": (FLOAT, 0, 100_000),
 }

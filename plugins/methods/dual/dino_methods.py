@@ -128,8 +128,20 @@ class DualModel(hcibench.Method):
             "fe_collapsed_from_epoch": self.fe_stage["stats"].get("collapsed_from_epoch"),
             "task_val_accuracy": task_stage["val_accuracy"],
         }
+        if self.source_moments is not None:
+            self._guard_alignment(val)
         if "selected_epoch" in self.fe_stage["stats"]:  # dino.select=knn
             self.info["fe_selected_epoch"] = self.fe_stage["stats"]["selected_epoch"]
+
+    def _guard_alignment(self, val: hcibench.Domain) -> None:
+        """Turn the token alignment off when, on the source's labelled validation images, it costs
+        more than ``adapt.align_guard`` of the accuracy (source data only; recorded either way)."""
+        check = dual.alignment_check(self.config, self.fe, self.task, self.source_moments, val)
+        guard = float(self.config["adapt"]["align_guard"])
+        skipped = check is not None and check["plain"] - check["aligned"] > guard + 1e-9
+        self.info["alignment_on_source_val"] = {**(check or {}), "guard": guard, "skipped": skipped}
+        if skipped:
+            self.source_moments = None
 
     def predict(self, target: hcibench.Domain) -> hcibench.Prediction:
         if not self.adapts:

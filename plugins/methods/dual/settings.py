@@ -20,7 +20,9 @@ from hcibench.train.mae import MaeSettings
 # blocks, "norm": the normalisation layers' scales and shifts, as Tent), which adapted FE
 # predicts, whether to record the label-free diagnostics of every epoch, and whether to move the
 # FE's outputs on the target to the moments of its outputs on the source before the task model
-# (adaptation.AlignedFE; it applies to the dual models without adaptation too), and the weight of
+# (adaptation.AlignedFE; it applies to the dual models without adaptation too) unless that costs
+# more than ``align_guard`` of the accuracy on the source's validation images (steps.alignment_check;
+# 1: never skipped), and the weight of
 # a loss that holds the FE's hidden features on the target at their step-1 moments on the source
 # (adaptation.FeatureAlignment; 0: off, as in the paper), and where the DINO centre starts:
 # "zero" (the reference restarts it) or "source" (the step-1 teacher's mean output on the
@@ -31,6 +33,7 @@ ADAPT_SCOPE = {
     "predict_with": "teacher",
     "monitor": True,
     "align_tokens": False,
+    "align_guard": 1.0,
     "feature_alignment": 0.0,
     "center": "zero",
 }

@@ -463,6 +463,31 @@ def aligned(config: dict, fe: nn.Module, source_moments: dict | None, target: Do
     return AlignedFE(fe, source_moments, fe_moments(config, fe, target))
 
 
+def alignment_check(
+    config: dict, fe: nn.Module, task: nn.Module, source_moments: dict, val: Domain
+) -> dict | None:
+    """The task model's accuracy on the source's labelled validation images as they are and with
+    the token alignment moving them to the training images' moments; None without labels.
+
+    Source data only. The alignment takes whatever differs between two sets of images as a whole
+    for the shift to undo; where the class mix differs between plates (as on plates that each
+    hold other compounds), it moves the classes too, and a validation plate shows that cost."""
+    labels = val.labels
+    scored = labels >= 0
+    if not bool(scored.any()):
+        return None
+
+    def accuracy(model: nn.Module) -> float:
+        predicted = predict(config, model, task, val).argmax(1)
+        return float((predicted[scored] == labels[scored]).float().mean())
+
+    return {
+        "images": int(scored.sum()),
+        "plain": accuracy(fe),
+        "aligned": accuracy(aligned(config, fe, source_moments, val)),
+    }
+
+
 def predict(config: dict, fe: nn.Module, task: TaskModel, target: Domain) -> torch.Tensor:
     return predict_logits(
         tokens_forward(fe, task), target, config["eval_batch_size"], config["input_size"], device_of(fe)
