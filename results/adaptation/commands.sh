@@ -114,3 +114,8 @@ for order in LabNorth,LabEast LabEast,LabNorth; do
     --out runs/adapt/mw-pretrained &
 done
 wait
+# Round 6. The token alignment on real profiles (BBBC021), then with the alignment checked on the
+# source's validation images and skipped past a cost of 0.05 (only predictions are new).
+$H run --dataset bbbc021 --methods $ALL7 --seeds 0-2 --set threads=1 --out runs/adapt/bbbc021-align
+$H run --dataset bbbc021 --methods dual-dino,oda-align,dual-cb,coda-align --seeds 0-2 --set threads=1 \
+  --set adapt.align_guard=0.05 --cache runs/adapt/bbbc021-align/stages --out runs/adapt/bbbc021-guard
