@@ -186,7 +186,11 @@ def test_coda_align_shares_every_stage_with_coda_and_only_aligns_its_prediction(
 
 
 def test_alignment_is_checked_on_the_source_validation_images_and_skipped_past_the_guard(monkeypatch):
+    from hcibench.run.progress import Progress
     from hcibench_plugins.methods.dual import steps
+
+    logged = []
+    monkeypatch.setattr(Progress, "log", lambda self, message: logged.append(message))
 
     target = _domain("B", 2, seed=1)
     plain, _ = _fitted("dual-dino")
@@ -200,11 +204,14 @@ def test_alignment_is_checked_on_the_source_validation_images_and_skipped_past_t
     monkeypatch.setattr(steps, "alignment_check", lambda *a: {"images": 16, "plain": 0.9, "aligned": 0.5})
     guarded, _ = _fitted("dual-dino", ["adapt.align_tokens=true", "adapt.align_guard=0.05"])
     assert guarded.info["alignment_on_source_val"]["skipped"]
+    assert any("from 90.0% to 50.0% (16 images)" in line for line in logged)
+    logged.clear()
     assert torch.equal(guarded.predict(target).logits, plain.predict(target).logits)
     # One that costs 2 points is kept.
     monkeypatch.setattr(steps, "alignment_check", lambda *a: {"images": 16, "plain": 0.9, "aligned": 0.88})
     within, _ = _fitted("dual-dino", ["adapt.align_tokens=true", "adapt.align_guard=0.05"])
     assert not within.info["alignment_on_source_val"]["skipped"]
+    assert not any("token alignment" in line for line in logged)
     assert torch.equal(within.predict(target).logits, kept.predict(target).logits)
 
 

@@ -142,6 +142,13 @@ class DualModel(hcibench.Method):
         self.info["alignment_on_source_val"] = {**(check or {}), "guard": guard, "skipped": skipped}
         if skipped:
             self.source_moments = None
+        if check is not None and check["plain"] - check["aligned"] > ALIGNMENT_COST_TO_REPORT:
+            self.context.log(
+                f"token alignment lowers the accuracy on {self.context.source}'s validation images "
+                f"from {check['plain']:.1%} to {check['aligned']:.1%} ({check['images']} images): "
+                "it may move classes as well as the shift where plates hold other classes; "
+                + ("skipped (adapt.align_guard)" if skipped else "adapt.align_guard=0.05 would skip it")
+            )
 
     def predict(self, target: hcibench.Domain) -> hcibench.Prediction:
         if not self.adapts:
@@ -205,6 +212,8 @@ class DualModel(hcibench.Method):
 
 
 ORACLE_EPOCH = "adapt_epoch"
+# A cost of the token alignment on the source's validation images worth a line in the run's log.
+ALIGNMENT_COST_TO_REPORT = 0.05
 
 
 def _diagnostics(adapted: dict) -> dict:
