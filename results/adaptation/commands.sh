@@ -119,3 +119,9 @@ wait
 $H run --dataset bbbc021 --methods $ALL7 --seeds 0-2 --set threads=1 --out runs/adapt/bbbc021-align
 $H run --dataset bbbc021 --methods dual-dino,oda-align,dual-cb,coda-align --seeds 0-2 --set threads=1 \
   --set adapt.align_guard=0.05 --cache runs/adapt/bbbc021-align/stages --out runs/adapt/bbbc021-guard
+# The same check on the synthetic data: the dual models with the alignment, every source, target
+# S3 only; then without it (predictions only).
+$H run --methods dual-dino,dual-cb --sources S3,S5,S8,S11 --targets S3 --seeds 0,1,2 \
+  --set adapt.align_tokens=true --set threads=1 --cache runs/adapt/stages --out runs/adapt/guard-synthetic
+$H run --methods dual-dino,dual-cb --sources S3,S5,S8,S11 --targets S3 --seeds 0,1,2 \
+  --set threads=1 --cache runs/adapt/stages --out runs/adapt/guard-synthetic-plain
