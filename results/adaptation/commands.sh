@@ -114,6 +114,16 @@ for order in LabNorth,LabEast LabEast,LabNorth; do
     --out runs/adapt/mw-pretrained &
 done
 wait
+# The same world, all four labs as sources (the first run's stages are reused), and the
+# five-method table with the aligned variants (predictions only).
+MW="--dataset folder --data runs/adapt/microscope-world --set dataset.resize=32 --set threads=1"
+MW="$MW --pretrained $P --cache runs/adapt/mw-stages --targets LabNorth,LabEast,LabSouth,LabWest"
+for order in LabSouth,LabWest,LabNorth,LabEast LabWest,LabSouth,LabEast,LabNorth; do
+  $H run $MW --methods $ALL7 --sources $order --seeds 0,1,2 --out runs/adapt/mw-pretrained-all &
+done
+wait
+$H run $MW --methods supervised,dual-dino,oda-align,dual-cb,coda-align \
+  --sources LabNorth,LabEast,LabSouth,LabWest --seeds 0,1,2 --out runs/adapt/mw-aligned5
 # Round 6. The token alignment on real profiles (BBBC021), then with the alignment checked on the
 # source's validation images and skipped past a cost of 0.05 (only predictions are new).
 $H run --dataset bbbc021 --methods $ALL7 --seeds 0-2 --set threads=1 --out runs/adapt/bbbc021-align
