@@ -11,7 +11,8 @@ through effects the project's renderer does not model in this form:
 - vignetting and a linear illumination gradient,
 - per-channel gain, background and crosstalk between channels,
 - a camera response (gamma), shot noise at the lab's photon budget and read noise,
-- a small drift of gain and background from batch to batch within a lab.
+- a drift of gain and background from batch to batch within a lab (small by default;
+  ``--batch-drift``).
 
 No lab changes the cells themselves: a compound's morphology is the same everywhere.
 
@@ -151,6 +152,12 @@ def main(argv=None) -> int:
     parser.add_argument("--wells", type=int, default=2, help="wells per compound and plate")
     parser.add_argument("--sites", type=int, default=2, help="images per well")
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument(
+        "--batch-drift",
+        type=float,
+        default=0.05,
+        help="sd of the relative change of gain and background from batch to batch within a lab",
+    )
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()):
         print(f"error: {args.out} is not empty; give a new folder with --out", file=sys.stderr)
@@ -166,7 +173,8 @@ def main(argv=None) -> int:
     for lab in labs:
         scope = draw_microscope(rng)
         for batch in range(args.batches):
-            drift = rng.normal(0, 0.05, 6)
+            # Clipped so that no batch loses its signal (never reached at the default spread).
+            drift = np.clip(rng.normal(0, args.batch_drift, 6), -0.8, None)
             for p in range(args.plates_per_batch):
                 plate = f"{lab}-B{batch}-P{p}"
                 folder = args.out / lab / plate
