@@ -135,3 +135,13 @@ $H run --methods dual-dino,dual-cb --sources S3,S5,S8,S11 --targets S3 --seeds 0
   --set adapt.align_tokens=true --set threads=1 --cache runs/adapt/stages --out runs/adapt/guard-synthetic
 $H run --methods dual-dino,dual-cb --sources S3,S5,S8,S11 --targets S3 --seeds 0,1,2 \
   --set threads=1 --cache runs/adapt/stages --out runs/adapt/guard-synthetic-plain
+# The microscope world with six times the drift between a lab's batches (section 21).
+.venv/bin/python results/adaptation/microscope_world.py --batch-drift 0.3 \
+  --out runs/adapt/microscope-world-drift
+for order in LabNorth,LabEast LabEast,LabNorth; do
+  $H run --dataset folder --data runs/adapt/microscope-world-drift --set dataset.resize=32 \
+    --methods $ALL7 --sources $order --targets LabNorth,LabEast,LabSouth,LabWest \
+    --seeds 0,1,2 --set threads=1 --pretrained $P --cache runs/adapt/mwd-stages \
+    --out runs/adapt/mwd-pretrained &
+done
+wait
