@@ -146,7 +146,7 @@ def test_a_classifier_stage_killed_mid_training_goes_on_from_its_saved_progress(
     config = _tiny_config()
     settings = {**config["task"], "epochs": 4, "patience": 1}
     train, val = _domain("A", 3), _domain("A-val", 2, n=16)
-    evaluate = training._evaluate
+    evaluate = training.evaluate
 
     def compute(cache, kill_at=None):
         calls = []
@@ -157,7 +157,7 @@ def test_a_classifier_stage_killed_mid_training_goes_on_from_its_saved_progress(
                 raise KeyboardInterrupt  # as a kill would, before this epoch's save
             return evaluate(*args, **kwargs)
 
-        monkeypatch.setattr(training, "_evaluate", counted)
+        monkeypatch.setattr(training, "evaluate", counted)
         torch.manual_seed(0)
         model = create_backbone(config, 3, num_classes=4, drop_path=0.1)
         context = Context(config, seed=0, source="A", stages=cache)

@@ -70,9 +70,11 @@ def predict_outputs(
     return tuple(torch.cat(parts).cpu() for parts in zip(*outputs))
 
 
-def _evaluate(
+def evaluate(
     forward, domain: Domain, batch_size: int, input_size: int, device: torch.device | None = None
 ) -> tuple[float, float]:
+    """Cross-entropy and accuracy of ``forward`` on the labelled samples of ``domain``
+    (infinity and 0 when none is labelled)."""
     logits = predict_logits(forward, domain, batch_size, input_size, device)
     labels = domain.labels
     known = labels >= 0
@@ -147,7 +149,7 @@ class ClassifierStep(TrainingStep):
 
     def end_epoch(self, epoch: int, figures: dict[str, float]) -> None:
         self.trainable.eval()
-        val_loss, val_accuracy = _evaluate(
+        val_loss, val_accuracy = evaluate(
             self.forward, self.val, self.settings["batch_size"] * 4, self.input_size, self.device
         )
         self.history.append(

@@ -138,11 +138,12 @@ class DualModel(hcibench.Method):
         more than ``adapt.align_guard`` of the accuracy (source data only; recorded either way)."""
         check = dual.alignment_check(self.config, self.fe, self.task, self.source_moments, val)
         guard = float(self.config["adapt"]["align_guard"])
-        skipped = check is not None and check["plain"] - check["aligned"] > guard + 1e-9
+        cost = check["plain"] - check["aligned"] if check is not None else 0.0
+        skipped = cost > guard + 1e-9
         self.info["alignment_on_source_val"] = {**(check or {}), "guard": guard, "skipped": skipped}
         if skipped:
             self.source_moments = None
-        if check is not None and check["plain"] - check["aligned"] > ALIGNMENT_COST_TO_REPORT:
+        if cost > ALIGNMENT_COST_TO_REPORT:
             self.context.log(
                 f"token alignment lowers the accuracy on {self.context.source}'s validation images "
                 f"from {check['plain']:.1%} to {check['aligned']:.1%} ({check['images']} images): "

@@ -24,7 +24,7 @@ from hcibench.errors import UsageError
 from hcibench.run.accelerator import cpu_state, device_of, precision_key
 from hcibench.run.stages import Context
 from hcibench.train.backbones import create_vit
-from hcibench.train.classifier import predict_logits, predict_outputs, train_classifier
+from hcibench.train.classifier import evaluate, predict_logits, predict_outputs, train_classifier
 from hcibench.train.dino import DinoSettings, MultiCropWrapper, as_float, default_views, train_dino
 from hcibench.train.modality import backbone_settings, create_backbone, dino_views, modality_of
 from hcibench.train.profiles import TaskMLP
@@ -472,14 +472,13 @@ def alignment_check(
     Source data only. The alignment takes whatever differs between two sets of images as a whole
     for the shift to undo; where the class mix differs between plates (as on plates that each
     hold other compounds), it moves the classes too, and a validation plate shows that cost."""
-    labels = val.labels
-    scored = labels >= 0
+    scored = val.labels >= 0
     if not bool(scored.any()):
         return None
 
     def accuracy(model: nn.Module) -> float:
-        predicted = predict(config, model, task, val).argmax(1)
-        return float((predicted[scored] == labels[scored]).float().mean())
+        forward = tokens_forward(model, task)
+        return evaluate(forward, val, config["eval_batch_size"], config["input_size"], device_of(model))[1]
 
     return {
         "images": int(scored.sum()),
