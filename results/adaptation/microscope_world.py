@@ -12,7 +12,9 @@ through effects the project's renderer does not model in this form:
 - per-channel gain, background and crosstalk between channels,
 - a camera response (gamma), shot noise at the lab's photon budget and read noise,
 - a drift of gain and background from batch to batch within a lab (small by default;
-  ``--batch-drift``).
+  ``--batch-drift``),
+- optionally, batches that differ the way labs do (``--batch-scope``): each batch images with
+  its own microscope, the lab's moved part of the way towards a freshly drawn one.
 
 No lab changes the cells themselves: a compound's morphology is the same everywhere.
 
@@ -82,6 +84,31 @@ def draw_microscope(rng: np.random.Generator) -> Microscope:
         gamma=float(rng.uniform(0.6, 1.5)),
         photons=float(np.exp(rng.uniform(np.log(30), np.log(400)))),
         read_noise=float(rng.uniform(0.005, 0.03)),
+    )
+
+
+def blend(lab: Microscope, other: Microscope, weight: float) -> Microscope:
+    """The lab's microscope moved ``weight`` of the way towards ``other`` in every setting.
+
+    Photon budgets are blended on a log scale (they span an order of magnitude); the blur's
+    orientation is blended as an angle, which keeps it a valid rotation.
+    """
+
+    def mix(a, b):
+        return (1 - weight) * np.asarray(a, dtype=float) + weight * np.asarray(b, dtype=float)
+
+    return Microscope(
+        scale=float(mix(lab.scale, other.scale)),
+        blur=tuple(float(v) for v in mix(lab.blur, other.blur)),
+        shift=mix(lab.shift, other.shift),
+        vignetting=float(mix(lab.vignetting, other.vignetting)),
+        gradient=mix(lab.gradient, other.gradient),
+        gain=mix(lab.gain, other.gain),
+        background=mix(lab.background, other.background),
+        crosstalk=mix(lab.crosstalk, other.crosstalk),
+        gamma=float(mix(lab.gamma, other.gamma)),
+        photons=float(np.exp(mix(np.log(lab.photons), np.log(other.photons)))),
+        read_noise=float(mix(lab.read_noise, other.read_noise)),
     )
 
 
@@ -158,11 +185,24 @@ def main(argv=None) -> int:
         default=0.05,
         help="sd of the relative change of gain and background from batch to batch within a lab",
     )
+    parser.add_argument(
+        "--batch-scope",
+        type=float,
+        default=0.0,
+        help="how far (0-1) each batch's microscope moves from the lab's towards a freshly drawn "
+        "one; 0 (default) images every batch of a lab with the same microscope",
+    )
     args = parser.parse_args(argv)
+    if not 0.0 <= args.batch_scope <= 1.0:
+        print(f"error: --batch-scope is {args.batch_scope}; give a value from 0 to 1", file=sys.stderr)
+        return 2
     if args.out.exists() and any(args.out.iterdir()):
         print(f"error: {args.out} is not empty; give a new folder with --out", file=sys.stderr)
         return 2
     rng = np.random.default_rng(args.seed)
+    # Batch microscopes come from their own stream, so that cells, compounds, the labs'
+    # microscopes and the noise are the same whatever --batch-scope is.
+    batch_rng = np.random.default_rng([args.seed, 1])
     compounds = []
     for label in CLASSES:
         base = np.array(MORPHOLOGY[label], dtype=float)
@@ -175,6 +215,9 @@ def main(argv=None) -> int:
         for batch in range(args.batches):
             # Clipped so that no batch loses its signal (never reached at the default spread).
             drift = np.clip(rng.normal(0, args.batch_drift, 6), -0.8, None)
+            batch_scope = scope
+            if args.batch_scope > 0:
+                batch_scope = blend(scope, draw_microscope(batch_rng), args.batch_scope)
             for p in range(args.plates_per_batch):
                 plate = f"{lab}-B{batch}-P{p}"
                 folder = args.out / lab / plate
@@ -184,7 +227,7 @@ def main(argv=None) -> int:
                     for _ in range(args.wells):
                         well = next(wells)
                         for site in range(args.sites):
-                            pixels = image(render_specimen(rng, morph), scope, drift, args.size, rng)
+                            pixels = image(render_specimen(rng, morph), batch_scope, drift, args.size, rng)
                             path = folder / f"{well}-{site}.png"
                             Image.fromarray((pixels * 255).round().astype(np.uint8)).save(path)
                             rows.append(
