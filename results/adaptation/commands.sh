@@ -145,3 +145,23 @@ for order in LabNorth,LabEast LabEast,LabNorth; do
     --out runs/adapt/mwd-pretrained &
 done
 wait
+# Round 7. Batches of a lab imaged with microscopes half-way from the lab's towards a fresh draw
+# (section 22); everything else as the first microscope world.
+.venv/bin/python results/adaptation/microscope_world.py --batch-scope 0.5 \
+  --out runs/adapt/microscope-world-scope
+for order in LabNorth,LabEast LabEast,LabNorth; do
+  $H run --dataset folder --data runs/adapt/microscope-world-scope --set dataset.resize=32 \
+    --methods $ALL7 --sources $order --targets LabNorth,LabEast,LabSouth,LabWest \
+    --seeds 0,1,2 --set threads=1 --pretrained $P --cache runs/adapt/mws-stages \
+    --out runs/adapt/mws-pretrained &
+done
+wait
+# Budget: ODA with four times the epochs, at the paper's step-3 rate and at the quick preset's
+# (section 23); the control is ODA of mw-pretrained (5 epochs at 5e-4, the same stages).
+MW="--dataset folder --data runs/adapt/microscope-world --set dataset.resize=32 --set threads=1"
+MW="$MW --pretrained $P --cache runs/adapt/mw-stages --targets LabNorth,LabEast,LabSouth,LabWest"
+for lr in 1e-4 5e-4; do
+  $H run $MW --methods oda --sources LabNorth --seeds 0,1,2 --set adapt.epochs=20 \
+    --set adapt.lr=$lr --out runs/adapt/mw-budget-ep20-lr$lr &
+done
+wait

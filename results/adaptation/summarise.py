@@ -8,6 +8,7 @@ cells of each seed, then mean ± sample std over seeds), in domain likewise, and
 mean over seeds. Then each method against the baseline named for its family (oda*: the first
 baseline, coda*: the second): the paired difference over (target, seed) pairs out of domain,
 how many pairs are better, and a two-sided Wilcoxon signed-rank p-value over those pairs.
+``--versus s:coda,s:oda`` adds the same comparison for any two methods (here CODA against ODA).
 Target labels are only used here, to score; nothing in the runs was chosen with them.
 """
 
@@ -56,13 +57,22 @@ def _family_baseline(name: str, baselines: list[str]) -> str | None:
     return baselines[0] if baselines else None
 
 
-def _comparisons(frame: pd.DataFrame, baselines: list[str]) -> pd.DataFrame:
-    off = frame[frame["source"] != frame["target"]]
-    cells = off.set_index(["name", "target", "seed"])["value"]
-    rows = []
-    for name in dict.fromkeys(off["name"]):
+def _family_pairs(names: list[str], baselines: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for name in names:
         baseline = _family_baseline(name, baselines)
-        if baseline is None or name == baseline or baseline not in cells.index.get_level_values(0):
+        if baseline is not None and name != baseline:
+            pairs.append((name, baseline))
+    return pairs
+
+
+def _comparisons(frame: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    off = frame[frame["source"] != frame["target"]]
+    cells = off.set_index(["name", "source", "target", "seed"])["value"]
+    known = set(cells.index.get_level_values(0))
+    rows = []
+    for name, baseline in pairs:
+        if name not in known or baseline not in known:
             continue
         mine, base = cells.loc[name], cells.loc[baseline]
         common = mine.index.intersection(base.index)
@@ -144,18 +154,30 @@ def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
     multiple=True,
     help="label:method of the DINO family's baseline, then of the CB family's.",
 )
+@click.option(
+    "--versus",
+    "versus",
+    multiple=True,
+    help="label:method,label:method: the first against the second, as for a baseline.",
+)
 @click.option("--diagnostics", is_flag=True, help="Also the adaptations' label-free diagnostics.")
 @click.option(
     "--oracle", is_flag=True, help="Also the oracle curve: accuracy by adaptation epoch (analysis only)."
 )
-def main(folders, baselines, diagnostics, oracle):
+def main(folders, baselines, versus, diagnostics, oracle):
     frames = []
     for item in folders:
         label, _, folder = item.partition("=")
         frames.append(_rows(label, folder))
     frame = pd.concat(frames, ignore_index=True)
     click.echo(_markdown(_summary(frame)))
-    comparisons = _comparisons(frame, list(baselines))
+    pairs = _family_pairs(list(dict.fromkeys(frame["name"])), list(baselines))
+    for item in versus:
+        name, _, baseline = item.partition(",")
+        if not baseline:
+            raise click.BadParameter(f"'{item}': give two methods, e.g. s:coda,s:oda", param_hint="--versus")
+        pairs.append((name, baseline))
+    comparisons = _comparisons(frame, pairs)
     if not comparisons.empty:
         click.echo("\n" + _markdown(comparisons, index=False))
     if diagnostics:
