@@ -23,8 +23,10 @@ from hcibench.report.statistics import wilcoxon
 from hcibench.report.tables import load_records, load_run
 
 
-def _rows(label: str, folder: str) -> pd.DataFrame:
+def _rows(label: str, folder: str, source: str | None) -> pd.DataFrame:
     frame = load_records(folder)
+    if source:
+        frame = frame[frame["source"].astype(str) == source]
     frame = frame[frame["metric"].astype(str) == "accuracy"].copy()
     for column in ("method", "source", "target"):
         frame[column] = frame[column].astype(str)
@@ -93,14 +95,20 @@ def _comparisons(frame: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def _diagnostics(label: str, folder: str) -> pd.DataFrame:
+def _off_domain_records(folder: str, source: str | None) -> list[dict]:
+    _, _, records = load_run(folder)
+    return [
+        record
+        for record in records
+        if record["source"] != record["target"] and (not source or record["source"] == source)
+    ]
+
+
+def _diagnostics(label: str, folder: str, source: str | None) -> pd.DataFrame:
     """Per method, the label-free diagnostics after the last adaptation epoch (out of domain,
     mean over cells and seeds), beside the same before adapting where it differs."""
-    _, _, records = load_run(folder)
     rows = []
-    for record in records:
-        if record["source"] == record["target"]:
-            continue
+    for record in _off_domain_records(folder, source):
         for adaptation in (record.get("info") or {}).get("adaptations") or []:
             diagnostics = adaptation.get("diagnostics") or {}
             epochs = diagnostics.get("epochs") or []
@@ -124,10 +132,34 @@ def _diagnostics(label: str, folder: str) -> pd.DataFrame:
     return pd.DataFrame(rows).groupby("name").mean().round(3)
 
 
-def _oracle(label: str, folder: str) -> pd.DataFrame:
+def _by_epoch(label: str, folder: str, source: str | None) -> pd.DataFrame:
+    """Per method and adaptation epoch, the predicted-class spread and the CKA to the step-1
+    FE (label-free), mean over the off-diagonal cells and seeds."""
+    rows = []
+    for record in _off_domain_records(folder, source):
+        for adaptation in (record.get("info") or {}).get("adaptations") or []:
+            for epoch in (adaptation.get("diagnostics") or {}).get("epochs") or []:
+                for key in ("predicted_classes", "cka_to_start"):
+                    rows.append(
+                        {
+                            "name": f"{label}:{record['method']}",
+                            "diagnostic": key,
+                            "epoch": epoch["epoch"],
+                            "value": epoch[key],
+                        }
+                    )
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows)
+    return frame.groupby(["name", "diagnostic", "epoch"])["value"].mean().unstack("epoch").round(3)
+
+
+def _oracle(label: str, folder: str, source: str | None) -> pd.DataFrame:
     """ORACLE (target labels; for analysis only): out-of-domain accuracy (%) after each
     adaptation epoch, mean over cells and seeds."""
     frame = load_records(folder)
+    if source:
+        frame = frame[frame["source"].astype(str) == source]
     frame = frame[frame["metric"].astype(str).str.startswith("accuracy@adapt_epoch=")].copy()
     frame = frame[frame["source"].astype(str) != frame["target"].astype(str)]
     if frame.empty:
@@ -160,15 +192,21 @@ def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
     multiple=True,
     help="label:method,label:method: the first against the second, as for a baseline.",
 )
+@click.option("--source", default=None, help="Only the cells trained on this source.")
 @click.option("--diagnostics", is_flag=True, help="Also the adaptations' label-free diagnostics.")
+@click.option(
+    "--by-epoch",
+    is_flag=True,
+    help="Also the predicted-class spread and CKA to the step-1 FE after each adaptation epoch.",
+)
 @click.option(
     "--oracle", is_flag=True, help="Also the oracle curve: accuracy by adaptation epoch (analysis only)."
 )
-def main(folders, baselines, versus, diagnostics, oracle):
+def main(folders, baselines, versus, source, diagnostics, by_epoch, oracle):
     frames = []
     for item in folders:
         label, _, folder = item.partition("=")
-        frames.append(_rows(label, folder))
+        frames.append(_rows(label, folder, source))
     frame = pd.concat(frames, ignore_index=True)
     click.echo(_markdown(_summary(frame)))
     pairs = _family_pairs(list(dict.fromkeys(frame["name"])), list(baselines))
@@ -181,12 +219,17 @@ def main(folders, baselines, versus, diagnostics, oracle):
     if not comparisons.empty:
         click.echo("\n" + _markdown(comparisons, index=False))
     if diagnostics:
-        tables = [_diagnostics(*item.partition("=")[::2]) for item in folders]
+        tables = [_diagnostics(*item.partition("=")[::2], source) for item in folders]
+        tables = [t for t in tables if not t.empty]
+        if tables:
+            click.echo("\n" + _markdown(pd.concat(tables)))
+    if by_epoch:
+        tables = [_by_epoch(*item.partition("=")[::2], source) for item in folders]
         tables = [t for t in tables if not t.empty]
         if tables:
             click.echo("\n" + _markdown(pd.concat(tables)))
     if oracle:
-        tables = [_oracle(*item.partition("=")[::2]) for item in folders]
+        tables = [_oracle(*item.partition("=")[::2], source) for item in folders]
         tables = [t for t in tables if not t.empty]
         if tables:
             click.echo(
