@@ -165,3 +165,18 @@ for lr in 1e-4 5e-4; do
     --set adapt.lr=$lr --out runs/adapt/mw-budget-ep20-lr$lr &
 done
 wait
+# What adapts on the culture shift, from the shipped FE (section 24): all weights, the patch
+# embedding and first block, the normalisation layers; S3's stages are those of Round 5. Two
+# processes share the sweep folder, seeds in opposite orders.
+for seeds in 0,1,2 2,1,0; do
+  $H run --methods oda,oda-align --sources S3 --targets S3,S5,S8,S11 --seeds $seeds \
+    --set threads=1 --set adapt.trainable=all,early,norm --cache runs/adapt/stages \
+    --out runs/adapt/trainable-pretrained &
+done
+wait
+# The microscope-only shift of the synthetic data (culture 0) from the shipped FE (section 25).
+for seeds in 0,1,2 2,1,0; do
+  $H run --methods $ALL7 --sources S3 --targets S3,S5,S8,S11 --seeds $seeds --set threads=1 \
+    --set dataset.culture=0 --cache runs/adapt/stages --out runs/adapt/pretrained-culture0 &
+done
+wait
