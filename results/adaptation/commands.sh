@@ -186,3 +186,9 @@ for seeds in 0,1,2 2,1,0; do
     --set dataset.culture=0 --cache runs/adapt/stages --out runs/adapt/pretrained-culture0-S5 &
 done
 wait
+# And from S8 (section 25).
+for seeds in 0,1,2 2,1,0; do
+  $H run --methods $ALL7 --sources S8 --targets S3,S5,S8,S11 --seeds $seeds --set threads=1 \
+    --set dataset.culture=0 --cache runs/adapt/stages --out runs/adapt/pretrained-culture0-S8 &
+done
+wait
