@@ -23,10 +23,22 @@ from hcibench.report.statistics import wilcoxon
 from hcibench.report.tables import load_records, load_run
 
 
-def _rows(label: str, folder: str, source: str | None) -> pd.DataFrame:
+def _records(folder: str, source: str | None) -> pd.DataFrame:
+    """The run's records as one row per (cell, metric), only those trained on ``source`` if given."""
     frame = load_records(folder)
-    if source:
-        frame = frame[frame["source"].astype(str) == source]
+    if not source:
+        return frame
+    sources = frame["source"].astype(str)
+    if source not in set(sources):
+        known = ", ".join(sorted(set(sources)))
+        raise click.BadParameter(
+            f"no cells of '{source}' in {folder}; its sources: {known}", param_hint="--source"
+        )
+    return frame[sources == source]
+
+
+def _rows(label: str, folder: str, source: str | None) -> pd.DataFrame:
+    frame = _records(folder, source)
     frame = frame[frame["metric"].astype(str) == "accuracy"].copy()
     for column in ("method", "source", "target"):
         frame[column] = frame[column].astype(str)
@@ -157,9 +169,7 @@ def _by_epoch(label: str, folder: str, source: str | None) -> pd.DataFrame:
 def _oracle(label: str, folder: str, source: str | None) -> pd.DataFrame:
     """ORACLE (target labels; for analysis only): out-of-domain accuracy (%) after each
     adaptation epoch, mean over cells and seeds."""
-    frame = load_records(folder)
-    if source:
-        frame = frame[frame["source"].astype(str) == source]
+    frame = _records(folder, source)
     frame = frame[frame["metric"].astype(str).str.startswith("accuracy@adapt_epoch=")].copy()
     frame = frame[frame["source"].astype(str) != frame["target"].astype(str)]
     if frame.empty:
@@ -208,34 +218,31 @@ def main(folders, baselines, versus, source, diagnostics, by_epoch, oracle):
         label, _, folder = item.partition("=")
         frames.append(_rows(label, folder, source))
     frame = pd.concat(frames, ignore_index=True)
-    click.echo(_markdown(_summary(frame)))
-    pairs = _family_pairs(list(dict.fromkeys(frame["name"])), list(baselines))
+    names = list(dict.fromkeys(frame["name"]))
+    pairs = _family_pairs(names, list(baselines))
     for item in versus:
         name, _, baseline = item.partition(",")
         if not baseline:
             raise click.BadParameter(f"'{item}': give two methods, e.g. s:coda,s:oda", param_hint="--versus")
+        unknown = [n for n in (name, baseline) if n not in names]
+        if unknown:
+            raise click.BadParameter(
+                f"'{unknown[0]}' is in none of the folders; one of: {', '.join(names)}", param_hint="--versus"
+            )
         pairs.append((name, baseline))
+    click.echo(_markdown(_summary(frame)))
     comparisons = _comparisons(frame, pairs)
     if not comparisons.empty:
         click.echo("\n" + _markdown(comparisons, index=False))
-    if diagnostics:
-        tables = [_diagnostics(*item.partition("=")[::2], source) for item in folders]
+    oracle_title = "ORACLE (uses target labels, for analysis only): accuracy (%) by adaptation epoch\n"
+    extras = [(diagnostics, _diagnostics, ""), (by_epoch, _by_epoch, ""), (oracle, _oracle, oracle_title)]
+    for wanted, table_of, title in extras:
+        if not wanted:
+            continue
+        tables = [table_of(*item.partition("=")[::2], source) for item in folders]
         tables = [t for t in tables if not t.empty]
         if tables:
-            click.echo("\n" + _markdown(pd.concat(tables)))
-    if by_epoch:
-        tables = [_by_epoch(*item.partition("=")[::2], source) for item in folders]
-        tables = [t for t in tables if not t.empty]
-        if tables:
-            click.echo("\n" + _markdown(pd.concat(tables)))
-    if oracle:
-        tables = [_oracle(*item.partition("=")[::2], source) for item in folders]
-        tables = [t for t in tables if not t.empty]
-        if tables:
-            click.echo(
-                "\nORACLE (uses target labels, for analysis only): accuracy (%) by "
-                "adaptation epoch\n" + _markdown(pd.concat(tables))
-            )
+            click.echo("\n" + title + _markdown(pd.concat(tables)))
 
 
 if __name__ == "__main__":
