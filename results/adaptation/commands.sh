@@ -192,3 +192,21 @@ for seeds in 0,1,2 2,1,0; do
     --set dataset.culture=0 --cache runs/adapt/stages --out runs/adapt/pretrained-culture0-S8 &
 done
 wait
+
+# Round 8. Target size (section 26): a microscope world with 8 batches per lab, read through two
+# indexes of the same files. small.csv: every lab's first 3 batches (the default world's size);
+# large.csv: the training lab's first 3 batches, every target lab's 8 (2.7 times the images).
+# The training lab's images are the same in both, so only the targets' size differs.
+W=runs/adapt/microscope-world-b8
+.venv/bin/python results/adaptation/microscope_world.py --batches 8 --out $W
+.venv/bin/python results/adaptation/index_subset.py $W small.csv --batches 3
+.venv/bin/python results/adaptation/index_subset.py $W large.csv --batches 3 --labs LabNorth
+for size in small large; do
+  for seeds in 0,1,2 2,1,0; do
+    $H run --dataset folder --data $W --set dataset.index=$size.csv --set dataset.resize=32 \
+      --methods $ALL7 --sources LabNorth --targets LabNorth,LabEast,LabSouth,LabWest \
+      --seeds $seeds --set threads=1 --pretrained $P --cache runs/adapt/mwb8-stages \
+      --out runs/adapt/mwb8-$size &
+  done
+  wait
+done
