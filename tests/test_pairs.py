@@ -105,3 +105,21 @@ def test_hundred_thousand_rows_take_well_under_a_second():
     assert same.all()
     assert stats["fallback_plate"] == int((meta["compound"] == "c7").sum())
     assert stats["fallback_compounds"] == 1
+
+
+def test_same_batch_control_pairs_within_the_batch_and_never_across():
+    meta = _meta()
+    partners, stats = cross_batch_partners(meta, key="same-batch", generator=np.random.default_rng(2))
+    compound, batch = meta["compound"].to_numpy(), meta["batch"].to_numpy()
+    paired = partners != np.arange(len(meta))
+    assert (compound[partners] == compound).all() and (batch[partners] == batch).all()
+    # every (compound, batch) group with two or more images pairs all of its images
+    sizes = meta.groupby(["compound", "batch"])["plate"].transform("size").to_numpy()
+    assert (paired == (sizes > 1)).all()
+    assert stats["key"] == "same-batch" and stats["cross"] == int(paired.sum())
+    assert stats["fallback_plate"] == 0 and stats["fallback_self"] == int((~paired).sum())
+
+
+def test_unknown_pair_key_is_refused():
+    with pytest.raises(ValueError, match="same-batch"):
+        cross_batch_partners(_meta(), key="well")

@@ -79,7 +79,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "granularity": ("source", "batch", "plate"),
     "eval_on": ("subset", "full"),
     "precision": ("auto", "fp32", "bf16"),
-    "pair_key": ("batch", "plate"),
+    "pair_key": ("batch", "plate", "same-batch"),
     "center": ("zero", "source"),
     "select": ("last", "knn"),
 }

@@ -94,7 +94,7 @@ class DinoSettings:
     center_momentum: float = 0.9
     drop_path: float = 0.1  # applied by whoever builds the student
     cross_batch: bool = False
-    pair_key: str = "batch"  # "batch" (the paper's text) or "plate" (the authors' code)
+    pair_key: str = "batch"  # "batch" (the paper's text), "plate" (the authors' code), "same-batch"
     jitter: bool = True  # intensity jitter on the global views
     shift_std: float = 0.005
     gamma_std: float = 0.005
@@ -637,12 +637,13 @@ class DinoEpochs(TrainingStep):
             if self.pair_stats is None:
                 self.pair_stats = stats
                 if stats["fallback_plate"] or stats["fallback_self"]:
+                    where = "their batch" if stats["key"] == "same-batch" else f"another {stats['key']}"
                     self.log(
                         f"cross-batch pairs on '{domain.name}' by {stats['key']}: "
                         f"{stats['fallback_plate']} of {stats['pairs']} images paired on "
                         f"another plate, {stats['fallback_self']} with themselves "
                         f"({stats['fallback_compounds']} compounds without a partner in "
-                        f"another {stats['key']})"
+                        f"{where})"
                     )
         batches = domain.batches(self.batch_size, shuffle=True, generator=generator, drop_last=True)
         return prefetch(batches, self.device)

@@ -5,6 +5,10 @@ the same compound taken in a different experimental batch, so that what the two 
 treatment, not the batch. The paper's text says "different batch", the authors' code used the
 plate; ``key`` selects which ("batch" by default) and the stats say which was used.
 
+``key="same-batch"`` is the control that never crosses a batch: the partner is another image of
+the same compound in the *same* batch. Comparing it with "batch" separates what cross-batch
+pairs gain from what pairing two images of one compound gains at all.
+
 Where no partner exists (a compound imaged in one batch only) the authors' code crashes. Here the
 row falls back to a partner of the same compound on another plate, else to itself, and the
 stats count both fallbacks so that a run log can report them.
@@ -16,7 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["cross_batch_partners", "numpy_generator"]
+__all__ = ["PAIR_KEYS", "cross_batch_partners", "numpy_generator"]
+
+# "batch" and "plate": the partner differs in it; "same-batch": the partner shares the batch.
+PAIR_KEYS = ("batch", "plate", "same-batch")
 
 
 def numpy_generator(generator=None) -> np.random.Generator:
@@ -81,17 +88,22 @@ def cross_batch_partners(
     key: str = "batch",
     generator=None,
 ) -> tuple[np.ndarray, dict]:
-    """A random partner row for every row of ``meta``: same ``compound``, different ``key``.
+    """A random partner row for every row of ``meta``: same ``compound``, different ``key``
+    (with ``key="same-batch"``: same compound and batch, another row).
 
     ``generator`` is a ``numpy.random.Generator``, a ``torch.Generator`` (a seed is drawn from
     it), an int seed or None. Fallbacks, in order: a row of the same compound on a different
-    plate, then the row itself (also for rows whose compound is missing). Returns
+    plate (for ``key="batch"`` only), then the row itself (also for rows whose compound is
+    missing). Returns
     ``(partner_index, stats)`` with ``partner_index[i]`` a row position and ``stats`` =
     ``{"key", "pairs", "cross", "fallback_plate", "fallback_self", "missing_compound",
-    "fallback_compounds"}`` (``pairs``: rows; ``cross``: rows paired across ``key``;
+    "fallback_compounds"}`` (``pairs``: rows; ``cross``: rows paired as ``key`` asks;
     ``fallback_compounds``: compounds with at least one fallback row).
     """
-    for column in ("compound", key, "plate"):
+    if key not in PAIR_KEYS:
+        raise ValueError(f"pair key '{key}' is not one of {', '.join(PAIR_KEYS)}")
+    within = key == "same-batch"
+    for column in ("compound", "batch" if within else key, "plate"):
         if column not in meta.columns:
             raise ValueError(f"metadata lacks the column '{column}' needed for cross-batch pairs")
     rng = numpy_generator(generator)
@@ -101,11 +113,16 @@ def cross_batch_partners(
     compound = _codes(meta["compound"])
     rows = np.flatnonzero(~missing)
 
-    chosen, found = _draw_other(compound, _codes(meta[key]), rows, rng)
+    if within:
+        # Groups are (compound, batch); every other row of the group is a candidate.
+        group = _codes(meta["compound"].astype(str) + "\x1f" + meta["batch"].astype(str))
+        chosen, found = _draw_other(group, np.arange(n), rows, rng)
+    else:
+        chosen, found = _draw_other(compound, _codes(meta[key]), rows, rng)
     partners[rows[found]] = chosen[found]
     pending = rows[~found]
     plate_rows = pending[:0]
-    if key != "plate" and len(pending):
+    if key == "batch" and len(pending):
         # A compound without a partner in another ``key`` has all its rows in one ``key`` value,
         # so ``pending`` holds every row of those compounds: the whole candidate pool.
         chosen, found = _draw_other(compound, _codes(meta["plate"]), pending, rng)
