@@ -118,9 +118,9 @@ def test_cross_batch_views_take_global_two_and_half_the_locals_from_the_partner(
         6,
         _gen(),
         False,
-        0.005,
-        0.005,
+        augment.Jitter(),
         (0.0, 1.0),
+        0,
     )
     assert all(torch.equal(a, b) for a, b in zip(views, raw))
     # check the sources by re-running the crop pipeline without normalisation
@@ -155,3 +155,38 @@ def test_intensity_jitter_matches_its_formula():
     signed = augment.intensity_jitter(x * 4 - 2, _gen(9), 0.05, 0.2, value_range=(-2.0, 2.0))
     expected = (x.pow(gamma) * 4 - 2 + shift).clamp(-2, 2)
     assert torch.allclose(signed, expected, atol=1e-5)
+
+
+def test_reference_jitter_leaves_about_half_the_images_alone_and_bounds_the_gamma():
+    x = torch.rand(2000, 3, 4, 4) * 0.8 + 0.1
+    form = augment.Jitter.reference()
+    y = augment.intensity_jitter(
+        x, _gen(3), 0.005, 0.5, p=form.p, gamma_clip=form.gamma_clip, shift_first=True
+    )
+    untouched = ((y - x).abs() < 1e-6).flatten(1).all(1)  # exp(log x) is x to rounding
+    assert 0.45 < untouched.float().mean() < 0.55
+    # a gamma within 1 ± 0.005 and a shift of sd 0.005 move no pixel by more than a few hundredths,
+    # where the unbounded gamma of sd 0.5 would
+    assert (y - x).abs().max() < 0.05
+    wild = augment.intensity_jitter(x, _gen(3), 0.005, 0.5)
+    assert (wild - x).abs().max() > 0.2
+
+
+def test_shift_first_applies_the_gamma_to_the_shifted_image():
+    x = torch.full((1, 1, 2, 2), 0.5)
+    g = _gen(4)
+    gamma = 1.0 + 0.3 * torch.randn((1, 1), generator=g)
+    shift = 0.1 * torch.randn((1, 1), generator=g)
+    y = augment.intensity_jitter(x, _gen(4), 0.1, 0.3, shift_first=True)
+    expected = (0.5 + shift).clamp(0, 1) ** gamma
+    assert torch.allclose(y, expected.expand_as(y), atol=1e-6)
+
+
+def test_views_come_from_the_central_region_only():
+    x = torch.zeros(4, 1, 20, 20)
+    x[..., 6:14, 6:14] = 1.0 + torch.rand(4, 1, 8, 8)  # the centre is bright, the border dark
+    views = augment.multi_crop(x, 6, 4, 2, _gen(5), jitter=False, region=8)
+    raw_globals = augment._crops(augment.central_region(x, 8), 6, 2, _gen(5), True)
+    assert (raw_globals > 0.5).all()  # no crop reaches the border
+    assert len(views) == 4
+    assert augment.central_region(x, 0) is x and augment.central_region(x, 64).shape == x.shape

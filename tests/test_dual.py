@@ -173,3 +173,40 @@ def test_a_classifier_stage_killed_mid_training_goes_on_from_its_saved_progress(
     resumed = again.get("supervised", {"k": 1}, lambda: compute(again))
     assert resumed["history"] == reference["history"]
     assert all(torch.equal(resumed["state"][k], v) for k, v in reference["state"].items())
+
+
+def _classifier_after_one_epoch(**changes):
+    from hcibench.train import classifier as training
+    from hcibench.train.modality import create_backbone
+
+    config = _tiny_config()
+    settings = {**config["task"], "epochs": 1, "warmup_epochs": 0, "lr": 1e-2, **changes}
+    torch.manual_seed(0)
+    model = create_backbone(config, 3, num_classes=4, drop_path=0.0)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    context = Context(config, seed=0, source="A", stages=StageCache(None, keep_in_memory=10))
+    result = training.train_classifier(
+        model, model, _domain("A", 3), _domain("A-val", 2, n=16), settings, context, 32
+    )
+    moved = sum((result["state"][k].float() - v.float()).norm() ** 2 for k, v in start.items()) ** 0.5
+    return result["state"], float(moved)
+
+
+def test_the_reference_step_2_recipe_clips_the_gradient_norm_and_jitters_the_images():
+    plain, moved = _classifier_after_one_epoch()
+    clipped, moved_clipped = _classifier_after_one_epoch(clip_grad=1e-4)
+    # AdamW normalises the step, so a clip changes the update's direction, not only its size:
+    # the weights differ, and the run stays finite
+    assert any(not torch.equal(plain[k], clipped[k]) for k in plain)
+    assert moved_clipped > 0
+    jittered, _ = _classifier_after_one_epoch(jitter=True)
+    assert any(not torch.equal(plain[k], jittered[k]) for k in plain)
+    again, _ = _classifier_after_one_epoch(jitter=True)
+    assert all(torch.equal(again[k], jittered[k]) for k in again)  # the jitter draws from the seed
+
+
+def test_jitter_with_cached_tokens_is_refused_before_anything_runs(cli, tmp_path):
+    result = cli("run", "--methods", "dual-dino", "--set", "task.jitter=true", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "task.cache_tokens=false" in result.stderr
+    assert not (tmp_path / "run").exists()

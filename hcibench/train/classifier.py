@@ -23,10 +23,15 @@ from hcibench.train.loop import TrainingStep, optimise, parameter_groups, run_ep
 
 
 def prepare_images(
-    x: torch.Tensor, input_size: int, training: bool, generator: torch.Generator | None = None
+    x: torch.Tensor,
+    input_size: int,
+    training: bool,
+    generator: torch.Generator | None = None,
+    jitter: augment.Jitter | None = None,
 ) -> torch.Tensor:
-    """Model input from raw images: random crop and flips when training, centre crop otherwise,
-    then per-image per-channel standardisation (which removes gain and offset differences)."""
+    """Model input from raw images: random crop and flips (and the intensity ``jitter``, when
+    given) when training, centre crop otherwise, then per-image per-channel standardisation
+    (which removes gain and offset differences)."""
     if x.dim() == 4 and x.shape[-1] > input_size:
         if training:
             x = augment.random_crops(x, input_size, generator)
@@ -34,6 +39,16 @@ def prepare_images(
             x = augment.center_crop(x, input_size)
     if training and x.dim() == 4:
         x = augment.random_flips(x, generator)
+        if jitter is not None:
+            x = augment.intensity_jitter(
+                x,
+                generator,
+                jitter.shift_std,
+                jitter.gamma_std,
+                p=jitter.p,
+                gamma_clip=jitter.gamma_clip,
+                shift_first=jitter.shift_first,
+            )
     return augment.self_normalise(x) if x.dim() == 4 else x
 
 
@@ -87,8 +102,12 @@ def evaluate(
 
 class ClassifierStep(TrainingStep):
     """Cross-entropy on the labelled samples of a domain, with the paper's schedule (linear
-    warm-up, the rate divided by ``decay`` when the validation loss stalls for ``patience``
-    epochs) and the best validation accuracy's weights kept."""
+    warm-up, the rate multiplied by ``decay`` when the validation loss stalls for ``patience``
+    epochs) and the best validation accuracy's weights kept.
+
+    Two optional settings give the CODA authors' step-2 recipe: ``clip_grad`` (> 0: the norm of
+    all gradients together is clipped to it) and ``jitter`` (the intensity jitter of their code,
+    :meth:`augment.Jitter.reference`, on the training images)."""
 
     def __init__(
         self,
@@ -112,6 +131,8 @@ class ClassifierStep(TrainingStep):
         steps_per_epoch = max(1, -(-labels_known // settings["batch_size"]))
         self.warmup_steps = settings["warmup_epochs"] * steps_per_epoch
         self.lr, self.stale, self.best_loss = settings["lr"], 0, float("inf")
+        self.clip = float(settings.get("clip_grad") or 0.0)
+        self.jitter = augment.Jitter.reference() if settings.get("jitter") else None
         self.best = {"accuracy": -1.0, "state": None, "epoch": -1}
         self.history: list[dict] = []
 
@@ -131,7 +152,7 @@ class ClassifierStep(TrainingStep):
         scale = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
         set_schedule(self.optimizer, self.lr * scale)
         x, y = to_device(x[known], self.device), to_device(y[known], self.device)
-        x = prepare_images(x, self.input_size, True, self.generator)
+        x = prepare_images(x, self.input_size, True, self.generator, self.jitter)
         # Under torchrun each rank takes its share of the global batch (possibly uneven:
         # batches are not dropped); the loss is normalised by the global batch so that the
         # averaged gradients are those of one process.
@@ -144,7 +165,9 @@ class ClassifierStep(TrainingStep):
             )
         else:
             loss = F.cross_entropy(logits.float(), y)
-        optimise(loss, self.optimizer, self.trainable.parameters(), zero_missing=True)
+        parameters = list(self.trainable.parameters())
+        clip = (lambda: nn.utils.clip_grad_norm_(parameters, self.clip)) if self.clip > 0 else None
+        optimise(loss, self.optimizer, parameters, before_step=clip, zero_missing=True)
         return {}
 
     def end_epoch(self, epoch: int, figures: dict[str, float]) -> None:

@@ -98,6 +98,13 @@ class DinoSettings:
     jitter: bool = True  # intensity jitter on the global views
     shift_std: float = 0.005
     gamma_std: float = 0.005
+    # The jitter's form (augment.Jitter) and the central area crops come from, as the CODA
+    # authors' code: a view jittered with p 0.5, shift before gamma, the gamma within 1 ± 0.005
+    # (0: unbounded), crops inside the central 448 px (0: anywhere).
+    jitter_p: float = 0.5
+    gamma_clip: float = 0.005
+    shift_first: bool = True
+    crop_region: int = 448
     precision: str = "fp32"  # "fp32" (reference), "bf16" (autocast) or "auto" (see accelerator)
 
     @property
@@ -581,7 +588,14 @@ def default_views(settings: DinoSettings) -> ViewFn:
     """The reference augmentation: multi-crop, or cross-batch views when a partner is given."""
 
     def views(anchor: torch.Tensor, partner: torch.Tensor | None, generator: torch.Generator):
-        options = dict(jitter=settings.jitter, shift_std=settings.shift_std, gamma_std=settings.gamma_std)
+        form = augment.Jitter(
+            settings.shift_std,
+            settings.gamma_std,
+            settings.jitter_p,
+            settings.gamma_clip,
+            settings.shift_first,
+        )
+        options = dict(jitter=settings.jitter, form=form, region=settings.crop_region)
         if partner is None:
             return augment.multi_crop(
                 anchor, settings.global_size, settings.local_size, settings.n_local, generator, **options

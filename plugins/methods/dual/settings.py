@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, fields
 
+from hcibench.errors import UsageError
 from hcibench.run import presets
 from hcibench.train.dino import DinoSettings
 from hcibench.train.mae import MaeSettings
@@ -79,6 +80,11 @@ QUICK = {
         "pair_key": "batch",
         "clip_mode": "parameter",
         "select": "last",
+        # The jitter on every global view, gamma first and unbounded; crops anywhere.
+        "jitter_p": 1.0,
+        "gamma_clip": 0.0,
+        "shift_first": False,
+        "crop_region": 0,
     },
     # Step 2: the task model on the frozen FE.
     "task": {
@@ -98,6 +104,8 @@ QUICK = {
         "warmup_epochs": 2,
         "patience": 3,
         "decay": 0.1,
+        "clip_grad": 0.0,
+        "jitter": False,
         "cache_tokens": True,
     },
     # Step 1 with a masked autoencoder (Dual-model-MAE, ODA-MAE, TTT).
@@ -137,12 +145,16 @@ PAPER = {
         "model": {"model": "deit_small_patch16_224", "img_size": 224},
         "epochs": 50,
         "batch_size": 128,
+        # The CODA authors' step 2: weight decay 1e-5, warm-up and no decay after it (decay 1),
+        # the norm of all gradients clipped to 1, their intensity jitter on the training images.
         "lr": 1e-4,
         "min_lr": 1e-7,
-        "weight_decay": 0.05,
+        "weight_decay": 1e-5,
         "warmup_epochs": 3,
         "patience": 3,
-        "decay": 0.1,
+        "decay": 1.0,
+        "clip_grad": 1.0,
+        "jitter": True,
         "cache_tokens": False,
     },
     "mae": {**asdict(MaeSettings()), "epochs": 300, "adapt_lr": None},
@@ -160,6 +172,18 @@ PAPER = {
 }
 
 SECTIONS = {"quick": QUICK, "paper": PAPER}
+
+
+def check_task_settings(config: dict) -> None:
+    """UsageError for a step-2 section that cannot run as asked."""
+    task = config["task"]
+    if task.get("jitter") and task.get("cache_tokens"):
+        raise UsageError(
+            "task.jitter=true needs task.cache_tokens=false: cached tokens are computed once, "
+            "from unjittered images"
+        )
+
+
 DINO_SECTIONS = ("dino", "task", "adapt")
 MAE_SECTIONS = ("mae", "task", "adapt")
 
