@@ -210,3 +210,32 @@ for size in small large; do
   done
   wait
 done
+# The CODA authors' recipe together (section 27): their augmentation (jitter p 0.5, shift first,
+# gamma within 1 ± 0.005, crops in the central 448 px: a no-op on 32 px images), global gradient
+# clipping, step 1's epoch by source k-NN, and their step 2 (weight decay 1e-5, no plateau decay,
+# gradient clip 1, jitter on the training images); ODA from random weights on the culture
+# shift, as sections 7 and 10. The control is the quick preset, in its own folder.
+G="--methods dual-dino,oda --sources S3 --targets S3,S5,S8,S11 --set threads=1"
+G="$G --set backbone.pretrained=null --cache runs/adapt/faith-stages"
+AUTHORS="--set dino.jitter_p=0.5 --set dino.shift_first=true --set dino.gamma_clip=0.005"
+AUTHORS="$AUTHORS --set dino.crop_region=448 --set dino.clip_mode=global --set dino.select=knn"
+AUTHORS="$AUTHORS --set task.weight_decay=1e-5 --set task.decay=1 --set task.clip_grad=1"
+AUTHORS="$AUTHORS --set task.jitter=true --set task.cache_tokens=false"
+for seeds in 0,1,2 2,1,0; do
+  $H run $G --seeds $seeds --out runs/adapt/faith-control &
+done
+wait
+for seeds in 0,1,2 2,1,0; do
+  $H run $G $AUTHORS --seeds $seeds --out runs/adapt/faith-together &
+done
+wait
+# Cross-batch pairs against pairs that never cross a batch (dino.pair_key=same-batch), on the
+# microscope-only shift from the shipped FE where CODA-align is above ODA-align (section 28).
+for key in batch same-batch; do
+  for seeds in 0,1,2 2,1,0; do
+    $H run --methods dual-cb,coda,coda-align --sources S3 --targets S3,S5,S8,S11 \
+      --seeds $seeds --set threads=1 --set dataset.culture=0 --set dino.pair_key=$key \
+      --cache runs/adapt/stages --out runs/adapt/pairs-$key-culture0 &
+  done
+  wait
+done
