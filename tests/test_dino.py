@@ -136,6 +136,9 @@ def test_dino_loss_equals_the_formula_computed_by_hand():
     assert terms == 4
     got = dino_loss(student, teacher, center, tau_s, tau_t, n_crops=3)
     assert got.item() == pytest.approx(expected, rel=1e-5)
+    # in float64 (a float32 centre, as DINOLoss keeps it), the same loss, kept in float64
+    double = dino_loss(student.double(), teacher.double(), center, tau_s, tau_t, n_crops=3)
+    assert double.dtype == torch.float64 and double.item() == pytest.approx(expected, rel=1e-12)
 
     loss = DINOLoss(
         3,

@@ -300,8 +300,10 @@ def dino_loss(
     """
     batch = student_output.shape[0] // n_crops
     dim = student_output.shape[-1]
-    log_p = F.log_softmax(student_output.float() / student_temp, dim=-1).view(n_crops, batch * dim)
-    q = F.softmax((teacher_output.detach().float() - center) / teacher_temp, dim=-1)
+    # At least float32 (bf16 outputs are promoted), float64 when the outputs are.
+    dtype = torch.promote_types(student_output.dtype, torch.float32)
+    log_p = F.log_softmax(student_output.to(dtype) / student_temp, dim=-1).view(n_crops, batch * dim)
+    q = F.softmax((teacher_output.detach().to(dtype) - center.to(dtype)) / teacher_temp, dim=-1)
     q = q.view(n_global, batch * dim)
     cross = -(q @ log_p.t()) / batch  # cross[g, v] = mean_b sum_k -q_g · p_v
     # The mean over the pairs of different views, as a weighted sum: selecting them with a
