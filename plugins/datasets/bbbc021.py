@@ -84,6 +84,7 @@ QUICK = {
         "warmup_epochs": 5,
         "patience": 5,
         "cache_tokens": True,
+        "jitter": False,  # an image augmentation: profiles have no intensities to jitter
     },
     "dino": {
         "epochs": 100,
