@@ -230,8 +230,7 @@ for seeds in 0,1,2 2,1,0; do
 done
 wait
 # Cross-batch pairs against pairs that never cross a batch (dino.pair_key=same-batch), on the
-# microscope-only shift from the shipped FE where CODA-align is above ODA-align (section 25).
-# Prepared, not run yet (see the README's last section).
+# microscope-only shift from the shipped FE where CODA-align is above ODA-align (section 28).
 for key in batch same-batch; do
   for seeds in 0,1,2 2,1,0; do
     $H run --methods dual-cb,coda,coda-align --sources S3 --targets S3,S5,S8,S11 \
