@@ -134,6 +134,19 @@ class Jitter:
         """The CODA authors' jitter: p 0.5, shift first, gamma within 1 ± 0.005."""
         return cls(p=0.5, gamma_clip=0.005, shift_first=True)
 
+    def apply(self, x: torch.Tensor, generator=None, value_range=(0.0, 1.0)) -> torch.Tensor:
+        """:func:`intensity_jitter` of ``x`` in this form."""
+        return intensity_jitter(
+            x,
+            generator,
+            self.shift_std,
+            self.gamma_std,
+            value_range,
+            p=self.p,
+            gamma_clip=self.gamma_clip,
+            shift_first=self.shift_first,
+        )
+
 
 def intensity_jitter(
     x: torch.Tensor,
@@ -227,16 +240,7 @@ def _views(
         if jitter:
             n, batch = stacked.shape[:2]
             flat = stacked.view(n * batch, *stacked.shape[2:])
-            flat = intensity_jitter(
-                flat,
-                generator,
-                form.shift_std,
-                form.gamma_std,
-                value_range,
-                p=form.p,
-                gamma_clip=form.gamma_clip,
-                shift_first=form.shift_first,
-            )
+            flat = form.apply(flat, generator, value_range)
             stacked = flat.view(stacked.shape)
         views += list(self_normalise(stacked).unbind(0))
     if locals_:

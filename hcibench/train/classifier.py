@@ -40,15 +40,7 @@ def prepare_images(
     if training and x.dim() == 4:
         x = augment.random_flips(x, generator)
         if jitter is not None:
-            x = augment.intensity_jitter(
-                x,
-                generator,
-                jitter.shift_std,
-                jitter.gamma_std,
-                p=jitter.p,
-                gamma_clip=jitter.gamma_clip,
-                shift_first=jitter.shift_first,
-            )
+            x = jitter.apply(x, generator)
     return augment.self_normalise(x) if x.dim() == 4 else x
 
 
