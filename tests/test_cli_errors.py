@@ -46,6 +46,8 @@ CASES = [
             ("dino.head_batch_norm=1", "true or false"),
             ("adapt.trainable=late", "one of all, early, norm"),
             ("adapt.clip_mode=both", "one of global, parameter"),
+            ("dino.lr_warmup=linear", "one of zero, first-step"),
+            ("dino.momentum_ahead=1", "true or false"),
             ("adapt.lr=-1", "adapt.lr=-1"),
             ("adapt.monitor=yes", "true or false"),
             ("backbone.model=5", "a name"),

@@ -16,14 +16,14 @@ from hcibench.train.dino import (
     DinoSettings,
     DinoTrainer,
     MultiCropWrapper,
-    clip_gradients,
     collapse_epoch,
     cosine_schedule,
     dino_loss,
+    lr_schedule,
     target_spread,
     train_dino,
 )
-from hcibench.train.loop import parameter_groups
+from hcibench.train.loop import clip_gradients, parameter_groups
 
 
 def tiny_vit(**kwargs):
@@ -190,6 +190,23 @@ def test_cosine_schedule_warmup_and_end_points():
     assert len(cosine_schedule(1.0, 0.0, epochs=2, steps_per_epoch=3, warmup_epochs=5)) == 6
 
 
+def test_lr_warmup_from_zero_or_from_the_first_step():
+    options = dict(epochs=10, lr=1e-4, min_lr=1e-6, warmup_epochs=2)
+    zero = lr_schedule(DinoSettings(**options, lr_warmup="zero"), steps_per_epoch=5)
+    assert np.array_equal(zero, cosine_schedule(1e-4, 1e-6, 10, 5, warmup_epochs=2))
+    first = lr_schedule(DinoSettings(**options, lr_warmup="first-step"), steps_per_epoch=5)
+    # As the CODA authors' code: the first step at lr / W, then W more steps lr / W higher each
+    # (W = 10 warm-up steps), the last one step past lr; the cosine falls from there.
+    assert len(first) == 50
+    assert np.allclose(first[:11], 1e-4 * np.arange(1, 12) / 10)
+    assert first[10] > 1e-4 and first[11] < first[10]
+    assert np.all(np.diff(first[10:]) < 0) and 1e-6 < first[-1] < 1.5e-6
+    short = DinoSettings(**{**options, "epochs": 1}, lr_warmup="first-step")
+    assert len(lr_schedule(short, steps_per_epoch=5)) == 5  # a warm-up longer than the run is cut
+    with pytest.raises(ValueError, match="lr_warmup"):
+        lr_schedule(DinoSettings(lr_warmup="linear"), steps_per_epoch=5)
+
+
 # ------------------------------------------------------------------------------------ head
 
 
@@ -252,8 +269,9 @@ def _views(settings, batch=4, seed=0):
     )
 
 
-def test_teacher_gets_no_gradient_and_moves_only_by_ema():
-    settings = tiny_settings(freeze_last_layer_epochs=0)
+@pytest.mark.parametrize("ahead", [False, True])
+def test_teacher_gets_no_gradient_and_moves_only_by_ema(ahead):
+    settings = tiny_settings(freeze_last_layer_epochs=0, momentum_ahead=ahead)
     student, teacher, s_head, t_head = models(settings)
     trainer = DinoTrainer(student, teacher, s_head, t_head, settings, steps_per_epoch=3)
     teacher_params = list(teacher.parameters()) + list(t_head.parameters())
@@ -261,7 +279,9 @@ def test_teacher_gets_no_gradient_and_moves_only_by_ema():
     before = [p.detach().clone() for p in teacher_params]
     trainer.step(_views(settings), epoch=0, step=0)
     assert all(p.grad is None for p in teacher_params)
-    m = trainer.momentum_schedule[0]
+    # The momentum of this step's schedule value (DINO), or of the next (the CODA authors' code).
+    m = trainer.momentum_schedule[1 if ahead else 0]
+    assert trainer.momentum_schedule[1] != trainer.momentum_schedule[0]
     student_params = list(student.parameters()) + list(s_head.parameters())
     for old, new, s in zip(before, teacher_params, student_params):
         assert torch.allclose(new, m * old + (1 - m) * s.detach(), atol=1e-6)

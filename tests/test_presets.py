@@ -62,13 +62,22 @@ def test_a_whole_number_for_a_number_setting_describes_the_same_run():
 
 def test_the_paper_preset_takes_the_authors_augmentation_and_step_2_recipe():
     paper, quick = dual_settings.config("paper"), dual_settings.config("quick")
-    reference = {"jitter_p": 0.5, "shift_first": True, "gamma_clip": 0.005, "crop_region": 448}
+    reference = {
+        "jitter_p": 0.5,
+        "shift_first": True,
+        "gamma_clip": 0.005,
+        "crop_region": 448,
+        "lr_warmup": "first-step",
+        "momentum_ahead": True,
+    }
     assert {k: paper["dino"][k] for k in reference} == reference
     assert {k: quick["dino"][k] for k in reference} == {
         "jitter_p": 1.0,
         "shift_first": False,
         "gamma_clip": 0.0,
         "crop_region": 0,
+        "lr_warmup": "zero",
+        "momentum_ahead": False,
     }
     step_2 = {"weight_decay": 1e-5, "decay": 1.0, "clip_grad": 1.0, "jitter": True, "cache_tokens": False}
     assert {k: paper["task"][k] for k in step_2} == step_2

@@ -85,6 +85,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pair_key": ("batch", "plate", "same-batch"),
     "center": ("zero", "source"),
     "select": ("last", "knn"),
+    "lr_warmup": ("zero", "first-step"),
 }
 
 # Settings whose default is None and what else they admit.

@@ -19,7 +19,14 @@ from hcibench.run import distributed
 from hcibench.run.accelerator import cpu_state, prefetch, to_device
 from hcibench.run.stages import Context
 from hcibench.train import augment
-from hcibench.train.loop import TrainingStep, optimise, parameter_groups, run_epochs, set_schedule
+from hcibench.train.loop import (
+    TrainingStep,
+    clip_gradients,
+    optimise,
+    parameter_groups,
+    run_epochs,
+    set_schedule,
+)
 
 
 def prepare_images(
@@ -158,7 +165,7 @@ class ClassifierStep(TrainingStep):
         else:
             loss = F.cross_entropy(logits.float(), y)
         parameters = list(self.trainable.parameters())
-        clip = (lambda: nn.utils.clip_grad_norm_(parameters, self.clip)) if self.clip > 0 else None
+        clip = (lambda: clip_gradients(parameters, self.clip, "global")) if self.clip > 0 else None
         optimise(loss, self.optimizer, parameters, before_step=clip, zero_missing=True)
         return {}
 

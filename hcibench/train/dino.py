@@ -35,7 +35,15 @@ from hcibench.run import distributed
 from hcibench.run.accelerator import PRECISIONS, autocast, prefetch, resolve_precision
 from hcibench.run.progress import Progress
 from hcibench.train import augment
-from hcibench.train.loop import TrainingStep, optimise, parameter_groups, run_epochs, set_schedule
+from hcibench.train.loop import (
+    CLIP_MODES,
+    TrainingStep,
+    clip_gradients,
+    optimise,
+    parameter_groups,
+    run_epochs,
+    set_schedule,
+)
 from hcibench.train.pairs import cross_batch_partners
 
 __all__ = [
@@ -78,6 +86,13 @@ class DinoSettings:
     # "global": one norm over all student gradients, as the CODA research code clips
     # (torch's clip_grad_norm_); "parameter": each parameter's own norm, as the DINO repository.
     clip_mode: str = "global"
+    # The lr warm-up: "zero" rises from 0 to lr over the warm-up steps, as the DINO repository;
+    # "first-step" takes its first step at lr / W (W warm-up steps) and W more at lr / W higher
+    # each, one past lr, where the cosine starts, as the CODA authors' code.
+    lr_warmup: str = "first-step"
+    # The teacher follows the student with the momentum of the next step's schedule value, as
+    # the CODA authors' code (which counts steps from 1); false: the current step's (DINO).
+    momentum_ahead: bool = True
     freeze_last_layer_epochs: int = 1
     n_local: int = 6
     global_size: int = 224
@@ -147,6 +162,28 @@ def cosine_schedule(
     schedule = np.concatenate((warmup, cosine))
     assert len(schedule) == total
     return schedule
+
+
+LR_WARMUPS = ("zero", "first-step")
+
+
+def lr_schedule(settings: DinoSettings, steps_per_epoch: int) -> np.ndarray:
+    """The per-step learning rate of ``settings``: its warm-up (``lr_warmup``), then a half
+    cosine to ``min_lr``."""
+    if settings.lr_warmup not in LR_WARMUPS:
+        raise ValueError(f"lr_warmup must be one of {LR_WARMUPS}, not {settings.lr_warmup!r}")
+    epochs, base, final = settings.epochs, settings.lr, settings.min_lr
+    warmup = min(settings.warmup_epochs * steps_per_epoch, epochs * steps_per_epoch)
+    if settings.lr_warmup == "zero" or warmup == 0:
+        return cosine_schedule(base, final, epochs, steps_per_epoch, settings.warmup_epochs)
+    # The CODA authors' linear warm-up adds lr / W before every step up to the W-th, so it
+    # runs for W + 1 steps and peaks one increment above lr; their cosine decays from that peak
+    # over the steps after the warm-up, its first value one step into the half period.
+    total = epochs * steps_per_epoch
+    ramp = base * np.arange(1, warmup + 2) / warmup
+    after = np.arange(1, max(total - warmup, 1))
+    cosine = final + 0.5 * (ramp[-1] - final) * (1 + np.cos(np.pi * after / (total - warmup)))
+    return np.concatenate((ramp, cosine))[:total]
 
 
 # ----------------------------------------------------------------------------------- head
@@ -428,23 +465,6 @@ class DINOLoss(nn.Module):
 # ----------------------------------------------------------------------------------- optimisation
 
 
-CLIP_MODES = ("global", "parameter")
-
-
-def clip_gradients(parameters: Sequence[torch.Tensor], clip: float, mode: str = "parameter") -> None:
-    """Scale gradients to a norm of at most ``clip``: each parameter's own (``"parameter"``, as
-    the DINO repository) or all of them together (``"global"``, as the CODA research code)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads or clip <= 0:
-        return
-    if mode == "global":
-        torch.nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], clip)
-        return
-    norms = torch._foreach_norm(grads)
-    scales = [torch.clamp(clip / (norm + 1e-6), max=1.0) for norm in norms]
-    torch._foreach_mul_(grads, scales)
-
-
 def cancel_last_layer(head: nn.Module) -> None:
     """Drop the gradients of the head's last layer (it stays fixed in the first epoch(s))."""
     for name, param in head.named_parameters():
@@ -516,9 +536,7 @@ class DinoTrainer:
             self.loss.center.copy_(loss_state["center"].to(device).view_as(self.loss.center))
         self.optimizer = torch.optim.AdamW(parameter_groups([self.student]), lr=settings.lr)
         epochs, steps = settings.epochs, max(steps_per_epoch, 1)
-        self.lr_schedule = cosine_schedule(
-            settings.lr, settings.min_lr, epochs, steps, settings.warmup_epochs
-        )
+        self.lr_schedule = lr_schedule(settings, steps)
         self.wd_schedule = cosine_schedule(settings.weight_decay, settings.weight_decay_end, epochs, steps)
         self.momentum_schedule = cosine_schedule(settings.momentum_teacher, 1.0, epochs, steps)
         if settings.clip_mode not in CLIP_MODES:
@@ -566,7 +584,8 @@ class DinoTrainer:
                 cancel_last_layer(self.student_head)
 
         optimise(loss, self.optimizer, self.trainable, before_step)
-        self.update_teacher(self._schedule_value(self.momentum_schedule, step))
+        ahead = 1 if settings.momentum_ahead else 0
+        self.update_teacher(self._schedule_value(self.momentum_schedule, step + ahead))
         return value
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +121,24 @@ class SavedProgress:
                 "format": PROGRESS_FORMAT,
             }
         )
+
+
+CLIP_MODES = ("global", "parameter")
+
+
+def clip_gradients(parameters: Sequence[torch.Tensor], clip: float, mode: str = "parameter") -> None:
+    """Scale gradients to a norm of at most ``clip``: each parameter's own (``"parameter"``, as
+    the DINO repository) or all of them together (``"global"``, torch's ``clip_grad_norm_``, as
+    the CODA research code). Parameters without a gradient are left alone."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads or clip <= 0:
+        return
+    if mode == "global":
+        torch.nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], clip)
+        return
+    norms = torch._foreach_norm(grads)
+    scales = [torch.clamp(clip / (norm + 1e-6), max=1.0) for norm in norms]
+    torch._foreach_mul_(grads, scales)
 
 
 def optimise(

@@ -80,6 +80,9 @@ QUICK = {
         "pair_key": "batch",
         "clip_mode": "parameter",
         "select": "last",
+        # The DINO repository's lr warm-up from 0 and teacher momentum of the current step.
+        "lr_warmup": "zero",
+        "momentum_ahead": False,
         # The jitter on every global view, gamma first and unbounded; crops anywhere.
         "jitter_p": 1.0,
         "gamma_clip": 0.0,
