@@ -239,3 +239,17 @@ for key in batch same-batch; do
   done
   wait
 done
+# Round 9. The authors' recipe one part at a time (section 29), against the same control as
+# section 27 (faith-control, sharing its stage cache): their augmentation alone, then their
+# step 2 alone. Their global clipping and step-1 selection alone are sections 7 and 10.
+AUGMENT="--set dino.jitter_p=0.5 --set dino.shift_first=true --set dino.gamma_clip=0.005"
+AUGMENT="$AUGMENT --set dino.crop_region=448"
+STEP2="--set task.weight_decay=1e-5 --set task.decay=1 --set task.clip_grad=1"
+STEP2="$STEP2 --set task.jitter=true --set task.cache_tokens=false"
+for part in augment step2; do
+  [ $part = augment ] && SETTINGS=$AUGMENT || SETTINGS=$STEP2
+  for seeds in 0,1,2 2,1,0; do
+    $H run $G $SETTINGS --seeds $seeds --out runs/adapt/faith-$part &
+  done
+  wait
+done
