@@ -50,6 +50,19 @@ def test_diagnostics_and_predictions_do_not_depend_on_target_labels():
     assert torch.equal(first.variants["adapt_epoch=2"], first.logits)
 
 
+def test_the_spread_rule_predicts_with_its_kept_epoch_and_reads_no_target_label():
+    target = _domain("B", 2, seed=1)
+    settings = ["adapt.epochs=3", "adapt.keep=spread", "adapt.keep_tolerance=0"]
+    first, second = (_fitted(overrides=settings)[0].predict(d) for d in (target, _shuffled_labels(target)))
+    assert torch.equal(first.logits, second.logits)
+    adaptation = first.info["adaptations"][0]
+    kept = adaptation["kept_epoch"]
+    spreads = [row["predicted_classes"] for row in adaptation["diagnostics"]["epochs"]]
+    assert spreads[kept] >= spreads[0] and all(spread < spreads[0] for spread in spreads[kept + 1 :])
+    assert torch.equal(first.logits, first.variants[f"adapt_epoch={kept}"])
+    assert adaptation == second.info["adaptations"][0]
+
+
 def test_norm_scope_moves_only_the_normalisation_layers_of_the_teacher_that_predicts():
     method, context = _fitted(overrides=["adapt.trainable=norm", "adapt.epochs=2"])
     method.predict(_domain("B", 2, seed=1))

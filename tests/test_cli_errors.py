@@ -23,6 +23,10 @@ CASES = [
     (["--methods", "supervised", "--pretrained", "/nonexistent/w.pt"], "not found"),
     (["--methods", "supervised", "--seeds", "18446744073709551616"], "seeds must be integers"),
     (["--methods", "supervised,coda", "--pretrained", str(SHIPPED_FE)], "fits backbone"),
+    (
+        ["--methods", "supervised,oda", "--set", "adapt.keep=spread", "--set", "adapt.monitor=false"],
+        "adapt.keep=spread needs adapt.monitor=true",
+    ),
     *[
         (["--methods", "supervised,oda", "--set", item], message)
         for item, message in [
@@ -47,6 +51,7 @@ CASES = [
             ("adapt.trainable=late", "one of all, early, norm"),
             ("adapt.clip_mode=both", "one of global, parameter"),
             ("dino.lr_warmup=linear", "one of zero, first-step"),
+            ("adapt.keep=best", "one of last, spread"),
             ("dino.momentum_ahead=1", "true or false"),
             ("adapt.lr=-1", "adapt.lr=-1"),
             ("adapt.monitor=yes", "true or false"),

@@ -1,4 +1,5 @@
-"""Step 1's epoch chosen by k-NN accuracy on the source's validation plates (dino.select=knn)."""
+"""Which epoch a DINO stage keeps: step 1's by k-NN accuracy on the source's validation plates
+(dino.select=knn), step 3's by the spread of its predictions on the target (adapt.keep=spread)."""
 
 import torch
 from conftest import tiny_args
@@ -76,3 +77,23 @@ def test_knn_selection_without_validation_plates_is_one_clear_line(cli, tmp_path
     assert done.returncode == 2, done.stderr
     assert "dino.select=knn" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "records").exists()
+
+
+def test_the_spread_rule_keeps_the_last_epoch_within_the_tolerance_and_survives_a_resume():
+    fe = torch.nn.Linear(2, 2)
+    monitor = type("Monitor", (), {"rows": []})()
+    keeper = selection.SpreadSelection({"teacher": fe}, monitor, tolerance=0.05)
+    weights = {}
+    for epoch, spread in enumerate([0.80, 0.79, 0.76, 0.74, 0.75, 0.70]):
+        with torch.no_grad():
+            fe.weight.fill_(epoch)
+        weights[epoch] = fe.weight.detach().clone()
+        monitor.rows.append({"predicted_classes": spread})
+        keeper.record(epoch)
+        if epoch == 3:  # a resume from here keeps what an uninterrupted run keeps
+            resumed = selection.SpreadSelection({"teacher": fe}, monitor, tolerance=0.05)
+            resumed.load_state_dict(keeper.state_dict())
+            keeper = resumed
+    keeper.keep_best()
+    assert keeper.result() == {"kept_epoch": 4}  # 0.75 is within 0.05 of 0.80; 0.70 is not
+    assert torch.equal(fe.weight, weights[4])

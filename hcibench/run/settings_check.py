@@ -71,6 +71,7 @@ RANGES: dict[str, tuple[str, float, float]] = {
     "crop_region": (INT, 0, 100_000),
     "feature_alignment": (FLOAT, 0, 1e6),
     "align_guard": (FLOAT, 0, 1),
+    "keep_tolerance": (FLOAT, 0, 1),
     "gpus": (INT, 0, 1_024),
     "hours": (FLOAT, 0, 100_000),
 }
@@ -86,6 +87,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "center": ("zero", "source"),
     "select": ("last", "knn"),
     "lr_warmup": ("zero", "first-step"),
+    "keep": ("last", "spread"),
 }
 
 # Settings whose default is None and what else they admit.

@@ -202,6 +202,7 @@ class DualModel(hcibench.Method):
                     "pairs": adapted["stats"].get("pairs"),
                     "loss": adapted["stats"].get("loss"),
                     "collapsed_from_epoch": adapted["stats"].get("collapsed_from_epoch"),
+                    "kept_epoch": adapted["stats"].get("kept_epoch"),
                     "diagnostics": _diagnostics(adapted),
                 }
             )

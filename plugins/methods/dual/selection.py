@@ -1,6 +1,14 @@
-"""Which step-1 epoch the dual model keeps: the last (``dino.select = "last"``) or, as the CODA
-authors' code does, the one whose teacher FE has the best k-NN accuracy on the labelled source
-validation plates (``"knn"``). Source labels only: nothing of any target is looked at.
+"""Which epoch a DINO stage keeps.
+
+Step 1: the last (``dino.select = "last"``) or, as the CODA authors' code does, the one whose
+teacher FE has the best k-NN accuracy on the labelled source validation plates (``"knn"``).
+Source labels only: nothing of any target is looked at.
+
+Step 3: the last (``adapt.keep = "last"``, the paper) or, with ``"spread"``, the last epoch
+whose predictions on the target still spread over the classes nearly as widely as step 1's did
+(``adapt.keep_tolerance``). An adaptation that drifts narrows the frozen task model's
+predictions onto fewer classes; the rule undoes it to the last epoch before it did. No labels:
+the spread comes from the predictions alone.
 
 The k-NN classifier is DINO's weighted one (Wu et al. 2018; Caron et al. 2021): the cosine
 similarities to the ``k`` nearest training embeddings vote for their classes with weight
@@ -19,6 +27,8 @@ from hcibench.data import Domain
 from hcibench.run.accelerator import cpu_state, device_of
 from hcibench.train.classifier import predict_logits
 from hcibench.train.dino import class_token
+
+from .adaptation import AdaptationMonitor
 
 K, TEMPERATURE = 20, 0.07
 
@@ -54,18 +64,48 @@ def knn_accuracy(
     return float((votes.argmax(1) == query_labels).float().mean())
 
 
-class KnnSelection:
+class EpochKeeper:
+    """A copy of the modules' weights at one epoch, loaded back by :meth:`keep_best`; kept with
+    the stage's saved progress, so a resumed training keeps what an uninterrupted one does."""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.modules = modules
+        self.curve: list[float] = []
+        self.best_epoch, self.best_state = 0, None
+
+    def keep(self, epoch: int) -> None:
+        self.best_epoch = epoch
+        self.best_state = {name: cpu_state(module) for name, module in self.modules.items()}
+
+    def keep_best(self) -> None:
+        """Load the kept epoch's weights into the modules."""
+        if self.best_state is None:
+            return
+        for name, module in self.modules.items():
+            module.load_state_dict(self.best_state[name])
+
+    def state_dict(self) -> dict:
+        return {
+            "curve": list(self.curve),
+            "best_epoch": self.best_epoch,
+            "best_state": copy.deepcopy(self.best_state),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.curve, self.best_epoch = list(state["curve"]), state["best_epoch"]
+        self.best_state = state["best_state"]
+
+
+class KnnSelection(EpochKeeper):
     """Scores the teacher FE after each step-1 epoch and keeps the modules of the best epoch
-    (the first of equals); ``val`` must hold labelled samples. Kept with the stage's saved
-    progress, so a resumed step 1 selects as an uninterrupted one does."""
+    (the first of equals); ``val`` must hold labelled samples."""
 
     def __init__(
         self, modules: dict[str, nn.Module], train: Domain, val: Domain, batch_size: int, input_size: int
     ):
-        self.modules, self.train, self.val = modules, train, val
+        super().__init__(modules)
+        self.train, self.val = train, val
         self.batch_size, self.input_size = batch_size, input_size
-        self.curve: list[float] = []
-        self.best_epoch, self.best_state = 0, None
 
     def record(self, epoch: int) -> None:
         fe = self.modules["teacher"]
@@ -78,26 +118,27 @@ class KnnSelection:
         )
         self.curve.append(score)
         if self.best_state is None or score > max(self.curve[:-1]):
-            self.best_epoch = epoch
-            self.best_state = {name: cpu_state(module) for name, module in self.modules.items()}
-
-    def keep_best(self) -> None:
-        """Load the best epoch's weights into the modules."""
-        if self.best_state is None:
-            return
-        for name, module in self.modules.items():
-            module.load_state_dict(self.best_state[name])
+            self.keep(epoch)
 
     def result(self) -> dict:
         return {"knn_accuracy": list(self.curve), "selected_epoch": self.best_epoch}
 
-    def state_dict(self) -> dict:
-        return {
-            "curve": list(self.curve),
-            "best_epoch": self.best_epoch,
-            "best_state": copy.deepcopy(self.best_state),
-        }
 
-    def load_state_dict(self, state: dict) -> None:
-        self.curve, self.best_epoch = list(state["curve"]), state["best_epoch"]
-        self.best_state = state["best_state"]
+class SpreadSelection(EpochKeeper):
+    """Keeps the modules of the last adaptation epoch whose predicted-class spread on the target
+    (the monitor's ``predicted_classes``) is at least the start's minus ``tolerance``. Call
+    :meth:`record` after the monitor has recorded the epoch, from epoch 0 (before any update),
+    which always qualifies: an adaptation that narrows from its first epoch keeps step 1's FE."""
+
+    def __init__(self, modules: dict[str, nn.Module], monitor: AdaptationMonitor, tolerance: float):
+        super().__init__(modules)
+        self.monitor, self.tolerance = monitor, tolerance
+
+    def record(self, epoch: int) -> None:
+        spread = self.monitor.rows[-1]["predicted_classes"]
+        self.curve.append(spread)
+        if spread >= self.curve[0] - self.tolerance - 1e-12:
+            self.keep(epoch)
+
+    def result(self) -> dict:
+        return {"kept_epoch": self.best_epoch}

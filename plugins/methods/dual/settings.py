@@ -27,7 +27,10 @@ from hcibench.train.mae import MaeSettings
 # a loss that holds the FE's hidden features on the target at their step-1 moments on the source
 # (adaptation.FeatureAlignment; 0: off, as in the paper), and where the DINO centre starts:
 # "zero" (the reference restarts it) or "source" (the step-1 teacher's mean output on the
-# source's training images, where step 1's moving average had brought it).
+# source's training images, where step 1's moving average had brought it), and which epoch's FE
+# predicts: the last (the paper) or, with "spread" (needs the monitor), the last whose predicted
+# classes on the target spread at least as widely as step 1's, less ``keep_tolerance``
+# (selection.SpreadSelection; label-free).
 ADAPT_SCOPE = {
     "trainable": "all",
     "early_blocks": 1,
@@ -37,6 +40,8 @@ ADAPT_SCOPE = {
     "align_guard": 1.0,
     "feature_alignment": 0.0,
     "center": "zero",
+    "keep": "last",
+    "keep_tolerance": 0.05,
 }
 # How step 3 meets the target: one FE per whole target ("source"), per batch or per plate, and
 # scored on its part ("subset") or, as the paper's Figure 4, on the whole target ("full").
@@ -178,12 +183,17 @@ SECTIONS = {"quick": QUICK, "paper": PAPER}
 
 
 def check_task_settings(config: dict) -> None:
-    """UsageError for a step-2 section that cannot run as asked."""
-    task = config["task"]
+    """UsageError for a step-2 or step-3 section that cannot run as asked."""
+    task, adapt = config["task"], config["adapt"]
     if task.get("jitter") and task.get("cache_tokens"):
         raise UsageError(
             "task.jitter=true needs task.cache_tokens=false: cached tokens are computed once, "
             "from unjittered images"
+        )
+    if adapt.get("keep", "last") != "last" and not adapt.get("monitor"):
+        raise UsageError(
+            f"adapt.keep={adapt['keep']} needs adapt.monitor=true: the rule reads the monitor's "
+            "predicted-class spread"
         )
 
 

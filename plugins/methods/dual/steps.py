@@ -30,7 +30,7 @@ from hcibench.train.modality import backbone_settings, create_backbone, dino_vie
 from hcibench.train.profiles import TaskMLP
 
 from .adaptation import AdaptationMonitor, AlignedFE, FeatureAlignment, restrict_to_scope, token_moments
-from .selection import KnnSelection
+from .selection import KnnSelection, SpreadSelection
 from .settings import from_section
 
 
@@ -131,7 +131,9 @@ def run_dino(
     rest of the student FE; ``watch(fe) -> (logits, tokens)`` turns on the adaptation monitor,
     which follows the FE that predicts (``adapt.predict_with``); ``align_to`` (a source domain)
     adds the feature-alignment loss weighted by ``adapt.feature_alignment``; ``select_on`` (the
-    source's validation plates) keeps the epoch of the best k-NN accuracy on them."""
+    source's validation plates) keeps the epoch of the best k-NN accuracy on them; with the
+    monitor on, ``adapt.keep = "spread"`` keeps the last epoch whose predictions on ``domain``
+    spread over the classes nearly as widely as at the start (:class:`SpreadSelection`)."""
     student, teacher, student_head, teacher_head = build_fe_pair(config, channels, settings)
     modules = {
         "student": student,
@@ -146,29 +148,29 @@ def run_dino(
     if scope is not None:
         restrict_to_scope(student, *scope)
     predictor = config["adapt"].get("predict_with", "teacher")
-    monitor, on_epoch = None, None
+    # What runs after each epoch: the monitor first, then the epoch rules that read it.
+    monitor, spread, selection, after_epoch = None, None, None, []
     if watch is not None:
         monitor = AdaptationMonitor(watch, num_classes=len(domain.classes))
         watched = modules[predictor]
         was_training = watched.training
         monitor.record(0, watched.eval())
         watched.train(was_training)
-
-        def on_epoch(epoch: int) -> None:
-            monitor.record(epoch, watched)
-
-    selection = None
+        after_epoch.append(lambda epoch: monitor.record(epoch, watched))
+        if config["adapt"].get("keep", "last") == "spread":
+            spread = SpreadSelection(modules, monitor, float(config["adapt"]["keep_tolerance"]))
+            spread.record(0)
+            after_epoch.append(spread.record)
     if select_on is not None:
         selection = KnnSelection(modules, domain, select_on, config["eval_batch_size"], config["input_size"])
-        if on_epoch is None:
-            on_epoch = selection.record
-        else:
-            on_epoch = (lambda monitor_epoch: lambda epoch: (monitor_epoch(epoch), selection.record(epoch)))(
-                on_epoch
-            )
-    kept = {"monitor": monitor} if monitor else {}
-    if selection is not None:
-        kept["selection"] = selection
+        after_epoch.append(selection.record)
+    kept = {"monitor": monitor, "selection": selection, "spread": spread}
+    kept = {name: keeper for name, keeper in kept.items() if keeper is not None}
+
+    def on_epoch(epoch: int) -> None:
+        for record in after_epoch:
+            record(epoch)
+
     alignment = None
     if align_to is not None:
         alignment = _alignment(
@@ -191,7 +193,7 @@ def run_dino(
             loss_state,
             views=dino_views(config, settings.n_local),
             description=description,
-            on_epoch=on_epoch,
+            on_epoch=on_epoch if after_epoch else None,
             extra_loss=alignment,
             keep_with_checkpoint=kept or None,
         )
@@ -199,9 +201,10 @@ def run_dino(
         if alignment is not None:
             alignment.remove()
     stats.pop("loss_state", None)
-    if selection is not None:
-        selection.keep_best()
-        stats.update(selection.result())
+    for keeper in (selection, spread):
+        if keeper is not None:
+            keeper.keep_best()
+            stats.update(keeper.result())
     result = {**_state(modules), "stats": stats}
     if init is not None:
         result["predictor"] = predictor
@@ -397,6 +400,8 @@ def adapt_stage(
         key["feature_alignment"] = {"weight": align_weight, "source_n": source_n}
     if adapt.get("center", "zero") != "zero":
         key["center"] = {"from": adapt["center"], "source_n": source_n}
+    if adapt.get("keep", "last") != "last":
+        key["keep"] = {"rule": adapt["keep"], "tolerance": float(adapt["keep_tolerance"])}
     return ("adapt-cb" if cross_batch else "adapt"), key
 
 
