@@ -253,3 +253,20 @@ for part in augment step2; do
   done
   wait
 done
+# Round 10. A label-free epoch rule for step 3 (section 30): adapt.keep=spread keeps the last
+# epoch whose predicted classes on the target spread at least as widely as step 1's, less 0.05.
+# Twice the quick preset's epochs at its rate, where section 23 saw the accuracy fall; the
+# last epoch's accuracy is the oracle curve's last point of the same adaptations. The
+# microscope world from LabEast (section 23 measured LabNorth), and the synthetic culture shift
+# from S3 (where step 3 gains); one process each, seeds in order.
+P=plugins/datasets/data/synthetic-labs/fe-quick.pt
+RULE="--set adapt.epochs=10 --set adapt.keep=spread --set adapt.keep_tolerance=0.05"
+MW="--dataset folder --data runs/adapt/microscope-world --set dataset.resize=32 --set threads=1"
+MW="$MW --pretrained $P --cache runs/adapt/mw-stages --targets LabNorth,LabEast,LabSouth,LabWest"
+[ -d runs/adapt/microscope-world ] ||
+  .venv/bin/python results/adaptation/microscope_world.py --out runs/adapt/microscope-world
+$H run $MW --methods dual-dino,oda,dual-cb,coda --sources LabEast --seeds 0,1,2 $RULE \
+  --out runs/adapt/keep-spread-mw &
+$H run --methods dual-dino,oda,dual-cb,coda --sources S3 --targets S3,S5,S8,S11 --seeds 0,1,2 \
+  --set threads=1 $RULE --cache runs/adapt/stages --out runs/adapt/keep-spread-culture1 &
+wait
