@@ -9,6 +9,9 @@ mean over seeds. Then each method against the baseline named for its family (oda
 baseline, coda*: the second): the paired difference over (target, seed) pairs out of domain,
 how many pairs are better, and a two-sided Wilcoxon signed-rank p-value over those pairs.
 ``--versus s:coda,s:oda`` adds the same comparison for any two methods (here CODA against ODA).
+``--at-epoch 10`` adds, for each adapting method, ``label:method@10``: its oracle accuracy after
+adaptation epoch 10, the prediction that keeping the last epoch of a 10-epoch adaptation gives
+(for comparing an epoch rule, ``adapt.keep``, with the last epoch of the same adaptations).
 Target labels are only used here, to score; nothing in the runs was chosen with them.
 """
 
@@ -37,12 +40,16 @@ def _records(folder: str, source: str | None) -> pd.DataFrame:
     return frame[sources == source]
 
 
-def _rows(label: str, folder: str, source: str | None) -> pd.DataFrame:
+def _rows(label: str, folder: str, source: str | None, at_epoch: int | None = None) -> pd.DataFrame:
     frame = _records(folder, source)
-    frame = frame[frame["metric"].astype(str) == "accuracy"].copy()
+    metrics = frame["metric"].astype(str)
+    at = f"accuracy@adapt_epoch={at_epoch}"
+    frame = frame[(metrics == "accuracy") | (metrics == at)].copy()
     for column in ("method", "source", "target"):
         frame[column] = frame[column].astype(str)
     frame["name"] = label + ":" + frame["method"]
+    epoch_rows = frame["metric"].astype(str) == at
+    frame.loc[epoch_rows, "name"] = frame.loc[epoch_rows, "name"] + f"@{at_epoch}"
     return frame
 
 
@@ -144,6 +151,33 @@ def _diagnostics(label: str, folder: str, source: str | None) -> pd.DataFrame:
     return pd.DataFrame(rows).groupby("name").mean().round(3)
 
 
+def _kept(label: str, folder: str, source: str | None) -> pd.DataFrame:
+    """Per method, the adaptation epoch an epoch rule (``adapt.keep``) kept, out of domain: mean,
+    lowest, highest, and how many adaptations kept one before their last."""
+    rows = []
+    for record in _off_domain_records(folder, source):
+        for adaptation in (record.get("info") or {}).get("adaptations") or []:
+            kept = adaptation.get("kept_epoch")
+            epochs = (adaptation.get("diagnostics") or {}).get("epochs") or []
+            if kept is None or not epochs:
+                continue
+            rows.append({"name": f"{label}:{record['method']}", "kept": kept, "last": epochs[-1]["epoch"]})
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows)
+    frame["before last"] = frame["kept"] < frame["last"]
+    grouped = frame.groupby("name")
+    return pd.DataFrame(
+        {
+            "kept epoch, mean": grouped["kept"].mean().round(1),
+            "lowest": grouped["kept"].min(),
+            "highest": grouped["kept"].max(),
+            "adaptations": grouped.size(),
+            "stopped early": grouped["before last"].sum(),
+        }
+    )
+
+
 def _by_epoch(label: str, folder: str, source: str | None) -> pd.DataFrame:
     """Per method and adaptation epoch, the predicted-class spread and the CKA to the step-1
     FE (label-free), mean over the off-diagonal cells and seeds."""
@@ -212,11 +246,18 @@ def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
 @click.option(
     "--oracle", is_flag=True, help="Also the oracle curve: accuracy by adaptation epoch (analysis only)."
 )
-def main(folders, baselines, versus, source, diagnostics, by_epoch, oracle):
+@click.option(
+    "--at-epoch",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Also each adapting method's accuracy after this adaptation epoch, as label:method@N.",
+)
+@click.option("--kept", is_flag=True, help="Also the epochs an epoch rule (adapt.keep) kept.")
+def main(folders, baselines, versus, source, diagnostics, by_epoch, oracle, at_epoch, kept):
     frames = []
     for item in folders:
         label, _, folder = item.partition("=")
-        frames.append(_rows(label, folder, source))
+        frames.append(_rows(label, folder, source, at_epoch))
     frame = pd.concat(frames, ignore_index=True)
     names = list(dict.fromkeys(frame["name"]))
     pairs = _family_pairs(names, list(baselines))
@@ -235,7 +276,12 @@ def main(folders, baselines, versus, source, diagnostics, by_epoch, oracle):
     if not comparisons.empty:
         click.echo("\n" + _markdown(comparisons, index=False))
     oracle_title = "ORACLE (uses target labels, for analysis only): accuracy (%) by adaptation epoch\n"
-    extras = [(diagnostics, _diagnostics, ""), (by_epoch, _by_epoch, ""), (oracle, _oracle, oracle_title)]
+    extras = [
+        (diagnostics, _diagnostics, ""),
+        (kept, _kept, ""),
+        (by_epoch, _by_epoch, ""),
+        (oracle, _oracle, oracle_title),
+    ]
     for wanted, table_of, title in extras:
         if not wanted:
             continue
