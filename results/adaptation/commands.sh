@@ -270,3 +270,10 @@ $H run $MW --methods dual-dino,oda,dual-cb,coda --sources LabEast --seeds 0,1,2 
 $H run --methods dual-dino,oda,dual-cb,coda --sources S3 --targets S3,S5,S8,S11 --seeds 0,1,2 \
   --set threads=1 $RULE --cache runs/adapt/stages --out runs/adapt/keep-spread-culture1 &
 wait
+# Round 11. The authors' lr warm-up (from lr / W, one step past lr) and teacher momentum (the
+# next step's) together, from random weights, as section 29; the control is the quick preset
+# rerun at the same commit (these settings re-drew every DINO stage's seed).
+SMALL="--set dino.lr_warmup=first-step --set dino.momentum_ahead=true"
+$H run $G --seeds 0,1,2 --out runs/adapt/faith-control-r11 &
+$H run $G $SMALL --seeds 0,1,2 --out runs/adapt/faith-schedule &
+wait
