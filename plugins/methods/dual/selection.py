@@ -70,7 +70,6 @@ class EpochKeeper:
 
     def __init__(self, modules: dict[str, nn.Module]):
         self.modules = modules
-        self.curve: list[float] = []
         self.best_epoch, self.best_state = 0, None
 
     def keep(self, epoch: int) -> None:
@@ -85,15 +84,10 @@ class EpochKeeper:
             module.load_state_dict(self.best_state[name])
 
     def state_dict(self) -> dict:
-        return {
-            "curve": list(self.curve),
-            "best_epoch": self.best_epoch,
-            "best_state": copy.deepcopy(self.best_state),
-        }
+        return {"best_epoch": self.best_epoch, "best_state": copy.deepcopy(self.best_state)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.curve, self.best_epoch = list(state["curve"]), state["best_epoch"]
-        self.best_state = state["best_state"]
+        self.best_epoch, self.best_state = state["best_epoch"], state["best_state"]
 
 
 class KnnSelection(EpochKeeper):
@@ -106,6 +100,7 @@ class KnnSelection(EpochKeeper):
         super().__init__(modules)
         self.train, self.val = train, val
         self.batch_size, self.input_size = batch_size, input_size
+        self.curve: list[float] = []
 
     def record(self, epoch: int) -> None:
         fe = self.modules["teacher"]
@@ -123,6 +118,13 @@ class KnnSelection(EpochKeeper):
     def result(self) -> dict:
         return {"knn_accuracy": list(self.curve), "selected_epoch": self.best_epoch}
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "curve": list(self.curve)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.curve = list(state["curve"])
+
 
 class SpreadSelection(EpochKeeper):
     """Keeps the modules of the last adaptation epoch whose predicted-class spread on the target
@@ -135,9 +137,8 @@ class SpreadSelection(EpochKeeper):
         self.monitor, self.tolerance = monitor, tolerance
 
     def record(self, epoch: int) -> None:
-        spread = self.monitor.rows[-1]["predicted_classes"]
-        self.curve.append(spread)
-        if spread >= self.curve[0] - self.tolerance - 1e-12:
+        start, now = (self.monitor.rows[i]["predicted_classes"] for i in (0, -1))
+        if now >= start - self.tolerance - 1e-12:
             self.keep(epoch)
 
     def result(self) -> dict:
