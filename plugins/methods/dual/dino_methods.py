@@ -36,7 +36,7 @@ class DualModel(hcibench.Method):
     @classmethod
     def check_settings(cls, config: dict) -> None:
         check_fe_settings(config)
-        settings.check_task_settings(config)
+        settings.check_step_settings(config)
 
     def __init__(self, context: hcibench.Context):
         if self.adapt_changes:

@@ -182,7 +182,7 @@ PAPER = {
 SECTIONS = {"quick": QUICK, "paper": PAPER}
 
 
-def check_task_settings(config: dict) -> None:
+def check_step_settings(config: dict) -> None:
     """UsageError for a step-2 or step-3 section that cannot run as asked."""
     task, adapt = config["task"], config["adapt"]
     if task.get("jitter") and task.get("cache_tokens"):
