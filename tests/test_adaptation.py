@@ -50,15 +50,25 @@ def test_diagnostics_and_predictions_do_not_depend_on_target_labels():
     assert torch.equal(first.variants["adapt_epoch=2"], first.logits)
 
 
-def test_the_spread_rule_predicts_with_its_kept_epoch_and_reads_no_target_label():
+@pytest.mark.parametrize(
+    "rule, tolerance, diagnostic, floor",
+    [
+        ("spread", 0.0, "predicted_classes", lambda start: start),
+        ("drift", 0.002, "cka_to_start", lambda _: 0.998),
+    ],
+)
+def test_an_epoch_rule_predicts_with_its_kept_epoch_and_reads_no_target_label(
+    rule, tolerance, diagnostic, floor
+):
     target = _domain("B", 2, seed=1)
-    settings = ["adapt.epochs=3", "adapt.keep=spread", "adapt.keep_tolerance=0"]
+    settings = ["adapt.epochs=3", f"adapt.keep={rule}", f"adapt.keep_tolerance={tolerance}"]
     first, second = (_fitted(overrides=settings)[0].predict(d) for d in (target, _shuffled_labels(target)))
     assert torch.equal(first.logits, second.logits)
     adaptation = first.info["adaptations"][0]
     kept = adaptation["kept_epoch"]
-    spreads = [row["predicted_classes"] for row in adaptation["diagnostics"]["epochs"]]
-    assert spreads[kept] >= spreads[0] and all(spread < spreads[0] for spread in spreads[kept + 1 :])
+    values = [row[diagnostic] for row in adaptation["diagnostics"]["epochs"]]
+    least = floor(values[0]) - 1e-12
+    assert values[kept] >= least and all(value < least for value in values[kept + 1 :])
     assert torch.equal(first.logits, first.variants[f"adapt_epoch={kept}"])
     assert adaptation == second.info["adaptations"][0]
 

@@ -51,7 +51,7 @@ CASES = [
             ("adapt.trainable=late", "one of all, early, norm"),
             ("adapt.clip_mode=both", "one of global, parameter"),
             ("dino.lr_warmup=linear", "one of zero, first-step"),
-            ("adapt.keep=best", "one of last, spread"),
+            ("adapt.keep=best", "one of last, spread, drift"),
             ("dino.momentum_ahead=1", "true or false"),
             ("adapt.lr=-1", "adapt.lr=-1"),
             ("adapt.monitor=yes", "true or false"),

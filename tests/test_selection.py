@@ -97,3 +97,17 @@ def test_the_spread_rule_keeps_the_last_epoch_within_the_tolerance_and_survives_
     keeper.keep_best()
     assert keeper.result() == {"kept_epoch": 4}  # 0.75 is within 0.05 of 0.80; 0.70 is not
     assert torch.equal(fe.weight, weights[4])
+
+
+def test_the_drift_rule_keeps_the_last_epoch_whose_tokens_stay_close_to_step_1s():
+    fe = torch.nn.Linear(2, 2)
+    monitor = type("Monitor", (), {"rows": []})()
+    keeper = selection.KEEP_RULES["drift"]({"teacher": fe}, monitor, tolerance=0.05)
+    for epoch, cka in enumerate([1.0, 0.99, 0.93, 0.96, 0.90]):
+        with torch.no_grad():
+            fe.weight.fill_(epoch)
+        monitor.rows.append({"cka_to_start": cka, "predicted_classes": 0.5})
+        keeper.record(epoch)
+    keeper.keep_best()
+    assert keeper.result() == {"kept_epoch": 3}  # 0.96 is within 0.05 of 1; 0.90 is not
+    assert torch.all(fe.weight == 3)

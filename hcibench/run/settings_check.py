@@ -87,7 +87,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "center": ("zero", "source"),
     "select": ("last", "knn"),
     "lr_warmup": ("zero", "first-step"),
-    "keep": ("last", "spread"),
+    "keep": ("last", "spread", "drift"),
 }
 
 # Settings whose default is None and what else they admit.

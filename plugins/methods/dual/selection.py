@@ -4,11 +4,14 @@ Step 1: the last (``dino.select = "last"``) or, as the CODA authors' code does, 
 teacher FE has the best k-NN accuracy on the labelled source validation plates (``"knn"``).
 Source labels only: nothing of any target is looked at.
 
-Step 3: the last (``adapt.keep = "last"``, the paper) or, with ``"spread"``, the last epoch
-whose predictions on the target still spread over the classes nearly as widely as step 1's did
-(``adapt.keep_tolerance``). An adaptation that drifts narrows the frozen task model's
-predictions onto fewer classes; the rule undoes it to the last epoch before it did. No labels:
-the spread comes from the predictions alone.
+Step 3: the last (``adapt.keep = "last"``, the paper) or the last epoch that a label-free rule
+on the adaptation monitor's row still accepts, within ``adapt.keep_tolerance`` of step 1:
+``"spread"``, predictions on the target that spread over the classes nearly as widely as step
+1's did (an adaptation that drifts can narrow the frozen task model's predictions onto fewer
+classes); ``"drift"``, class tokens on the target that stay close to step 1's (linear CKA to
+step 1's of at least 1 - tolerance: the task model was trained on step 1's tokens, and an FE
+that moves them far leaves it reading features it never saw). No labels: both come from the
+target's images and predictions alone.
 
 The k-NN classifier is DINO's weighted one (Wu et al. 2018; Caron et al. 2021): the cosine
 similarities to the ``k`` nearest training embeddings vote for their classes with weight
@@ -126,20 +129,42 @@ class KnnSelection(EpochKeeper):
         self.curve = list(state["curve"])
 
 
-class SpreadSelection(EpochKeeper):
-    """Keeps the modules of the last adaptation epoch whose predicted-class spread on the target
-    (the monitor's ``predicted_classes``) is at least the start's minus ``tolerance``. Call
-    :meth:`record` after the monitor has recorded the epoch, from epoch 0 (before any update),
-    which always qualifies: an adaptation that narrows from its first epoch keeps step 1's FE."""
+class MonitorRule(EpochKeeper):
+    """Keeps the modules of the last adaptation epoch whose monitor row :meth:`accepts`, against
+    the start's row. Call :meth:`record` after the monitor has recorded the epoch, from epoch 0
+    (before any update), which always qualifies: an adaptation that the rule rejects from its
+    first epoch keeps step 1's FE."""
 
     def __init__(self, modules: dict[str, nn.Module], monitor: AdaptationMonitor, tolerance: float):
         super().__init__(modules)
         self.monitor, self.tolerance = monitor, tolerance
 
+    def accepts(self, start: dict, now: dict) -> bool:
+        raise NotImplementedError
+
     def record(self, epoch: int) -> None:
-        start, now = (self.monitor.rows[i]["predicted_classes"] for i in (0, -1))
-        if now >= start - self.tolerance - 1e-12:
+        if self.accepts(self.monitor.rows[0], self.monitor.rows[-1]):
             self.keep(epoch)
 
     def result(self) -> dict:
         return {"kept_epoch": self.best_epoch}
+
+
+class SpreadSelection(MonitorRule):
+    """The predicted-class spread on the target (the monitor's ``predicted_classes``) is at
+    least the start's minus the tolerance."""
+
+    def accepts(self, start: dict, now: dict) -> bool:
+        return now["predicted_classes"] >= start["predicted_classes"] - self.tolerance - 1e-12
+
+
+class DriftSelection(MonitorRule):
+    """The class tokens on the target keep a linear CKA to the start's (the monitor's
+    ``cka_to_start``) of at least 1 minus the tolerance."""
+
+    def accepts(self, start: dict, now: dict) -> bool:
+        return now["cka_to_start"] >= 1 - self.tolerance - 1e-12
+
+
+# adapt.keep's rules, by name ("last" needs none).
+KEEP_RULES: dict[str, type[MonitorRule]] = {"spread": SpreadSelection, "drift": DriftSelection}

@@ -28,9 +28,10 @@ from hcibench.train.mae import MaeSettings
 # (adaptation.FeatureAlignment; 0: off, as in the paper), and where the DINO centre starts:
 # "zero" (the reference restarts it) or "source" (the step-1 teacher's mean output on the
 # source's training images, where step 1's moving average had brought it), and which epoch's FE
-# predicts: the last (the paper) or, with "spread" (needs the monitor), the last whose predicted
-# classes on the target spread at least as widely as step 1's, less ``keep_tolerance``
-# (selection.SpreadSelection; label-free).
+# predicts: the last (the paper) or, with "spread" or "drift" (both need the monitor), the last
+# whose predicted classes on the target spread at least as widely as step 1's, less
+# ``keep_tolerance``, or whose class tokens on the target keep a linear CKA to step 1's of at
+# least 1 - ``keep_tolerance`` (selection.KEEP_RULES; label-free).
 ADAPT_SCOPE = {
     "trainable": "all",
     "early_blocks": 1,
@@ -193,7 +194,7 @@ def check_step_settings(config: dict) -> None:
     if adapt.get("keep", "last") != "last" and not adapt.get("monitor"):
         raise UsageError(
             f"adapt.keep={adapt['keep']} needs adapt.monitor=true: the rule reads the monitor's "
-            "predicted-class spread"
+            "diagnostics of every epoch"
         )
 
 

@@ -30,7 +30,7 @@ from hcibench.train.modality import backbone_settings, create_backbone, dino_vie
 from hcibench.train.profiles import TaskMLP
 
 from .adaptation import AdaptationMonitor, AlignedFE, FeatureAlignment, restrict_to_scope, token_moments
-from .selection import KnnSelection, SpreadSelection
+from .selection import KEEP_RULES, KnnSelection
 from .settings import from_section
 
 
@@ -132,8 +132,8 @@ def run_dino(
     which follows the FE that predicts (``adapt.predict_with``); ``align_to`` (a source domain)
     adds the feature-alignment loss weighted by ``adapt.feature_alignment``; ``select_on`` (the
     source's validation plates) keeps the epoch of the best k-NN accuracy on them; with the
-    monitor on, ``adapt.keep = "spread"`` keeps the last epoch whose predictions on ``domain``
-    spread over the classes nearly as widely as at the start (:class:`SpreadSelection`)."""
+    monitor on, ``adapt.keep`` = "spread" or "drift" keeps the last epoch that its rule on the
+    monitor's rows accepts (:data:`.selection.KEEP_RULES`)."""
     student, teacher, student_head, teacher_head = build_fe_pair(config, channels, settings)
     modules = {
         "student": student,
@@ -149,7 +149,7 @@ def run_dino(
         restrict_to_scope(student, *scope)
     predictor = config["adapt"].get("predict_with", "teacher")
     # What runs after each epoch: the monitor first, then the epoch rules that read it.
-    monitor, spread, selection, after_epoch = None, None, None, []
+    monitor, rule, selection, after_epoch = None, None, None, []
     if watch is not None:
         monitor = AdaptationMonitor(watch, num_classes=len(domain.classes))
         watched = modules[predictor]
@@ -157,14 +157,15 @@ def run_dino(
         monitor.record(0, watched.eval())
         watched.train(was_training)
         after_epoch.append(lambda epoch: monitor.record(epoch, watched))
-        if config["adapt"].get("keep", "last") == "spread":
-            spread = SpreadSelection(modules, monitor, float(config["adapt"]["keep_tolerance"]))
-            spread.record(0)
-            after_epoch.append(spread.record)
+        keep = config["adapt"].get("keep", "last")
+        if keep != "last":
+            rule = KEEP_RULES[keep](modules, monitor, float(config["adapt"]["keep_tolerance"]))
+            rule.record(0)
+            after_epoch.append(rule.record)
     if select_on is not None:
         selection = KnnSelection(modules, domain, select_on, config["eval_batch_size"], config["input_size"])
         after_epoch.append(selection.record)
-    kept = {"monitor": monitor, "selection": selection, "spread": spread}
+    kept = {"monitor": monitor, "selection": selection, "keep_rule": rule}
     kept = {name: keeper for name, keeper in kept.items() if keeper is not None}
 
     def on_epoch(epoch: int) -> None:
@@ -201,7 +202,7 @@ def run_dino(
         if alignment is not None:
             alignment.remove()
     stats.pop("loss_state", None)
-    for keeper in (selection, spread):
+    for keeper in (selection, rule):
         if keeper is not None:
             keeper.keep_best()
             stats.update(keeper.result())
