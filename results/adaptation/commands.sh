@@ -277,3 +277,15 @@ SMALL="--set dino.lr_warmup=first-step --set dino.momentum_ahead=true"
 $H run $G --seeds 0,1,2 --out runs/adapt/faith-control-r11 &
 $H run $G $SMALL --seeds 0,1,2 --out runs/adapt/faith-schedule &
 wait
+# Round 12. A label-free epoch rule on the FE's drift (section 32): adapt.keep=drift keeps the
+# last epoch whose class tokens on the target keep a linear CKA of at least 0.95 to step 1's
+# (tolerance 0.05, fixed before these runs from section 30's diagnostics). Ten epochs at the
+# quick rate, on conditions not looked at before with ten epochs: the microscope world from
+# LabSouth and the synthetic culture shift from S8 (shipped FE); the last epoch's accuracy is the
+# oracle curve's last point of the same adaptations. One process each, seeds in order.
+DRIFT="--set adapt.epochs=10 --set adapt.keep=drift --set adapt.keep_tolerance=0.05"
+$H run $MW --methods dual-dino,oda,dual-cb,coda --sources LabSouth --seeds 0,1,2 $DRIFT \
+  --out runs/adapt/keep-drift-mw &
+$H run --methods dual-dino,oda,dual-cb,coda --sources S8 --targets S3,S5,S8,S11 --seeds 0,1,2 \
+  --set threads=1 $DRIFT --cache runs/adapt/stages --out runs/adapt/keep-drift-culture1 &
+wait
