@@ -248,3 +248,17 @@ def test_alignment_check_needs_labelled_validation_images():
         steps.alignment_check(method.config, method.fe, method.task, method.source_moments, unlabelled)
         is None
     )
+
+
+@pytest.mark.parametrize("method_name, crossed", [("oda", True), ("coda", False)])
+def test_adapt_cross_batch_crosses_a_methods_step_3_and_keeps_its_step_1(method_name, crossed):
+    method, context = _fitted(
+        method_name, overrides=["adapt.epochs=1", f"adapt.cross_batch={str(crossed).lower()}"]
+    )
+    method.predict(_domain("B", 2, seed=1))
+    names = [key.split("-")[0:2] for key in context.stages.memory]
+    step1 = next(k for k in context.stages.memory if k.startswith("fe-"))
+    step3 = next(k for k in context.stages.memory if k.startswith("adapt"))
+    assert step1.startswith("fe-dino-cb") == (method_name == "coda"), names
+    assert step3.startswith("adapt-cb") == crossed, names
+    assert context.stages.memory[step3]["stats"]["cross_batch"] == crossed

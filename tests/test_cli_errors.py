@@ -55,6 +55,7 @@ CASES = [
             ("dino.momentum_ahead=1", "true or false"),
             ("adapt.lr=-1", "adapt.lr=-1"),
             ("adapt.monitor=yes", "true or false"),
+            ("adapt.cross_batch=2", "true or false"),
             ("backbone.model=5", "a name"),
         ]
     ],

@@ -100,6 +100,7 @@ NULLABLE: dict[str, str] = {
     "epochs": INT,
     "steps": INT,
     "pair_key": "a name",
+    "cross_batch": "true or false",
     "clip_mode": "a name",
     "pretrained": "a name",
     "gpus": INT,

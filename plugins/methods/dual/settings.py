@@ -139,6 +139,9 @@ QUICK = {
         "lr": None,
         "momentum_teacher": None,
         "pair_key": None,
+        # Cross-batch pairs in step 3: None, the method's own (CODA's step 3 crosses batches as
+        # its step 1 did; ODA's does not); true or false to cross a method's steps.
+        "cross_batch": None,
         "clip_mode": None,
         "clip_grad": None,
         **ADAPT_SCOPE,
@@ -173,6 +176,9 @@ PAPER = {
         "lr": None,
         "momentum_teacher": None,
         "pair_key": None,
+        # Cross-batch pairs in step 3: None, the method's own (CODA's step 3 crosses batches as
+        # its step 1 did; ODA's does not); true or false to cross a method's steps.
+        "cross_batch": None,
         "clip_mode": None,
         "clip_grad": None,
         **ADAPT_SCOPE,

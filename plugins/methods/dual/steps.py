@@ -362,11 +362,14 @@ def load_task(
 
 
 def adapt_settings(context: Context, cross_batch: bool) -> DinoSettings:
-    """Step 3's DINO settings: step 1's, with the ``adapt`` section's where it sets them."""
+    """Step 3's DINO settings: step 1's, with the ``adapt`` section's where it sets them;
+    ``cross_batch`` is the method's, unless ``adapt.cross_batch`` sets it."""
+    adapt = dict(context.config["adapt"])
+    own = adapt.pop("cross_batch", None)
     return dino_settings(
         context.config["dino"],
-        cross_batch=cross_batch,
-        **dict(context.config["adapt"]),
+        cross_batch=cross_batch if own is None else bool(own),
+        **adapt,
         precision=context.precision,
     )
 
@@ -383,9 +386,10 @@ def adapt_stage(
     keeps the diagnostics (which need the step-2 model), ``source_n`` the source's training
     images (measured by feature alignment)."""
     adapt = context.config["adapt"]
+    settings = adapt_settings(context, cross_batch)
     key = {
         "fe": fe_key,
-        "adapt": asdict(adapt_settings(context, cross_batch)),
+        "adapt": asdict(settings),
         "target": target.name,
         "n": len(target),
     }
@@ -403,7 +407,7 @@ def adapt_stage(
         key["center"] = {"from": adapt["center"], "source_n": source_n}
     if adapt.get("keep", "last") != "last":
         key["keep"] = {"rule": adapt["keep"], "tolerance": float(adapt["keep_tolerance"])}
-    return ("adapt-cb" if cross_batch else "adapt"), key
+    return ("adapt-cb" if settings.cross_batch else "adapt"), key
 
 
 def adapt_fe(
