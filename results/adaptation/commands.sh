@@ -289,3 +289,16 @@ $H run $MW --methods dual-dino,oda,dual-cb,coda --sources LabSouth --seeds 0,1,2
 $H run --methods dual-dino,oda,dual-cb,coda --sources S8 --targets S3,S5,S8,S11 --seeds 0,1,2 \
   --set threads=1 $DRIFT --cache runs/adapt/stages --out runs/adapt/keep-drift-culture1 &
 wait
+# Round 13. Is CODA's place below ODA its cross-batch start (step 1) or its cross-batch step 3
+# (section 33)? The two crossed cells of start x step 3, on Round 12's conditions and settings
+# (its stage caches hold both step 1s): ODA's start with cross-batch pairs in step 3, CODA's
+# start without them. Round 12's ODA and CODA are the other two cells.
+for data in mw culture1; do
+  if [ $data = mw ]; then WHERE="$MW --sources LabSouth"; else
+    WHERE="--sources S8 --targets S3,S5,S8,S11 --set threads=1 --cache runs/adapt/stages"; fi
+  $H run $WHERE --methods oda --seeds 0,1,2 $DRIFT --set adapt.cross_batch=true \
+    --out runs/adapt/crossed-oda-$data &
+  $H run $WHERE --methods coda --seeds 0,1,2 $DRIFT --set adapt.cross_batch=false \
+    --out runs/adapt/crossed-coda-$data &
+  wait
+done
