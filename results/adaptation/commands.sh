@@ -302,3 +302,14 @@ for data in mw culture1; do
     --out runs/adapt/crossed-coda-$data &
   wait
 done
+# Round 14. Section 33's start x step 3 again, on the microscope world from another lab
+# (LabWest), the same settings: each family's own cells first, then the crossed ones.
+WHERE="$MW --sources LabWest"
+$H run $WHERE --methods dual-dino,oda --seeds 0,1,2 $DRIFT --out runs/adapt/start-dino-mw-west &
+$H run $WHERE --methods dual-cb,coda --seeds 0,1,2 $DRIFT --out runs/adapt/start-cb-mw-west &
+wait
+$H run $WHERE --methods oda --seeds 0,1,2 $DRIFT --set adapt.cross_batch=true \
+  --out runs/adapt/crossed-oda-mw-west &
+$H run $WHERE --methods coda --seeds 0,1,2 $DRIFT --set adapt.cross_batch=false \
+  --out runs/adapt/crossed-coda-mw-west &
+wait
