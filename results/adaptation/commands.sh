@@ -313,3 +313,14 @@ $H run $WHERE --methods oda --seeds 0,1,2 $DRIFT --set adapt.cross_batch=true \
 $H run $WHERE --methods coda --seeds 0,1,2 $DRIFT --set adapt.cross_batch=false \
   --out runs/adapt/crossed-coda-mw-west &
 wait
+# Round 15. A ten times longer step 1 from random weights (section 34), on one GPU: six
+# processes (seed x family), 15 and 150 epochs of step 1 as one sweep, sources in order until
+# the time limit; the second call completed S5 in another folder.
+results/adaptation/gpu-step1-budget.sh runs/adapt/gpu-step1-budget 430 S3,S8,S5,S11
+results/adaptation/gpu-step1-budget.sh runs/adapt/gpu-step1-budget-2 215 S5,S11
+A=runs/adapt/gpu-step1-budget
+for b in 15 150; do
+  .venv/bin/python results/adaptation/pool.py --pair oda,dual-dino "$A/dino.epochs=$b@S3,S8,S5"
+  .venv/bin/python results/adaptation/pool.py --pair coda,dual-cb "$A/dino.epochs=$b@S3,S8" \
+    "$A-2/dino.epochs=$b@S5"
+done
