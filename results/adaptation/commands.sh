@@ -324,3 +324,10 @@ for b in 15 150; do
   .venv/bin/python results/adaptation/pool.py --pair coda,dual-cb "$A/dino.epochs=$b@S3,S8" \
     "$A-2/dino.epochs=$b@S5"
 done
+# Round 16. Batch artifacts (section 35): do cross-batch pairs gain when every batch of a source
+# carries artifacts of its own (dataset.artifacts=1, as bright as the cells)? Control: the same
+# runs without artifacts (dataset.artifacts=0), one sweep; shipped FE, five adaptation epochs.
+ART="--sources S3 --targets S3,S5,S8,S11 --seeds 0,1,2 --set threads=1 --set dataset.artifacts=0,1"
+$H run $ART --methods supervised,dual-dino,oda,oda-align --out runs/adapt/artifacts-S3 &
+$H run $ART --methods dual-cb,coda,coda-align --out runs/adapt/artifacts-S3 &
+wait
