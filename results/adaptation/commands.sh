@@ -331,3 +331,8 @@ ART="--sources S3 --targets S3,S5,S8,S11 --seeds 0,1,2 --set threads=1 --set dat
 $H run $ART --methods supervised,dual-dino,oda,oda-align --out runs/adapt/artifacts-S3 &
 $H run $ART --methods dual-cb,coda,coda-align --out runs/adapt/artifacts-S3 &
 wait
+# Round 17. Round 16 from the other source, S5 (section 35).
+ART="--sources S5 --targets S3,S5,S8,S11 --seeds 0,1,2 --set threads=1 --set dataset.artifacts=0,1"
+$H run $ART --methods supervised,dual-dino,oda,oda-align --out runs/adapt/artifacts-S5 &
+$H run $ART --methods dual-cb,coda,coda-align --out runs/adapt/artifacts-S5 &
+wait
