@@ -315,7 +315,8 @@ $H run $WHERE --methods coda --seeds 0,1,2 $DRIFT --set adapt.cross_batch=false 
 wait
 # Round 15. A ten times longer step 1 from random weights (section 34), on one GPU: six
 # processes (seed x family), 15 and 150 epochs of step 1 as one sweep, sources in order until
-# the time limit; the second call completed S5 in another folder.
+# the time limit; the second call completed S5 in another folder. Needs a CUDA GPU and
+# hcibench installed in python3 (or PYTHON=...).
 results/adaptation/gpu-step1-budget.sh runs/adapt/gpu-step1-budget 430 S3,S8,S5,S11
 results/adaptation/gpu-step1-budget.sh runs/adapt/gpu-step1-budget-2 215 S5,S11
 A=runs/adapt/gpu-step1-budget

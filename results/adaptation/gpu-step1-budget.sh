@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Does a ten times longer step 1 from random weights make step 3 adapt (section 34)?
 # DINO (step 1) for 15 epochs (the quick preset) and for 150, from random weights, on the
-# synthetic data; everything after step 1 as shipped. Sources in order (S3, S8, S5, S11), every target,
-# seeds 0-2; one process per (seed, family), two torch threads each, all on one GPU; each
-# process stops after SECONDS and its finished cells stay. Both step-1 budgets are one sweep
-# (OUT/dino.epochs=15, OUT/dino.epochs=150), their later stages share OUT/cache.
+# synthetic data; everything after step 1 as shipped. Sources in order (S3, S8, S5, S11),
+# every target, seeds 0-2; one process per (seed, family), two torch threads each, all on one
+# GPU; every process stops SECONDS after the start and its finished cells stay. Both step-1
+# budgets are one sweep (OUT/dino.epochs=15, OUT/dino.epochs=150); their later stages share
+# OUT/cache.
 #
 #   results/adaptation/gpu-step1-budget.sh [OUT] [SECONDS] [SOURCES]
 #
 # DEVICE (default cuda), PYTHON (default python3) and BUDGETS (the step-1 epochs, default
-# 15,150) may be set in the environment; EXTRA adds
-# --set options (the CPU check of this script makes the models tiny with it).
+# 15,150) may be set in the environment; EXTRA adds --set options (a CPU check of this script
+# makes the models tiny with it).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-runs/adapt/gpu-step1-budget}

@@ -42,7 +42,10 @@ def _cells(spec: str) -> pd.DataFrame:
 @click.option("--pair", required=True, help="method,baseline: the first against the second.")
 @click.argument("folders", nargs=-1, required=True)
 def main(pair: str, folders: tuple[str, ...]) -> None:
-    method, baseline = pair.split(",")
+    names = pair.split(",")
+    if len(names) != 2 or not all(names):
+        raise click.BadParameter(f"'{pair}': give two methods, e.g. oda,dual-dino", param_hint="--pair")
+    method, baseline = names
     cells = pd.concat([_cells(spec) for spec in folders]).unstack("method")
     for name in (method, baseline):
         if name not in cells.columns:
