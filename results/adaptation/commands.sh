@@ -337,3 +337,13 @@ ART="--sources S5 --targets S3,S5,S8,S11 --seeds 0,1,2 --set threads=1 --set dat
 $H run $ART --methods supervised,dual-dino,oda,oda-align --out runs/adapt/artifacts-S5 &
 $H run $ART --methods dual-cb,coda,coda-align --out runs/adapt/artifacts-S5 &
 wait
+# Round 18. Round 16 from S8 (section 35's replication, fixed before any of its runs).
+ART="--sources S8 --targets S3,S5,S8,S11 --seeds 0,1,2 --set threads=1 --set dataset.artifacts=0,1"
+$H run $ART --methods supervised,dual-dino,oda,oda-align --out runs/adapt/artifacts-S8 &
+$H run $ART --methods dual-cb,coda,coda-align --out runs/adapt/artifacts-S8 &
+wait
+# Round 19. Round 16 from S11.
+ART="--sources S11 --targets S3,S5,S8,S11 --seeds 0,1,2 --set threads=1 --set dataset.artifacts=0,1"
+$H run $ART --methods supervised,dual-dino,oda,oda-align --out runs/adapt/artifacts-S11 &
+$H run $ART --methods dual-cb,coda,coda-align --out runs/adapt/artifacts-S11 &
+wait
