@@ -321,9 +321,9 @@ results/adaptation/gpu-step1-budget.sh runs/adapt/gpu-step1-budget 430 S3,S8,S5,
 results/adaptation/gpu-step1-budget.sh runs/adapt/gpu-step1-budget-2 215 S5,S11
 A=runs/adapt/gpu-step1-budget
 for b in 15 150; do
-  .venv/bin/python results/adaptation/pool.py --pair oda,dual-dino "$A/dino.epochs=$b@S3,S8,S5"
-  .venv/bin/python results/adaptation/pool.py --pair coda,dual-cb "$A/dino.epochs=$b@S3,S8" \
-    "$A-2/dino.epochs=$b@S5"
+  .venv/bin/python results/adaptation/summarise.py "dino=$A/dino.epochs=$b@S3,S8,S5" \
+    "cb=$A/dino.epochs=$b@S3,S8" "cb=$A-2/dino.epochs=$b@S5" \
+    --versus dino:oda,dino:dual-dino --versus cb:coda,cb:dual-cb
 done
 # Round 16. Batch artifacts (section 35): do cross-batch pairs gain when every batch of a source
 # carries artifacts of its own (dataset.artifacts=1, as bright as the cells)? Control: the same

@@ -3,6 +3,11 @@
     python results/adaptation/summarise.py base=runs/adapt/base-culture0 \
         scope=runs/adapt/scope-culture0 --baseline "base:dual-dino" --baseline "base:dual-cb"
 
+Each argument is LABEL=FOLDER, optionally LABEL=FOLDER@S3,S8 to take only the cells trained on
+those sources. Several folders may share a label, e.g. ``b=first@S3,S8 b=second@S5``: their
+cells are pooled under that label, so that each source can come from the run in which a method
+and its baseline share their stages (a cell present twice under one label is refused).
+
 Prints, per (folder label, method): accuracy (%) out of domain (mean over the off-diagonal
 cells of each seed, then mean ± sample std over seeds), in domain likewise, and per target the
 mean over seeds. Then each method against the baseline named for its family (oda*: the first
@@ -21,27 +26,50 @@ import click
 import numpy as np
 import pandas as pd
 
+from hcibench.errors import UsageError
 from hcibench.report.formats import markdown_table
 from hcibench.report.statistics import wilcoxon
 from hcibench.report.tables import load_records, load_run
 
 
-def _records(folder: str, source: str | None) -> pd.DataFrame:
-    """The run's records as one row per (cell, metric), only those trained on ``source`` if given."""
-    frame = load_records(folder)
-    if not source:
-        return frame
+def _parse(item: str) -> tuple[str, str, list[str]]:
+    """``LABEL=FOLDER[@S1,S2]`` as (label, folder, sources); no sources means all of them."""
+    label, equals, rest = item.partition("=")
+    folder, _, sources = rest.partition("@")
+    if not equals or not label or "/" in label or not folder:
+        raise click.BadParameter(f"'{item}': give LABEL=FOLDER or LABEL=FOLDER@S3,S8", param_hint="FOLDERS")
+    return label, folder, [s for s in sources.split(",") if s]
+
+
+def _select(frame: pd.DataFrame, folder: str, wanted: list[str], hint: str) -> pd.DataFrame:
     sources = frame["source"].astype(str)
-    if source not in set(sources):
+    missing = sorted(set(wanted) - set(sources))
+    if missing:
         known = ", ".join(sorted(set(sources)))
         raise click.BadParameter(
-            f"no cells of '{source}' in {folder}; its sources: {known}", param_hint="--source"
+            f"no cells of {', '.join(missing)} in {folder}; its sources: {known}", param_hint=hint
         )
-    return frame[sources == source]
+    return frame[sources.isin(wanted)]
 
 
-def _rows(label: str, folder: str, source: str | None, at_epoch: int | None = None) -> pd.DataFrame:
-    frame = _records(folder, source)
+def _records(folder: str, source: str | None, sources: list[str] | None = None) -> pd.DataFrame:
+    """The run's records as one row per (cell, metric), only those trained on ``source`` (the
+    --source option) and on ``sources`` (the folder's own ``@`` list) where given."""
+    try:
+        frame = load_records(folder)
+    except UsageError as error:
+        raise click.BadParameter(str(error), param_hint="FOLDERS") from None
+    if source:
+        frame = _select(frame, folder, [source], "--source")
+    if sources:
+        frame = _select(frame, folder, sources, "FOLDERS")
+    return frame
+
+
+def _rows(
+    label: str, folder: str, sources: list[str], source: str | None, at_epoch: int | None = None
+) -> pd.DataFrame:
+    frame = _records(folder, source, sources)
     metrics = frame["metric"].astype(str)
     at = f"accuracy@adapt_epoch={at_epoch}"
     frame = frame[(metrics == "accuracy") | (metrics == at)].copy()
@@ -108,26 +136,34 @@ def _comparisons(frame: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFr
                 "sd": round(float(np.std(diff, ddof=1)), 1) if len(diff) > 1 else np.nan,
                 "better": int(np.sum(diff > 0)),
                 "worse": int(np.sum(diff < 0)),
-                "wilcoxon p": round(test.p, 4),
+                "wilcoxon p": float(f"{test.p:.2g}"),
             }
         )
     return pd.DataFrame(rows)
 
 
-def _off_domain_records(folder: str, source: str | None) -> list[dict]:
-    _, _, records = load_run(folder)
-    return [
-        record
-        for record in records
-        if record["source"] != record["target"] and (not source or record["source"] == source)
-    ]
+Parts = list[tuple[str, list[str]]]  # the (folder, sources) pooled under one label
 
 
-def _diagnostics(label: str, folder: str, source: str | None) -> pd.DataFrame:
+def _off_domain_records(parts: Parts, source: str | None) -> list[dict]:
+    found = []
+    for folder, sources in parts:
+        _, _, records = load_run(folder)
+        found += [
+            record
+            for record in records
+            if record["source"] != record["target"]
+            and (not source or record["source"] == source)
+            and (not sources or record["source"] in sources)
+        ]
+    return found
+
+
+def _diagnostics(label: str, parts: Parts, source: str | None) -> pd.DataFrame:
     """Per method, the label-free diagnostics after the last adaptation epoch (out of domain,
     mean over cells and seeds), beside the same before adapting where it differs."""
     rows = []
-    for record in _off_domain_records(folder, source):
+    for record in _off_domain_records(parts, source):
         for adaptation in (record.get("info") or {}).get("adaptations") or []:
             diagnostics = adaptation.get("diagnostics") or {}
             epochs = diagnostics.get("epochs") or []
@@ -151,11 +187,11 @@ def _diagnostics(label: str, folder: str, source: str | None) -> pd.DataFrame:
     return pd.DataFrame(rows).groupby("name").mean().round(3)
 
 
-def _kept(label: str, folder: str, source: str | None) -> pd.DataFrame:
+def _kept(label: str, parts: Parts, source: str | None) -> pd.DataFrame:
     """Per method, the adaptation epoch an epoch rule (``adapt.keep``) kept, out of domain: mean,
     lowest, highest, and how many adaptations kept one before their last."""
     rows = []
-    for record in _off_domain_records(folder, source):
+    for record in _off_domain_records(parts, source):
         for adaptation in (record.get("info") or {}).get("adaptations") or []:
             kept = adaptation.get("kept_epoch")
             epochs = (adaptation.get("diagnostics") or {}).get("epochs") or []
@@ -178,11 +214,11 @@ def _kept(label: str, folder: str, source: str | None) -> pd.DataFrame:
     )
 
 
-def _by_epoch(label: str, folder: str, source: str | None) -> pd.DataFrame:
+def _by_epoch(label: str, parts: Parts, source: str | None) -> pd.DataFrame:
     """Per method and adaptation epoch, the predicted-class spread and the CKA to the step-1
     FE (label-free), mean over the off-diagonal cells and seeds."""
     rows = []
-    for record in _off_domain_records(folder, source):
+    for record in _off_domain_records(parts, source):
         for adaptation in (record.get("info") or {}).get("adaptations") or []:
             for epoch in (adaptation.get("diagnostics") or {}).get("epochs") or []:
                 for key in ("predicted_classes", "cka_to_start"):
@@ -200,10 +236,10 @@ def _by_epoch(label: str, folder: str, source: str | None) -> pd.DataFrame:
     return frame.groupby(["name", "diagnostic", "epoch"])["value"].mean().unstack("epoch").round(3)
 
 
-def _oracle(label: str, folder: str, source: str | None) -> pd.DataFrame:
+def _oracle(label: str, parts: Parts, source: str | None) -> pd.DataFrame:
     """ORACLE (target labels; for analysis only): out-of-domain accuracy (%) after each
     adaptation epoch, mean over cells and seeds."""
-    frame = _records(folder, source)
+    frame = pd.concat([_records(folder, source, sources) for folder, sources in parts])
     frame = frame[frame["metric"].astype(str).str.startswith("accuracy@adapt_epoch=")].copy()
     frame = frame[frame["source"].astype(str) != frame["target"].astype(str)]
     if frame.empty:
@@ -254,11 +290,26 @@ def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
 )
 @click.option("--kept", is_flag=True, help="Also the epochs an epoch rule (adapt.keep) kept.")
 def main(folders, baselines, versus, source, diagnostics, by_epoch, oracle, at_epoch, kept):
-    frames = []
+    parts: dict[str, Parts] = {}
     for item in folders:
-        label, _, folder = item.partition("=")
-        frames.append(_rows(label, folder, source, at_epoch))
-    frame = pd.concat(frames, ignore_index=True)
+        label, folder, sources = _parse(item)
+        parts.setdefault(label, []).append((folder, sources))
+    frame = pd.concat(
+        [
+            _rows(label, folder, sources, source, at_epoch)
+            for label, pooled in parts.items()
+            for folder, sources in pooled
+        ],
+        ignore_index=True,
+    )
+    twice = frame.duplicated(["name", "metric", "source", "target", "seed"])
+    if twice.any():
+        row = frame[twice].iloc[0]
+        raise click.BadParameter(
+            f"{row['name']} has the cell {row['source']} -> {row['target']}, seed {row['seed']} in two "
+            "folders of one label; give each folder its own sources after '@'",
+            param_hint="FOLDERS",
+        )
     names = list(dict.fromkeys(frame["name"]))
     pairs = _family_pairs(names, list(baselines))
     for item in versus:
@@ -285,7 +336,7 @@ def main(folders, baselines, versus, source, diagnostics, by_epoch, oracle, at_e
     for wanted, table_of, title in extras:
         if not wanted:
             continue
-        tables = [table_of(*item.partition("=")[::2], source) for item in folders]
+        tables = [table_of(label, pooled, source) for label, pooled in parts.items()]
         tables = [t for t in tables if not t.empty]
         if tables:
             click.echo("\n" + title + _markdown(pd.concat(tables)))
