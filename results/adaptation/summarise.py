@@ -13,7 +13,9 @@ cells of each seed, then mean ± sample std over seeds), in domain likewise, and
 mean over seeds. Then each method against the baseline named for its family (oda*: the first
 baseline, coda*: the second): the paired difference over (target, seed) pairs out of domain,
 how many pairs are better, and a two-sided Wilcoxon signed-rank p-value over those pairs.
-``--versus s:coda,s:oda`` adds the same comparison for any two methods (here CODA against ODA).
+``--versus s:coda,s:oda`` adds the same comparison for any two methods (here CODA against ODA);
+``--interaction a1:coda,a1:oda,a0:coda,a0:oda`` compares two such differences cell by cell (here
+CODA's lead over ODA under one condition against the same lead under another).
 ``--at-epoch 10`` adds, for each adapting method, ``label:method@10``: its oracle accuracy after
 adaptation epoch 10, the prediction that keeping the last epoch of a 10-epoch adaptation gives
 (for comparing an epoch rule, ``adapt.keep``, with the last epoch of the same adaptations).
@@ -106,31 +108,45 @@ def _family_baseline(name: str, baselines: list[str]) -> str | None:
     return baselines[0] if baselines else None
 
 
-def _family_pairs(names: list[str], baselines: list[str]) -> list[tuple[str, str]]:
+def _family_pairs(names: list[str], baselines: list[str]) -> list[tuple[Side, Side]]:
     pairs = []
     for name in names:
         baseline = _family_baseline(name, baselines)
         if baseline is not None and name != baseline:
-            pairs.append((name, baseline))
+            pairs.append(((name,), (baseline,)))
     return pairs
 
 
-def _comparisons(frame: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+Side = tuple[str, ...]  # one method's name, or two: the first's accuracy minus the second's
+
+
+def _side(cells: pd.Series, names: Side) -> pd.Series:
+    side = cells.loc[names[0]]
+    if len(names) == 2:
+        other = cells.loc[names[1]]
+        common = side.index.intersection(other.index)
+        side = side.loc[common] - other.loc[common]
+    return side
+
+
+def _comparisons(frame: pd.DataFrame, pairs: list[tuple[Side, Side]]) -> pd.DataFrame:
+    """Each pair of sides compared over their common off-domain (source, target, seed) cells:
+    mean difference in points, its sd, how many better and worse, Wilcoxon p."""
     off = frame[frame["source"] != frame["target"]]
     cells = off.set_index(["name", "source", "target", "seed"])["value"]
     known = set(cells.index.get_level_values(0))
     rows = []
-    for name, baseline in pairs:
-        if name not in known or baseline not in known:
+    for left, right in pairs:
+        if not known.issuperset(left + right):
             continue
-        mine, base = cells.loc[name], cells.loc[baseline]
+        mine, base = _side(cells, left), _side(cells, right)
         common = mine.index.intersection(base.index)
         diff = (mine.loc[common] - base.loc[common]).to_numpy() * 100
         test = wilcoxon(mine.loc[common].to_numpy(), base.loc[common].to_numpy())
         rows.append(
             {
-                "method": name,
-                "baseline": baseline,
+                "method": " - ".join(left),
+                "baseline": " - ".join(right),
                 "pairs": len(diff),
                 "mean diff": round(float(np.mean(diff)), 1),
                 "sd": round(float(np.std(diff, ddof=1)), 1) if len(diff) > 1 else np.nan,
@@ -140,6 +156,20 @@ def _comparisons(frame: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFr
             }
         )
     return pd.DataFrame(rows)
+
+
+def _split(item: str, count: int, names: list[str], hint: str, example: str) -> tuple[Side, Side]:
+    """``--versus A,B`` as ((A,), (B,)); ``--interaction A,B,C,D`` as ((A, B), (C, D))."""
+    given = item.split(",")
+    if len(given) != count or not all(given):
+        raise click.BadParameter(f"'{item}': give {count} methods, e.g. {example}", param_hint=hint)
+    unknown = [n for n in given if n not in names]
+    if unknown:
+        raise click.BadParameter(
+            f"'{unknown[0]}' is in none of the folders; one of: {', '.join(names)}", param_hint=hint
+        )
+    half = count // 2
+    return tuple(given[:half]), tuple(given[half:])
 
 
 Parts = list[tuple[str, list[str]]]  # the (folder, sources) pooled under one label
@@ -272,6 +302,13 @@ def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
     multiple=True,
     help="label:method,label:method: the first against the second, as for a baseline.",
 )
+@click.option(
+    "--interaction",
+    "interactions",
+    multiple=True,
+    help="A,B,C,D: (A - B) against (C - D) over their common cells, e.g. what a condition "
+    "changes in CODA's lead over ODA.",
+)
 @click.option("--source", default=None, help="Only the cells trained on this source.")
 @click.option("--diagnostics", is_flag=True, help="Also the adaptations' label-free diagnostics.")
 @click.option(
@@ -289,7 +326,7 @@ def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
     help="Also each adapting method's accuracy after this adaptation epoch, as label:method@N.",
 )
 @click.option("--kept", is_flag=True, help="Also the epochs an epoch rule (adapt.keep) kept.")
-def main(folders, baselines, versus, source, diagnostics, by_epoch, oracle, at_epoch, kept):
+def main(folders, baselines, versus, interactions, source, diagnostics, by_epoch, oracle, at_epoch, kept):
     parts: dict[str, Parts] = {}
     for item in folders:
         label, folder, sources = _parse(item)
@@ -313,15 +350,9 @@ def main(folders, baselines, versus, source, diagnostics, by_epoch, oracle, at_e
     names = list(dict.fromkeys(frame["name"]))
     pairs = _family_pairs(names, list(baselines))
     for item in versus:
-        name, _, baseline = item.partition(",")
-        if not baseline:
-            raise click.BadParameter(f"'{item}': give two methods, e.g. s:coda,s:oda", param_hint="--versus")
-        unknown = [n for n in (name, baseline) if n not in names]
-        if unknown:
-            raise click.BadParameter(
-                f"'{unknown[0]}' is in none of the folders; one of: {', '.join(names)}", param_hint="--versus"
-            )
-        pairs.append((name, baseline))
+        pairs.append(_split(item, 2, names, "--versus", "s:coda,s:oda"))
+    for item in interactions:
+        pairs.append(_split(item, 4, names, "--interaction", "a1:coda,a1:oda,a0:coda,a0:oda"))
     click.echo(_markdown(_summary(frame)))
     comparisons = _comparisons(frame, pairs)
     if not comparisons.empty:
