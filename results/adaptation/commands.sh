@@ -347,3 +347,10 @@ ART="--sources S11 --targets S3,S5,S8,S11 --seeds 0,1,2 --set threads=1 --set da
 $H run $ART --methods supervised,dual-dino,oda,oda-align --out runs/adapt/artifacts-S11 &
 $H run $ART --methods dual-cb,coda,coda-align --out runs/adapt/artifacts-S11 &
 wait
+# Round 20. Section 25 from the last source, S11 (fixed before its runs): the microscope-only
+# shift of the synthetic data from the shipped FE.
+for seeds in 0,1,2 2,1,0; do
+  $H run --methods $ALL7 --sources S11 --targets S3,S5,S8,S11 --seeds $seeds --set threads=1 \
+    --set dataset.culture=0 --cache runs/adapt/stages --out runs/adapt/pretrained-culture0-S11 &
+done
+wait
