@@ -354,3 +354,11 @@ for seeds in 0,1,2 2,1,0; do
     --set dataset.culture=0 --cache runs/adapt/stages --out runs/adapt/pretrained-culture0-S11 &
 done
 wait
+# Round 21. Section 35's CODA − ODA with artifacts on two new seeds (3, 4) from every source,
+# the four methods it compares (fixed before these runs).
+for S in S3 S5 S8 S11; do
+  ART="--sources $S --targets S3,S5,S8,S11 --seeds 3,4 --set threads=1 --set dataset.artifacts=1"
+  $H run $ART --methods dual-dino,oda --out runs/adapt/artifacts-seeds34-$S &
+  $H run $ART --methods dual-cb,coda --out runs/adapt/artifacts-seeds34-$S &
+  wait
+done
