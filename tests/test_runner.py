@@ -53,12 +53,14 @@ def test_rerun_trains_nothing_and_same_seed_gives_same_numbers(cli, tmp_path):
     args = ["run", "--methods", "supervised", "--sources", "S3", "--targets", "S3,S5", *tiny_args()]
     first = cli(*args, "--out", str(tmp_path / "a"))
     assert first.returncode == 0, first.stderr
-    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "a" / "records").rglob("*.json")}
-    started = time.perf_counter()
+    written = [*(tmp_path / "a" / "records").rglob("*.json"), *(tmp_path / "a" / "stages").glob("*.pt")]
+    assert any(p.suffix == ".pt" for p in written), "the first run kept no stage"
+    before = {p: p.stat().st_mtime_ns for p in written}
     again = cli(*args, "--out", str(tmp_path / "a"))
     assert again.returncode == 0, again.stderr
     assert "0 cell(s) computed" in again.stderr
-    assert time.perf_counter() - started < 30
+    # Neither a record nor a trained stage is written again (checked on files, not on the
+    # clock: a loaded machine makes any time limit flaky).
     assert before == {p: p.stat().st_mtime_ns for p in before}
     twin = cli(*args, "--out", str(tmp_path / "b"))
     assert twin.returncode == 0, twin.stderr
@@ -83,8 +85,10 @@ def test_a_killed_run_resumes_without_redoing_finished_cells(tmp_path):
         *tiny_args(),
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not list((out / "records").rglob("*.json")) and time.time() < deadline:
+    # Kill as soon as the first record lands; the limit only guards against a hang, and is
+    # generous because a loaded machine can take minutes to get there.
+    deadline = time.time() + 1800
+    while not list((out / "records").rglob("*.json")) and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
