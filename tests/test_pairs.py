@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -95,12 +93,11 @@ def test_missing_column_is_reported():
         cross_batch_partners(pd.DataFrame({"compound": ["a"], "plate": ["p"]}))
 
 
-def test_hundred_thousand_rows_take_well_under_a_second():
+def test_a_large_table_pairs_every_row_and_counts_its_single_batch_compound():
+    # Its speed (how the time grows with the rows) is measured in benchmarks/bench_pairs.py.
     meta = _meta(n=100_000, compounds=300, batches=5, plates_per_batch=8)
     meta.loc[meta["compound"] == "c7", "batch"] = "b0"  # one single-batch compound
-    start = time.perf_counter()
     partners, stats = cross_batch_partners(meta, generator=0)
-    assert time.perf_counter() - start < 1.0
     same = meta["compound"].to_numpy()[partners] == meta["compound"].to_numpy()
     assert same.all()
     assert stats["fallback_plate"] == int((meta["compound"] == "c7").sum())
