@@ -337,16 +337,14 @@ ART="--sources S5 --targets S3,S5,S8,S11 --seeds 0,1,2 --set threads=1 --set dat
 $H run $ART --methods supervised,dual-dino,oda,oda-align --out runs/adapt/artifacts-S5 &
 $H run $ART --methods dual-cb,coda,coda-align --out runs/adapt/artifacts-S5 &
 wait
-# Round 18. Round 16 from S8 (section 35's replication, fixed before any of its runs).
-ART="--sources S8 --targets S3,S5,S8,S11 --seeds 0,1,2 --set threads=1 --set dataset.artifacts=0,1"
-$H run $ART --methods supervised,dual-dino,oda,oda-align --out runs/adapt/artifacts-S8 &
-$H run $ART --methods dual-cb,coda,coda-align --out runs/adapt/artifacts-S8 &
-wait
-# Round 19. Round 16 from S11.
-ART="--sources S11 --targets S3,S5,S8,S11 --seeds 0,1,2 --set threads=1 --set dataset.artifacts=0,1"
-$H run $ART --methods supervised,dual-dino,oda,oda-align --out runs/adapt/artifacts-S11 &
-$H run $ART --methods dual-cb,coda,coda-align --out runs/adapt/artifacts-S11 &
-wait
+# Rounds 18 and 19. Round 16 from S8, then from S11 (section 35's replication, fixed before
+# any of their runs).
+for S in S8 S11; do
+  ART="--sources $S --targets S3,S5,S8,S11 --seeds 0,1,2 --set threads=1 --set dataset.artifacts=0,1"
+  $H run $ART --methods supervised,dual-dino,oda,oda-align --out runs/adapt/artifacts-$S &
+  $H run $ART --methods dual-cb,coda,coda-align --out runs/adapt/artifacts-$S &
+  wait
+done
 # Round 20. Section 25 from the last source, S11 (fixed before its runs): the microscope-only
 # shift of the synthetic data from the shipped FE.
 for seeds in 0,1,2 2,1,0; do
