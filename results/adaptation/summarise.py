@@ -12,7 +12,8 @@ Prints, per (folder label, method): accuracy (%) out of domain (mean over the of
 cells of each seed, then mean ± sample std over seeds), in domain likewise, and per target the
 mean over seeds. Then each method against the baseline named for its family (oda*: the first
 baseline, coda*: the second): the paired difference over (target, seed) pairs out of domain,
-how many pairs are better, and a two-sided Wilcoxon signed-rank p-value over those pairs.
+how many pairs are better, and a two-sided Wilcoxon signed-rank p-value over those pairs;
+``--unit model`` pairs each (source, seed)'s mean over its targets instead, the cautious unit.
 ``--versus s:coda,s:oda`` adds the same comparison for any two methods (here CODA against ODA);
 ``--interaction a1:coda,a1:oda,a0:coda,a0:oda`` compares two such differences cell by cell (here
 CODA's lead over ODA under one condition against the same lead under another).
@@ -129,11 +130,15 @@ def _side(cells: pd.Series, names: Side) -> pd.Series:
     return side
 
 
-def _comparisons(frame: pd.DataFrame, pairs: list[tuple[Side, Side]]) -> pd.DataFrame:
-    """Each pair of sides compared over their common off-domain (source, target, seed) cells:
-    mean difference in points, its sd, how many better and worse, Wilcoxon p."""
+def _comparisons(frame: pd.DataFrame, pairs: list[tuple[Side, Side]], unit: str) -> pd.DataFrame:
+    """Each pair of sides compared over their common off-domain units: mean difference in
+    points, its sd, how many better and worse, Wilcoxon p. A unit is a (source, target, seed)
+    cell, or with ``unit="model"`` a (source, seed): the mean over its off-domain targets,
+    which share that source and seed's models and so are not independent of each other."""
     off = frame[frame["source"] != frame["target"]]
     cells = off.set_index(["name", "source", "target", "seed"])["value"]
+    if unit == "model":
+        cells = cells.groupby(level=["name", "source", "seed"]).mean()
     known = set(cells.index.get_level_values(0))
     rows = []
     for left, right in pairs:
@@ -326,7 +331,17 @@ def _markdown(frame: pd.DataFrame, index: bool = True) -> str:
     help="Also each adapting method's accuracy after this adaptation epoch, as label:method@N.",
 )
 @click.option("--kept", is_flag=True, help="Also the epochs an epoch rule (adapt.keep) kept.")
-def main(folders, baselines, versus, interactions, source, diagnostics, by_epoch, oracle, at_epoch, kept):
+@click.option(
+    "--unit",
+    type=click.Choice(["cell", "model"]),
+    default="cell",
+    show_default=True,
+    help="What the comparisons pair: each (source, target, seed) cell, or each (source, seed)'s "
+    "mean over its off-domain targets (the targets of one seed share its models).",
+)
+def main(
+    folders, baselines, versus, interactions, source, diagnostics, by_epoch, oracle, at_epoch, kept, unit
+):
     parts: dict[str, Parts] = {}
     for item in folders:
         label, folder, sources = _parse(item)
@@ -354,7 +369,7 @@ def main(folders, baselines, versus, interactions, source, diagnostics, by_epoch
     for item in interactions:
         pairs.append(_split(item, 4, names, "--interaction", "a1:coda,a1:oda,a0:coda,a0:oda"))
     click.echo(_markdown(_summary(frame)))
-    comparisons = _comparisons(frame, pairs)
+    comparisons = _comparisons(frame, pairs, unit)
     if not comparisons.empty:
         click.echo("\n" + _markdown(comparisons, index=False))
     oracle_title = "ORACLE (uses target labels, for analysis only): accuracy (%) by adaptation epoch\n"
