@@ -112,3 +112,26 @@ def test_a_stage_reused_with_another_thread_count_says_so(tmp_path):
         torch.set_num_threads(threads)
     assert value["computed_with"]["threads"] == 1 and torch.equal(value["w"], torch.ones(2))
     assert len(said) == 1 and "'threads': 1" in said[0]
+
+
+class _Killed(BaseException):
+    """A process ending where it stands, as SIGKILL would end it."""
+
+
+def test_a_process_killed_as_it_writes_a_stage_leaves_the_stage_counted(tmp_path, monkeypatch):
+    from hcibench.run import stage_store
+
+    save = stage_store.storage.save_torch
+
+    def save_then_die(path, value):
+        save(path, value)
+        raise _Killed
+
+    monkeypatch.setattr(stage_store.storage, "save_torch", save_then_die)
+    with pytest.raises(_Killed):
+        StageCache(tmp_path).get("fe", {"k": 1}, lambda: {"w": torch.ones(2)})
+    monkeypatch.setattr(stage_store.storage, "save_torch", save)
+    value = StageCache(tmp_path).get("fe", {"k": 1}, lambda: {"w": None})
+    assert torch.equal(value["w"], torch.ones(2))  # the file survived: nothing computed again
+    (counts,) = json.loads((tmp_path / "stages.json").read_text()).values()
+    assert (counts["computed"], counts["reused"]) == (1, 1)

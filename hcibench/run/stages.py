@@ -165,30 +165,35 @@ class StageCache:
             StageCheckpoint(self.store.folder / f".{stage_id}.partial.pt") if self.store is not None else None
         )
 
-        def seeded_compute():
+        def counted_compute():
             # Seeding from the key makes a stage's result independent of what ran before it.
             seed_everything(int(digest(key), 16) % 2**31)
             token = _CHECKPOINT.set(checkpoint)
             try:
-                return compute()
+                value = stamped(compute(), self.device)
             finally:
                 _CHECKPOINT.reset(token)
+            # Counted before the stage's file is written: a process killed in between leaves
+            # no file, so the stage is computed again and counted twice, which it was. Counted
+            # after, a kill in between would leave a file that no count says was computed.
+            self._count(stage_id, name, key, computed=True)
+            return value
 
         if stage_id in self.memory:
             value = self.memory[stage_id]
             self.memory.move_to_end(stage_id)
             computed = False
         elif distributed.active():
-            value, computed = self._get_together(stage_id, lambda: stamped(seeded_compute(), self.device))
+            value, computed = self._get_together(stage_id, counted_compute)
         elif self.store is not None:
-            value, computed = self.store.get(stage_id, lambda: stamped(seeded_compute(), self.device))
+            value, computed = self.store.get(stage_id, counted_compute)
         else:
-            value, computed = stamped(seeded_compute(), self.device), True
+            value, computed = counted_compute(), True
         if not computed:
             self._check_conditions(stage_id, value)
+            self._count(stage_id, name, key, computed=False)
         elif checkpoint is not None and distributed.is_main():
             checkpoint.remove()  # the stage's file is written: its progress is no longer needed
-        self._count(stage_id, name, key, computed)
         self._remember(stage_id, value)
         return value
 
