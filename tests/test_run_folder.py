@@ -135,3 +135,17 @@ def test_a_process_killed_as_it_writes_a_stage_leaves_the_stage_counted(tmp_path
     assert torch.equal(value["w"], torch.ones(2))  # the file survived: nothing computed again
     (counts,) = json.loads((tmp_path / "stages.json").read_text()).values()
     assert (counts["computed"], counts["reused"]) == (1, 1)
+
+
+def test_the_manifest_shows_the_stages_of_every_process_sharing_the_folder(tmp_path):
+    from hcibench.run.runner import Grid, RunSpec, prepare, start_run_folder, write_manifest
+
+    overrides = [item for item in tiny_args() if item != "--set"]
+    run = prepare(RunSpec(Grid(["supervised"], ["S8"], ["S8"], [0]), tmp_path / "run", overrides=overrides))
+    start_run_folder(run)
+    mine, theirs = StageCache(run.out), StageCache(run.out)  # as two processes would hold them
+    mine.get("fe", {"k": 1}, lambda: {"w": torch.ones(2)})
+    theirs.get("fe", {"k": 2}, lambda: {"w": torch.zeros(2)})
+    write_manifest(run, mine)  # written by the process that counted first
+    stages = json.loads((run.out / "manifest.json").read_text())["stages"]
+    assert sorted(entry["key"]["k"] for entry in stages.values()) == [1, 2]

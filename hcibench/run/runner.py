@@ -283,7 +283,7 @@ def write_manifest(run: Run, stages: StageCache, started: str | None = None) -> 
             "torch_threads": torch.get_num_threads(),
             "started": started,
             "updated": datetime.now(UTC).isoformat(timespec="seconds"),
-            "stages": stages.counts,
+            "stages": stages.recorded_counts(),
             "stage_folder": str(stages.store.folder) if stages.store else None,
             "data_problems": data_problems(run.dataset),
         },

@@ -142,6 +142,14 @@ class StageCache:
                 self.log("stages.json does not parse; stage counts start again")
             return {}
 
+    def recorded_counts(self) -> dict[str, dict]:
+        """Every process's counts as ``stages.json`` holds them now, not only as this process
+        last read them: what the manifest shows when several processes share the folder."""
+        if not self.folder or not distributed.is_main():
+            return self.counts
+        self.counts = self._read_counts()
+        return self.counts
+
     def _count(self, stage_id: str, name: str, key: dict, computed: bool) -> None:
         """Add one use to ``stages.json``: read, add and write under the folder's claim, so
         that processes sharing the folder lose no count."""
