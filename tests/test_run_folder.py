@@ -1,7 +1,9 @@
 """A run folder that nothing corrupts: damaged files, leftovers, concurrent commands."""
 
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -149,3 +151,24 @@ def test_the_manifest_shows_the_stages_of_every_process_sharing_the_folder(tmp_p
     write_manifest(run, mine)  # written by the process that counted first
     stages = json.loads((run.out / "manifest.json").read_text())["stages"]
     assert sorted(entry["key"]["k"] for entry in stages.values()) == [1, 2]
+
+
+def test_status_tells_a_claim_left_by_a_killed_process_from_one_at_work(tmp_path):
+    from hcibench.run.status import render_status
+
+    out = tmp_path / "run"
+    (out / "stages").mkdir(parents=True)
+    grid = {"methods": ["supervised"], "sources": ["S3"], "targets": ["S3"], "seeds": [0]}
+    (out / "manifest.json").write_text(json.dumps({"grid": grid}))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for holder, claim in [
+        (dead.pid, out / ".cells-supervised-S3-seed0.claim"),
+        (os.getpid(), out / "stages" / ".fe-1.claim"),
+    ]:
+        claim.write_text(json.dumps({"pid": holder, "host": socket.gethostname(), "started": "then"}))
+    lines = render_status(out).splitlines()
+    assert f"  not computing cells-supervised-S3-seed0: its process is gone (pid {dead.pid}" in "\n".join(
+        lines
+    )
+    assert f"  computing fe-1 (pid {os.getpid()}" in "\n".join(lines)

@@ -10,6 +10,7 @@ from hcibench.errors import UsageError
 from hcibench.run import storage
 from hcibench.run.doctor import record_is_valid
 from hcibench.run.runner import record_path
+from hcibench.run.stage_store import StageStore
 
 
 def folder_status(out: Path) -> dict:
@@ -32,12 +33,16 @@ def folder_status(out: Path) -> dict:
         methods[method] = {"done": done, "total": len(cells)}
     claims = []
     for folder in (out, Path(manifest.get("stage_folder") or out / "stages")):
+        store = StageStore(folder)
         for path in sorted(folder.glob(".*.claim")):
             try:
                 holder = json.loads(path.read_text() or "{}")
             except (OSError, ValueError):
                 holder = {}
-            claims.append({"claim": path.name[1 : -len(".claim")], **holder})
+            # A killed process leaves its claim behind; the next process to ask takes it over.
+            claims.append(
+                {"claim": path.name[1 : -len(".claim")], **holder, "gone": store.claim_is_stale(path)}
+            )
     return {"methods": methods, "claims": claims}
 
 
@@ -52,8 +57,11 @@ def render_status(out: Path) -> str:
     for claim in status["claims"]:
         if claim["claim"] in ("run", "stage-counts"):
             continue
-        lines.append(
-            f"  computing {claim['claim']} (pid {claim.get('pid', '?')} on "
-            f"{claim.get('host', '?')} since {claim.get('started', '?')})"
-        )
+        holder = f"pid {claim.get('pid', '?')} on {claim.get('host', '?')} since {claim.get('started', '?')}"
+        if claim["gone"]:
+            lines.append(
+                f"  not computing {claim['claim']}: its process is gone ({holder}); a run takes it over"
+            )
+        else:
+            lines.append(f"  computing {claim['claim']} ({holder})")
     return "\n".join(lines)
