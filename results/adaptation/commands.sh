@@ -369,3 +369,9 @@ for seed in 5 6 7 8 9; do
   $H run $ART --methods dual-cb,coda --out runs/adapt/artifacts-seed$seed &
   wait
 done
+# Round 23. Section 36: the teacher's EMA momentum in step 3. The control is Round 16's
+# no-artifacts sweep variant (step 3 with step 1's momentum, 0.99 rising to 1); the same runs
+# with 0.9 reuse its steps 1 and 2 through its stage folder.
+$H run --methods oda,coda --sources S3 --targets S3,S5,S8,S11 --seeds 0,1,2 --set threads=1 \
+  --set dataset.artifacts=0 --set adapt.momentum_teacher=0.9 \
+  --cache runs/adapt/artifacts-S3/cache --out runs/adapt/momentum-S3
