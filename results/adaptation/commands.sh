@@ -376,8 +376,9 @@ $H run --methods oda,coda --sources S3 --targets S3,S5,S8,S11 --seeds 0,1,2 --se
   --set dataset.artifacts=0 --set adapt.momentum_teacher=0.9 \
   --cache runs/adapt/artifacts-S3/cache --out runs/adapt/momentum-S3
 # Round 24. Section 36's momentum from the other three sources (fixed, with its test, before
-# these runs; Round 22 stopped after seed 6 to make room for it, before any of its records
-# were read). Controls: the no-artifacts variants of Rounds 17-19.
+# these runs; Round 22 paused after seed 6 to make room for it, before any of its records
+# were read, and went on with seeds 7-9 beside it). Controls: the no-artifacts variants of
+# Rounds 17-19.
 for S in S5 S8 S11; do
   M="--sources $S --targets S3,S5,S8,S11 --seeds 0,1,2 --set threads=1 --set dataset.artifacts=0"
   M="$M --set adapt.momentum_teacher=0.9 --cache runs/adapt/artifacts-$S/cache --out runs/adapt/momentum-$S"
