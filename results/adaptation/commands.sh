@@ -386,3 +386,23 @@ for S in S5 S8 S11; do
   $H run $M --methods coda &
   wait
 done
+# Round 25. Section 37: section 36's momentum on the microscope world (fixed, with its test,
+# before these runs). The control is section 18's grid rerun at this commit; the runs with 0.9
+# share its steps 1 and 2 through the stage cache. One source at a time, both processes on it.
+P=plugins/datasets/data/synthetic-labs/fe-quick.pt
+ALL7="supervised,dual-dino,oda,oda-align,dual-cb,coda,coda-align"
+[ -d runs/adapt/microscope-world ] ||
+  .venv/bin/python results/adaptation/microscope_world.py --out runs/adapt/microscope-world
+MW="--dataset folder --data runs/adapt/microscope-world --set dataset.resize=32 --set threads=1"
+MW="$MW --pretrained $P --cache runs/adapt/mw37-stages --targets LabNorth,LabEast,LabSouth,LabWest"
+for S in LabNorth LabEast LabSouth LabWest; do
+  for seeds in 0,1,2 2,1,0; do
+    $H run $MW --methods $ALL7 --sources $S --seeds $seeds --out runs/adapt/mw37-control &
+  done
+  wait
+  for seeds in 0,1,2 2,1,0; do
+    $H run $MW --methods oda,oda-align,coda,coda-align --sources $S --seeds $seeds \\
+      --set adapt.momentum_teacher=0.9 --out runs/adapt/mw37-momentum &
+  done
+  wait
+done
