@@ -401,7 +401,7 @@ for S in LabNorth LabEast LabSouth LabWest; do
   done
   wait
   for seeds in 0,1,2 2,1,0; do
-    $H run $MW --methods oda,oda-align,coda,coda-align --sources $S --seeds $seeds \\
+    $H run $MW --methods oda,oda-align,coda,coda-align --sources $S --seeds $seeds \
       --set adapt.momentum_teacher=0.9 --out runs/adapt/mw37-momentum &
   done
   wait
