@@ -406,3 +406,13 @@ for S in LabNorth LabEast LabSouth LabWest; do
   done
   wait
 done
+# Round 26. Section 38: batch artifacts and a teacher that follows the student together (fixed,
+# with its test, before these runs). One seed at a time, so that every finished seed has all
+# sources.
+for seed in 0 1 2; do
+  A="--sources S3,S5,S8,S11 --targets S3,S5,S8,S11 --seeds $seed --set threads=1"
+  A="$A --set dataset.artifacts=1 --set adapt.momentum_teacher=0.9"
+  $H run $A --methods supervised,dual-dino,oda --out runs/adapt/artifacts-momentum &
+  $H run $A --methods dual-cb,coda --out runs/adapt/artifacts-momentum &
+  wait
+done
