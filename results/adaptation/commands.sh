@@ -389,8 +389,7 @@ done
 # Round 25. Section 37: section 36's momentum on the microscope world (fixed, with its test,
 # before these runs). The control is section 18's grid rerun at this commit; the runs with 0.9
 # share its steps 1 and 2 through the stage cache. One source at a time, both processes on it.
-P=plugins/datasets/data/synthetic-labs/fe-quick.pt
-ALL7="supervised,dual-dino,oda,oda-align,dual-cb,coda,coda-align"
+# $P and $ALL7 as set above.
 [ -d runs/adapt/microscope-world ] ||
   .venv/bin/python results/adaptation/microscope_world.py --out runs/adapt/microscope-world
 MW="--dataset folder --data runs/adapt/microscope-world --set dataset.resize=32 --set threads=1"
