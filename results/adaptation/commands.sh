@@ -415,3 +415,23 @@ for seed in 0 1 2; do
   $H run $A --methods dual-cb,coda --out runs/adapt/artifacts-momentum &
   wait
 done
+# Round 27. Section 39: section 38 from fresh seeds, and its control at step 1's momentum (fixed,
+# with its test, before these runs). The replication one seed at a time, sharing its steps 1
+# and 2 with the control through the stage cache; the control at seeds 0-2 reads Round 26's.
+for seed in 3 4 5; do
+  A="--sources S3,S5,S8,S11 --targets S3,S5,S8,S11 --seeds $seed --set threads=1"
+  A="$A --set dataset.artifacts=1 --cache runs/adapt/art39-stages"
+  $H run $A --set adapt.momentum_teacher=0.9 --methods supervised,dual-dino,oda \
+    --out runs/adapt/artifacts-momentum-39 &
+  $H run $A --set adapt.momentum_teacher=0.9 --methods dual-cb,coda \
+    --out runs/adapt/artifacts-momentum-39 &
+  wait
+done
+for seeds in 0,1,2 3,4,5; do
+  A="--sources S3,S5,S8,S11 --targets S3,S5,S8,S11 --seeds $seeds --set threads=1"
+  A="$A --set dataset.artifacts=1 --out runs/adapt/artifacts-control-39"
+  case $seeds in 0,1,2) C=runs/adapt/artifacts-momentum/stages ;; *) C=runs/adapt/art39-stages ;; esac
+  $H run $A --cache $C --methods oda &
+  $H run $A --cache $C --methods coda &
+  wait
+done
