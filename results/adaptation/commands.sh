@@ -435,3 +435,18 @@ for seeds in 0,1,2 3,4,5; do
   $H run $A --cache $C --methods coda &
   wait
 done
+# Round 28. Section 40: the microscope world with batch artifacts of its own (fixed, with its
+# test, before these runs). The control is Round 25's mw37-control. One source at a time, both
+# processes on it. $P and $ALL7 as set above.
+[ -d runs/adapt/microscope-world-artifacts ] ||
+  .venv/bin/python results/adaptation/microscope_world.py --batch-artifacts 1 \
+    --out runs/adapt/microscope-world-artifacts
+MW="--dataset folder --data runs/adapt/microscope-world-artifacts --set dataset.resize=32"
+MW="$MW --set threads=1 --pretrained $P --cache runs/adapt/mw40-stages"
+MW="$MW --targets LabNorth,LabEast,LabSouth,LabWest --out runs/adapt/mw40-artifacts"
+for S in LabNorth LabEast LabSouth LabWest; do
+  for seeds in 0,1,2 2,1,0; do
+    $H run $MW --methods $ALL7 --sources $S --seeds $seeds &
+  done
+  wait
+done

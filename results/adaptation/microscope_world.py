@@ -14,7 +14,10 @@ through effects the project's renderer does not model in this form:
 - a drift of gain and background from batch to batch within a lab (small by default;
   ``--batch-drift``),
 - optionally, batches that differ the way labs do (``--batch-scope``): each batch images with
-  its own microscope, the lab's moved part of the way towards a freshly drawn one.
+  its own microscope, the lab's moved part of the way towards a freshly drawn one;
+- optionally, artifacts of each batch's own (``--batch-artifacts``): stain crystals on the
+  specimen, unbound dye as a haze over the field, or dust on the optics that shades the same
+  places of every field of the batch; each batch draws one kind and its look.
 
 No lab changes the cells themselves: a compound's morphology is the same everywhere.
 
@@ -28,6 +31,7 @@ PNG per image (channels: DNA, cytoplasm, mitochondria).
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import sys
 from dataclasses import dataclass
@@ -143,8 +147,80 @@ def render_specimen(rng: np.random.Generator, compound_morph: np.ndarray) -> np.
     return canvas
 
 
-def image(specimen: np.ndarray, scope: Microscope, drift: np.ndarray, size: int, rng) -> np.ndarray:
-    """What the lab's microscope records of a specimen: size × size × 3 in [0, 1]."""
+CRYSTALS, HAZE, DUST = "crystals", "haze", "dust"
+
+
+@dataclass(frozen=True)
+class BatchArtifact:
+    """What one batch's plates carry besides the cells, drawn once per batch."""
+
+    kind: str
+    channels: np.ndarray  # 3, the dyes (crystals, haze) the artifact shows in; sums to 1
+    count: float  # crystals per field (mean)
+    size: float  # crystal half-width or haze grain (canvas pixels)
+    dust: np.ndarray  # k × 3: centre x, centre y (output fraction), radius (output fraction)
+
+
+def draw_batch_artifact(rng: np.random.Generator) -> BatchArtifact:
+    weights = np.exp(2.0 * rng.normal(0, 1, 3))
+    return BatchArtifact(
+        kind=str(rng.choice([CRYSTALS, HAZE, DUST])),
+        channels=weights / weights.sum(),
+        count=float(rng.uniform(4, 12)),
+        size=float(rng.uniform(2.0, 5.0)),
+        dust=_dust_specks(rng),
+    )
+
+
+def _dust_specks(rng: np.random.Generator) -> np.ndarray:
+    count = int(rng.integers(3, 9))
+    return np.column_stack([rng.uniform(0.1, 0.9, (count, 2)), rng.uniform(0.08, 0.2, count)])
+
+
+def with_specimen_artifact(specimen: np.ndarray, artifact: BatchArtifact, strength: float, rng) -> np.ndarray:
+    """One field's canvas with crystals or haze added: they lie on the specimen, so the
+    microscope blurs, scales and colours them as it does the cells."""
+    if artifact.kind == CRYSTALS:
+        yy, xx = np.mgrid[0:RENDER, 0:RENDER].astype(float)
+        layer = np.zeros((RENDER, RENDER))
+        for _ in range(rng.poisson(artifact.count)):
+            cx, cy = rng.uniform(0, RENDER, 2)
+            angle = rng.uniform(0, np.pi / 2)
+            u = np.abs((xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle))
+            v = np.abs(-(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle))
+            half = artifact.size * rng.uniform(0.6, 1.4)
+            layer = np.maximum(layer, 1.5 * (np.maximum(u, v) <= half))  # sharp, brighter than nuclei
+    elif artifact.kind == HAZE:
+        cloud = ndimage.gaussian_filter(rng.normal(0, 1, (RENDER, RENDER)), 4 * artifact.size)
+        layer = np.clip(cloud / (cloud.std() + 1e-8), 0, None) * 0.4
+    else:
+        return specimen
+    return specimen + strength * layer[None] * artifact.channels[:, None, None]
+
+
+def dust_shade(artifact: BatchArtifact | None, strength: float, size: int) -> np.ndarray:
+    """The share of light that reaches each output pixel past the batch's dust (1: all): soft
+    dark discs at the same places in every field of the batch."""
+    if artifact is None or artifact.kind != DUST or strength == 0:
+        return np.ones((size, size))
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
+    shade = np.ones((size, size))
+    for cx, cy, radius in artifact.dust:
+        disc = 1 / (1 + np.exp((np.hypot(xx - cx, yy - cy) - radius) / (0.2 * radius)))
+        shade *= 1 - min(0.95, 0.7 * strength) * disc
+    return shade
+
+
+def image(
+    specimen: np.ndarray,
+    scope: Microscope,
+    drift: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    shade: np.ndarray | None = None,
+) -> np.ndarray:
+    """What the lab's microscope records of a specimen: size × size × 3 in [0, 1]; ``shade``
+    (size × size) dims the light where dust sits in the optics."""
     sx, sy, rot = scope.blur
     focus = rng.uniform(0.8, 1.3)  # per-site focus jitter
     out = np.empty((3, size, size))
@@ -160,6 +236,8 @@ def image(specimen: np.ndarray, scope: Microscope, drift: np.ndarray, size: int,
     light = (1 - scope.vignetting * (xx**2 + yy**2) / 2) * (
         1 + scope.gradient[0] * xx + scope.gradient[1] * yy
     )
+    if shade is not None:
+        light = light * shade
     gain = scope.gain * (1 + drift[:3])
     out = out * light * gain[:, None, None] + (scope.background * (1 + drift[3:]))[:, None, None]
     out = np.clip(out, 0, None) ** scope.gamma
@@ -192,7 +270,17 @@ def main(argv=None) -> int:
         help="how far (0-1) each batch's microscope moves from the lab's towards a freshly drawn "
         "one; 0 (default) images every batch of a lab with the same microscope",
     )
+    parser.add_argument(
+        "--batch-artifacts",
+        type=float,
+        default=0.0,
+        help="strength of each batch's own artifacts (0, the default: none; 1: crystals and haze "
+        "as bright as the cells, dust that takes 70 %% of the light)",
+    )
     args = parser.parse_args(argv)
+    if args.batch_artifacts < 0:
+        print(f"error: --batch-artifacts is {args.batch_artifacts}; give a strength >= 0", file=sys.stderr)
+        return 2
     if not 0.0 <= args.batch_scope <= 1.0:
         print(f"error: --batch-scope is {args.batch_scope}; give a value from 0 to 1", file=sys.stderr)
         return 2
@@ -203,6 +291,8 @@ def main(argv=None) -> int:
     # Batch microscopes come from their own stream, so that cells, compounds, the labs'
     # microscopes and the noise are the same whatever --batch-scope is.
     batch_rng = np.random.default_rng([args.seed, 1])
+    # Artifacts likewise: their looks and their places in each field have streams of their own.
+    look_rng, artifact_rng = np.random.default_rng([args.seed, 2]), np.random.default_rng([args.seed, 3])
     compounds = []
     for label in CLASSES:
         base = np.array(MORPHOLOGY[label], dtype=float)
@@ -218,6 +308,8 @@ def main(argv=None) -> int:
             batch_scope = scope
             if args.batch_scope > 0:
                 batch_scope = blend(scope, draw_microscope(batch_rng), args.batch_scope)
+            artifact = draw_batch_artifact(look_rng) if args.batch_artifacts > 0 else None
+            shade = dust_shade(artifact, args.batch_artifacts, args.size)
             for p in range(args.plates_per_batch):
                 plate = f"{lab}-B{batch}-P{p}"
                 folder = args.out / lab / plate
@@ -227,7 +319,21 @@ def main(argv=None) -> int:
                     for _ in range(args.wells):
                         well = next(wells)
                         for site in range(args.sites):
-                            pixels = image(render_specimen(rng, morph), batch_scope, drift, args.size, rng)
+                            specimen = render_specimen(rng, morph)
+                            if artifact is None:
+                                pixels = image(specimen, batch_scope, drift, args.size, rng)
+                            else:
+                                # numpy's Poisson sampler takes a number of draws that depends on
+                                # the pixel values; imaging the clean field with the main stream
+                                # keeps every later cell and microscope as without artifacts, and
+                                # a twin of the stream gives the field with them the same focus
+                                # and noise draws.
+                                twin = copy.deepcopy(rng)
+                                image(specimen, batch_scope, drift, args.size, rng)
+                                dirty = with_specimen_artifact(
+                                    specimen, artifact, args.batch_artifacts, artifact_rng
+                                )
+                                pixels = image(dirty, batch_scope, drift, args.size, twin, shade)
                             path = folder / f"{well}-{site}.png"
                             Image.fromarray((pixels * 255).round().astype(np.uint8)).save(path)
                             rows.append(
