@@ -450,3 +450,17 @@ for S in LabNorth LabEast LabSouth LabWest; do
   done
   wait
 done
+# Round 29. Section 40's follow-up: the same design at strength 0.5 (fixed, with its test,
+# before these runs).
+[ -d runs/adapt/microscope-world-artifacts05 ] ||
+  .venv/bin/python results/adaptation/microscope_world.py --batch-artifacts 0.5 \
+    --out runs/adapt/microscope-world-artifacts05
+MW="--dataset folder --data runs/adapt/microscope-world-artifacts05 --set dataset.resize=32"
+MW="$MW --set threads=1 --pretrained $P --cache runs/adapt/mw40-stages"
+MW="$MW --targets LabNorth,LabEast,LabSouth,LabWest --out runs/adapt/mw40-artifacts05"
+for S in LabNorth LabEast LabSouth LabWest; do
+  for seeds in 0,1,2 2,1,0; do
+    $H run $MW --methods $ALL7 --sources $S --seeds $seeds &
+  done
+  wait
+done
