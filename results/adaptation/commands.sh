@@ -464,3 +464,14 @@ for S in LabNorth LabEast LabSouth LabWest; do
   done
   wait
 done
+# Round 30. Section 41: Round 29 with a teacher that follows the student, step 3 only through
+# Round 29's stage cache (fixed, with its tests, before these runs).
+MW="--dataset folder --data runs/adapt/microscope-world-artifacts05 --set dataset.resize=32"
+MW="$MW --set threads=1 --pretrained $P --cache runs/adapt/mw40-stages --set adapt.momentum_teacher=0.9"
+MW="$MW --targets LabNorth,LabEast,LabSouth,LabWest --out runs/adapt/mw41-momentum05"
+for S in LabNorth LabEast LabSouth LabWest; do
+  for seeds in 0,1,2 2,1,0; do
+    $H run $MW --methods oda,oda-align,coda,coda-align --sources $S --seeds $seeds &
+  done
+  wait
+done
