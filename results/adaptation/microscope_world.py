@@ -198,11 +198,11 @@ def with_specimen_artifact(specimen: np.ndarray, artifact: BatchArtifact, streng
     return specimen + strength * layer[None] * artifact.channels[:, None, None]
 
 
-def dust_shade(artifact: BatchArtifact | None, strength: float, size: int) -> np.ndarray:
+def dust_shade(artifact: BatchArtifact, strength: float, size: int) -> np.ndarray | None:
     """The share of light that reaches each output pixel past the batch's dust (1: all): soft
-    dark discs at the same places in every field of the batch."""
-    if artifact is None or artifact.kind != DUST or strength == 0:
-        return np.ones((size, size))
+    dark discs at the same places in every field of the batch; None for other kinds."""
+    if artifact.kind != DUST:
+        return None
     yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
     shade = np.ones((size, size))
     for cx, cy, radius in artifact.dust:
@@ -309,7 +309,7 @@ def main(argv=None) -> int:
             if args.batch_scope > 0:
                 batch_scope = blend(scope, draw_microscope(batch_rng), args.batch_scope)
             artifact = draw_batch_artifact(look_rng) if args.batch_artifacts > 0 else None
-            shade = dust_shade(artifact, args.batch_artifacts, args.size)
+            shade = dust_shade(artifact, args.batch_artifacts, args.size) if artifact else None
             for p in range(args.plates_per_batch):
                 plate = f"{lab}-B{batch}-P{p}"
                 folder = args.out / lab / plate
