@@ -435,43 +435,34 @@ for seeds in 0,1,2 3,4,5; do
   $H run $A --cache $C --methods coda &
   wait
 done
+# Rounds 28-30 run one design on microscope worlds: all four labs as sources and targets, seeds
+# 0-2, the shipped FE, stages shared through one cache; one source at a time, both processes on
+# it. mw_round DATA OUT METHODS [OPTION...]. $P and $ALL7 as set above.
+mw_round() {
+  local data=$1 out=$2 methods=$3
+  shift 3
+  local mw="--dataset folder --data $data --set dataset.resize=32 --set threads=1 --pretrained $P"
+  mw="$mw --cache runs/adapt/mw40-stages --targets LabNorth,LabEast,LabSouth,LabWest --out $out"
+  for S in LabNorth LabEast LabSouth LabWest; do
+    for seeds in 0,1,2 2,1,0; do
+      $H run $mw "$@" --methods "$methods" --sources $S --seeds $seeds &
+    done
+    wait
+  done
+}
 # Round 28. Section 40: the microscope world with batch artifacts of its own (fixed, with its
-# test, before these runs). The control is Round 25's mw37-control. One source at a time, both
-# processes on it. $P and $ALL7 as set above.
+# test, before these runs). The control is Round 25's mw37-control.
 [ -d runs/adapt/microscope-world-artifacts ] ||
   .venv/bin/python results/adaptation/microscope_world.py --batch-artifacts 1 \
     --out runs/adapt/microscope-world-artifacts
-MW="--dataset folder --data runs/adapt/microscope-world-artifacts --set dataset.resize=32"
-MW="$MW --set threads=1 --pretrained $P --cache runs/adapt/mw40-stages"
-MW="$MW --targets LabNorth,LabEast,LabSouth,LabWest --out runs/adapt/mw40-artifacts"
-for S in LabNorth LabEast LabSouth LabWest; do
-  for seeds in 0,1,2 2,1,0; do
-    $H run $MW --methods $ALL7 --sources $S --seeds $seeds &
-  done
-  wait
-done
+mw_round runs/adapt/microscope-world-artifacts runs/adapt/mw40-artifacts $ALL7
 # Round 29. Section 40's follow-up: the same design at strength 0.5 (fixed, with its test,
 # before these runs).
 [ -d runs/adapt/microscope-world-artifacts05 ] ||
   .venv/bin/python results/adaptation/microscope_world.py --batch-artifacts 0.5 \
     --out runs/adapt/microscope-world-artifacts05
-MW="--dataset folder --data runs/adapt/microscope-world-artifacts05 --set dataset.resize=32"
-MW="$MW --set threads=1 --pretrained $P --cache runs/adapt/mw40-stages"
-MW="$MW --targets LabNorth,LabEast,LabSouth,LabWest --out runs/adapt/mw40-artifacts05"
-for S in LabNorth LabEast LabSouth LabWest; do
-  for seeds in 0,1,2 2,1,0; do
-    $H run $MW --methods $ALL7 --sources $S --seeds $seeds &
-  done
-  wait
-done
+mw_round runs/adapt/microscope-world-artifacts05 runs/adapt/mw40-artifacts05 $ALL7
 # Round 30. Section 41: Round 29 with a teacher that follows the student, step 3 only through
 # Round 29's stage cache (fixed, with its tests, before these runs).
-MW="--dataset folder --data runs/adapt/microscope-world-artifacts05 --set dataset.resize=32"
-MW="$MW --set threads=1 --pretrained $P --cache runs/adapt/mw40-stages --set adapt.momentum_teacher=0.9"
-MW="$MW --targets LabNorth,LabEast,LabSouth,LabWest --out runs/adapt/mw41-momentum05"
-for S in LabNorth LabEast LabSouth LabWest; do
-  for seeds in 0,1,2 2,1,0; do
-    $H run $MW --methods oda,oda-align,coda,coda-align --sources $S --seeds $seeds &
-  done
-  wait
-done
+mw_round runs/adapt/microscope-world-artifacts05 runs/adapt/mw41-momentum05 \
+  oda,oda-align,coda,coda-align --set adapt.momentum_teacher=0.9
