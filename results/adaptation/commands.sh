@@ -437,11 +437,13 @@ for seeds in 0,1,2 3,4,5; do
 done
 # Rounds 28-30 run one design on microscope worlds: all four labs as sources and targets, seeds
 # 0-2, the shipped FE, stages shared through one cache; one source at a time, both processes on
-# it. mw_round DATA OUT METHODS [OPTION...]. $P and $ALL7 as set above.
+# it. mw_round DATA OUT METHODS [OPTION...]. $P and $ALL7 as set above; MW_START, when set,
+# replaces the start (`MW_START= mw_round ...` starts from random weights).
 mw_round() {
   local data=$1 out=$2 methods=$3
   shift 3
-  local mw="--dataset folder --data $data --set dataset.resize=32 --set threads=1 --pretrained $P"
+  local mw="--dataset folder --data $data --set dataset.resize=32 --set threads=1"
+  mw="$mw ${MW_START-"--pretrained $P"}"
   mw="$mw --cache runs/adapt/mw40-stages --targets LabNorth,LabEast,LabSouth,LabWest --out $out"
   for S in LabNorth LabEast LabSouth LabWest; do
     for seeds in 0,1,2 2,1,0; do
@@ -466,3 +468,9 @@ mw_round runs/adapt/microscope-world-artifacts05 runs/adapt/mw40-artifacts05 $AL
 # Round 29's stage cache (fixed, with its tests, before these runs).
 mw_round runs/adapt/microscope-world-artifacts05 runs/adapt/mw41-momentum05 \
   oda,oda-align,coda,coda-align --set adapt.momentum_teacher=0.9
+# Round 31. Section 42: the microscope world of section 18 from random weights, the paper's five
+# methods (fixed, with its test, before these runs). The control is Round 25's mw37-control.
+[ -d runs/adapt/microscope-world ] ||
+  .venv/bin/python results/adaptation/microscope_world.py --out runs/adapt/microscope-world
+MW_START= mw_round runs/adapt/microscope-world runs/adapt/mw42-random \
+  supervised,dual-dino,oda,dual-cb,coda
