@@ -438,11 +438,12 @@ done
 # Rounds 28-30 run one design on microscope worlds: all four labs as sources and targets, seeds
 # 0-2, the shipped FE, stages shared through one cache; one source at a time, both processes on
 # it. mw_round DATA OUT METHODS [OPTION...]. $P and $ALL7 as set above; MW_START, when set,
-# replaces the start (`MW_START= mw_round ...` starts from random weights).
+# replaces the start (`MW_START= mw_round ...` starts from random weights), MW_SIZE the 32 px
+# scaling.
 mw_round() {
   local data=$1 out=$2 methods=$3
   shift 3
-  local mw="--dataset folder --data $data --set dataset.resize=32 --set threads=1"
+  local mw="--dataset folder --data $data ${MW_SIZE---set dataset.resize=32} --set threads=1"
   mw="$mw ${MW_START-"--pretrained $P"}"
   mw="$mw --cache runs/adapt/mw40-stages --targets LabNorth,LabEast,LabSouth,LabWest --out $out"
   for S in LabNorth LabEast LabSouth LabWest; do
@@ -474,3 +475,8 @@ mw_round runs/adapt/microscope-world-artifacts05 runs/adapt/mw41-momentum05 \
   .venv/bin/python results/adaptation/microscope_world.py --out runs/adapt/microscope-world
 MW_START= mw_round runs/adapt/microscope-world runs/adapt/mw42-random \
   supervised,dual-dino,oda,dual-cb,coda
+# Round 32. Section 43: Round 31 at the world's native 64 px, patches of 8 pixels (fixed, with
+# its test, before these runs). The control is Round 31.
+MW_START= MW_SIZE="--set input_size=64 --set backbone.img_size=64 --set backbone.patch_size=8" \
+  mw_round runs/adapt/microscope-world runs/adapt/mw43-native supervised,dual-dino,oda,dual-cb,coda \
+  --set dino.global_size=48 --set dino.local_size=24
