@@ -14,6 +14,7 @@ from test_dual import TINY_DUAL
 
 import hcibench
 from hcibench.run import runner
+from hcibench_plugins.datasets.files.imagefiles import probe
 from hcibench_plugins.datasets.folder import FolderDataset
 from hcibench_plugins.datasets.synthetic import SyntheticDataset
 
@@ -118,6 +119,31 @@ def test_channel_files_renamed_columns_and_channel_choice(tmp_path):
     assert torch.equal(image[0], torch.from_numpy(arrays[3][2].astype(np.float32)) / 255)
     assert torch.equal(image[1], torch.from_numpy(arrays[3][0].astype(np.float32)) / 255)
     assert dataset.classes() == ["moa0", "moa1", "moa2", "moa3"]  # 'moa' found as the label
+
+
+@pytest.mark.parametrize("suffix", ["png", "jpg"])
+def test_colour_images_give_one_channel_per_band(tmp_path, suffix):
+    """An RGB file (H×W×3 on disk) is read as three channels of H×W, the same shape its header
+    gives, and keeps that shape through resizing."""
+    colour = np.zeros((SIZE, 2 * SIZE, 3), dtype=np.uint8)  # not square: height and width differ
+    colour[..., 0] = 200  # red everywhere
+    colour[: SIZE // 2, :, 1] = 255  # green on the top half only
+    colour[..., 2] = np.arange(2 * SIZE, dtype=np.uint8) * 3  # blue rising from left to right
+    Image.fromarray(colour).save(tmp_path / f"cell.{suffix}")
+    pd.DataFrame(
+        {"path": [f"cell.{suffix}"], "source": "A", "plate": "P", "batch": "B", "label": "x"}
+    ).to_csv(tmp_path / "index.csv", index=False)
+    assert probe(tmp_path / f"cell.{suffix}") == (3, SIZE, 2 * SIZE)
+    image = FolderDataset(str(tmp_path), **options()).domain("A").images[0]
+    assert image.shape == (3, SIZE, 2 * SIZE)
+    if suffix == "png":
+        assert torch.equal(image, torch.from_numpy(colour.transpose(2, 0, 1).astype(np.float32)) / 255)
+    # JPEG is lossy: the bands' content, region by region.
+    assert abs(image[0].mean().item() - 200 / 255) < 0.02
+    assert image[1, : SIZE // 2 - 2].mean() > 0.9 and image[1, SIZE // 2 + 2 :].mean() < 0.1
+    assert image[2, :, :8].mean() < 0.15 and image[2, :, -8:].mean() > 0.6
+    resized = FolderDataset(str(tmp_path), **options(resize=[8, 16])).domain("A").images[0]
+    assert resized.shape == (3, 8, 16)
 
 
 def test_strips_multipage_tiffs_and_preprocessing(tmp_path):

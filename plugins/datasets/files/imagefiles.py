@@ -88,7 +88,9 @@ def _read_pil(path) -> np.ndarray:
             image = image.convert("RGB" if image.mode in ("P", "CMYK", "YCbCr") else "L")
         if image.mode == "RGBA":
             image = image.convert("RGB")
-        return np.asarray(image)
+        array = np.asarray(image)
+    # PIL gives colour as H×W×bands: the bands become the channels.
+    return np.ascontiguousarray(np.moveaxis(array, -1, 0)) if array.ndim == 3 else array
 
 
 def as_chw(array: np.ndarray) -> np.ndarray:
