@@ -439,13 +439,14 @@ done
 # 0-2, the shipped FE, stages shared through one cache; one source at a time, both processes on
 # it. mw_round DATA OUT METHODS [OPTION...]. $P and $ALL7 as set above; MW_START, when set,
 # replaces the start (`MW_START= mw_round ...` starts from random weights), MW_SIZE the 32 px
-# scaling.
+# scaling, MW_CACHE the stage cache.
 mw_round() {
   local data=$1 out=$2 methods=$3
   shift 3
   local mw="--dataset folder --data $data ${MW_SIZE---set dataset.resize=32} --set threads=1"
   mw="$mw ${MW_START-"--pretrained $P"}"
-  mw="$mw --cache runs/adapt/mw40-stages --targets LabNorth,LabEast,LabSouth,LabWest --out $out"
+  mw="$mw --cache ${MW_CACHE:-runs/adapt/mw40-stages} --targets LabNorth,LabEast,LabSouth,LabWest"
+  mw="$mw --out $out"
   for S in LabNorth LabEast LabSouth LabWest; do
     for seeds in 0,1,2 2,1,0; do
       $H run $mw "$@" --methods "$methods" --sources $S --seeds $seeds &
@@ -480,3 +481,7 @@ MW_START= mw_round runs/adapt/microscope-world runs/adapt/mw42-random \
 MW_START= MW_SIZE="--set input_size=64 --set backbone.img_size=64 --set backbone.patch_size=8" \
   mw_round runs/adapt/microscope-world runs/adapt/mw43-native supervised,dual-dino,oda,dual-cb,coda \
   --set dino.global_size=48 --set dino.local_size=24
+# Round 33. Section 44: section 18's design with colour images read band first (commit 85caa48),
+# a new stage cache (fixed, with its test, before these runs). Rounds 1-32's microscope worlds
+# were read row first.
+MW_CACHE=runs/adapt/mw44-stages mw_round runs/adapt/microscope-world runs/adapt/mw44-read $ALL7
