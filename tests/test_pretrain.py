@@ -1,6 +1,9 @@
 """A starting point pretrained on a corpus disjoint from the run: synthetic-labs, `hcibench
 pretrain`, and `--pretrained` with the file it writes."""
 
+import warnings
+
+import pytest
 import torch
 from conftest import run_in_process
 
@@ -64,3 +67,20 @@ def test_the_quick_preset_starts_synthetic_backbones_from_the_shipped_fe(tmp_pat
     # Not in the paper preset (another backbone), not for the corpus it was learned on.
     assert not config(preset="paper")["backbone"].get("pretrained")
     assert not config(dataset="synthetic-labs", sources=("L1",))["backbone"].get("pretrained")
+
+
+def test_weights_for_other_channels_load_with_a_warning_naming_what_is_left_random(tmp_path):
+    from hcibench.train.backbones import create_vit
+
+    settings = {"model": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4}
+    settings.update(embed_dim=32, depth=1, num_heads=2)
+    path = tmp_path / "fe.pt"
+    trained = create_vit(settings, in_chans=3, num_classes=4)
+    torch.save(trained.state_dict(), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # another number of classes alone: no warning
+        same = create_vit({**settings, "pretrained": str(path)}, in_chans=3, num_classes=6)
+    assert torch.equal(same.patch_embed.proj.weight, trained.patch_embed.proj.weight)
+    with pytest.warns(UserWarning, match=r"patch_embed\.proj\.weight is \[32, 3, 4, 4\].*\[32, 5, 4, 4\]"):
+        other = create_vit({**settings, "pretrained": str(path)}, in_chans=5)
+    assert torch.equal(other.blocks[0].attn.qkv.weight, trained.blocks[0].attn.qkv.weight)

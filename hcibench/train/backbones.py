@@ -7,6 +7,7 @@ random unless a local file is given.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -49,10 +50,32 @@ def create_vit(settings: dict, in_chans: int = 3, num_classes: int = 0, drop_pat
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a local state dict (or a checkpoint holding one under 'model'/'state_dict').
 
-    Tensors whose shape does not fit (a classifier head for another number of classes) are
-    skipped; a file that matches nothing at all is an error, since it is surely the wrong file.
+    Tensors whose shape does not fit are skipped: a classifier head for another number of
+    classes silently, anything else (a patch embedding made for other channels, position
+    embeddings for another image size) with a warning, since the model then starts partly from
+    random weights. A file that matches nothing at all is an error: it is surely the wrong file.
     """
-    model.load_state_dict(_fitting(read_weights(path), model, path), strict=False)
+    state = read_weights(path)
+    mismatched = _mismatched(state, model)
+    if mismatched:
+        warnings.warn(
+            f"pretrained weights {path}: {'; '.join(mismatched)}; "
+            "left at random initialisation (do the data's channels or image size differ from "
+            "those the file was made for?)",
+            stacklevel=2,
+        )
+    model.load_state_dict(_fitting(state, model, path), strict=False)
+
+
+def _mismatched(state: dict, model: nn.Module) -> list[str]:
+    """'name is [file shape], the backbone needs [shape]' for each tensor outside the classifier
+    head that both have with different shapes."""
+    own = model.state_dict()
+    return [
+        f"{name} is {list(value.shape)}, the backbone needs {list(own[name].shape)}"
+        for name, value in state.items()
+        if name in own and own[name].shape != value.shape and not name.startswith("head.")
+    ]
 
 
 def check_weights(settings: dict) -> None:
