@@ -485,3 +485,7 @@ MW_START= MW_SIZE="--set input_size=64 --set backbone.img_size=64 --set backbone
 # a new stage cache (fixed, with its test, before these runs). Rounds 1-32's microscope worlds
 # were read row first.
 MW_CACHE=runs/adapt/mw44-stages mw_round runs/adapt/microscope-world runs/adapt/mw44-read $ALL7
+# Round 34. Section 45: Round 33 with a teacher that follows the student, step 3 only through
+# Round 33's stage cache (fixed, with its tests, before these runs).
+MW_CACHE=runs/adapt/mw44-stages mw_round runs/adapt/microscope-world runs/adapt/mw45-momentum \
+  oda,oda-align,coda,coda-align --set adapt.momentum_teacher=0.9
