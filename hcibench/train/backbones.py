@@ -55,8 +55,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     embeddings for another image size) with a warning, since the model then starts partly from
     random weights. A file that matches nothing at all is an error: it is surely the wrong file.
     """
-    state = read_weights(path)
-    mismatched = _mismatched(state, model)
+    fitting, mismatched = _fitting(read_weights(path), model, path)
     if mismatched:
         warnings.warn(
             f"pretrained weights {path}: {'; '.join(mismatched)}; "
@@ -64,18 +63,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             "those the file was made for?)",
             stacklevel=2,
         )
-    model.load_state_dict(_fitting(state, model, path), strict=False)
-
-
-def _mismatched(state: dict, model: nn.Module) -> list[str]:
-    """'name is [file shape], the backbone needs [shape]' for each tensor outside the classifier
-    head that both have with different shapes."""
-    own = model.state_dict()
-    return [
-        f"{name} is {list(value.shape)}, the backbone needs {list(own[name].shape)}"
-        for name, value in state.items()
-        if name in own and own[name].shape != value.shape and not name.startswith("head.")
-    ]
+    model.load_state_dict(fitting, strict=False)
 
 
 def check_weights(settings: dict) -> None:
@@ -106,15 +94,24 @@ def read_weights(path: str | Path) -> dict:
     return state
 
 
-def _fitting(state: dict, model: nn.Module, path: str | Path) -> dict:
+def _fitting(state: dict, model: nn.Module, path: str | Path) -> tuple[dict, list[str]]:
+    """The tensors of ``state`` that ``model`` has with the same shape, and 'name is [file
+    shape], the backbone needs [shape]' for each it has with another shape outside its
+    classifier head. UsageError when nothing fits."""
     own = model.state_dict()
-    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    shared = [name for name in state if name in own]
+    fitting = {name: state[name] for name in shared if own[name].shape == state[name].shape}
     if not fitting:
         raise UsageError(
             f"no tensor in {path} fits backbone {type(model).__name__}: give weights made for "
             f"this backbone's settings, or --set backbone.pretrained=null for random weights"
         )
-    return fitting
+    mismatched = [
+        f"{name} is {list(state[name].shape)}, the backbone needs {list(own[name].shape)}"
+        for name in shared
+        if name not in fitting and not name.startswith("head.")
+    ]
+    return fitting, mismatched
 
 
 def token_dim(model: nn.Module) -> int:
