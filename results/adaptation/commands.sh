@@ -439,7 +439,7 @@ done
 # 0-2, the shipped FE, stages shared through one cache; one source at a time, both processes on
 # it. mw_round DATA OUT METHODS [OPTION...]. $P and $ALL7 as set above; MW_START, when set,
 # replaces the start (`MW_START= mw_round ...` starts from random weights), MW_SIZE the 32 px
-# scaling, MW_CACHE the stage cache.
+# scaling, MW_CACHE the stage cache, MW_SEEDS the seeds (one list per process).
 mw_round() {
   local data=$1 out=$2 methods=$3
   shift 3
@@ -448,7 +448,7 @@ mw_round() {
   mw="$mw --cache ${MW_CACHE:-runs/adapt/mw40-stages} --targets LabNorth,LabEast,LabSouth,LabWest"
   mw="$mw --out $out"
   for S in LabNorth LabEast LabSouth LabWest; do
-    for seeds in 0,1,2 2,1,0; do
+    for seeds in ${MW_SEEDS:-0,1,2 2,1,0}; do
       $H run $mw "$@" --methods "$methods" --sources $S --seeds $seeds &
     done
     wait
@@ -489,3 +489,6 @@ MW_CACHE=runs/adapt/mw44-stages mw_round runs/adapt/microscope-world runs/adapt/
 # Round 33's stage cache (fixed, with its tests, before these runs).
 MW_CACHE=runs/adapt/mw44-stages mw_round runs/adapt/microscope-world runs/adapt/mw45-momentum \
   oda,oda-align,coda,coda-align --set adapt.momentum_teacher=0.9
+# Round 35. Section 46: Round 33 from seeds 3 to 5 (fixed, with its test, before these runs).
+MW_SEEDS="3,4,5 5,4,3" MW_CACHE=runs/adapt/mw46-stages \
+  mw_round runs/adapt/microscope-world runs/adapt/mw46-seeds345 $ALL7
