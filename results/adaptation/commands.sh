@@ -492,3 +492,10 @@ MW_CACHE=runs/adapt/mw44-stages mw_round runs/adapt/microscope-world runs/adapt/
 # Round 35. Section 46: Round 33 from seeds 3 to 5 (fixed, with its test, before these runs).
 MW_SEEDS="3,4,5 5,4,3" MW_CACHE=runs/adapt/mw46-stages \
   mw_round runs/adapt/microscope-world runs/adapt/mw46-seeds345 $ALL7
+# Round 36. Section 47: Round 34 from seeds 3 to 5, step 3 only through Round 35's stage cache
+# (fixed, with its test, before these runs).
+MW_SEEDS="3,4,5 5,4,3" MW_CACHE=runs/adapt/mw46-stages mw_round runs/adapt/microscope-world \
+  runs/adapt/mw47-momentum345 oda,oda-align,coda,coda-align --set adapt.momentum_teacher=0.9
+# Round 37. Section 48: Round 33 from random weights (fixed, with its test, before these runs).
+MW_START= MW_CACHE=runs/adapt/mw48-stages mw_round runs/adapt/microscope-world \
+  runs/adapt/mw48-random $ALL7
