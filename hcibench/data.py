@@ -163,6 +163,11 @@ class Dataset:
     modality: str = "image"  # "image" (C×H×W) or "profile" (a feature vector)
     # Evaluators used when the command line names none (None: the runner's accuracy, f1).
     default_evaluators: list[str] | None = None
+    # Raised whenever the plugin would read the same data and options into other arrays (a
+    # reader fixed, a normalisation changed). It enters every stage's key and the run's
+    # settings, so stages and records computed by an earlier revision are never reused.
+    # Empty: not recorded (keys stay as they were before the attribute existed).
+    revision: str = ""
 
     def __init__(self, data: str | None = None, **options):
         self.data = data

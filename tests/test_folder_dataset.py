@@ -13,6 +13,7 @@ from PIL import Image
 from test_dual import TINY_DUAL
 
 import hcibench
+from hcibench.errors import UsageError
 from hcibench.run import runner
 from hcibench_plugins.datasets.files.imagefiles import probe
 from hcibench_plugins.datasets.folder import FolderDataset
@@ -354,3 +355,29 @@ def test_channel_columns_under_other_names_and_cellprofiler_pairs(tmp_path):
     assert torch.equal(found.domain("A").images[5], expected)
     with pytest.raises(hcibench.UsageError, match="no column 'img_c9'"):
         FolderDataset(str(tmp_path / "renamed.csv"), **options(channel_columns=["img_c9"]))
+
+
+def test_work_read_by_an_earlier_reader_revision_is_not_reused(tmp_path, monkeypatch):
+    """A reader fix raises the dataset's revision: stages cached and run folders made before it
+    are computed anew or refused, never silently reused."""
+    make_folder(tmp_path / "data", sources=("A",), sites=1)
+
+    def run(out):
+        spec = runner.RunSpec(
+            runner.Grid(["supervised"], ["A"], ["A"], [0]),
+            tmp_path / out,
+            dataset="folder",
+            data=str(tmp_path / "data"),
+            overrides=TINY_SUPERVISED,
+            cache=tmp_path / "cache",
+        )
+        runner.execute(runner.prepare(spec))
+        stages = json.loads((tmp_path / out / "stages.json").read_text())
+        return sum(stage["computed"] for stage in stages.values())
+
+    assert run("first") == 1
+    assert run("second") == 0  # the same reader: the cached stage serves
+    monkeypatch.setattr(FolderDataset, "revision", FolderDataset.revision + "-next")
+    assert run("after-the-fix") == 1
+    with pytest.raises(UsageError, match="revision of the 'folder' reader"):
+        run("first")

@@ -129,6 +129,8 @@ def prepare(spec: RunSpec) -> Run:
     if isinstance(shared.get("backbone"), dict):
         shared = {**shared, "backbone": storage.weights_by_content(shared["backbone"])}
     settings = {"config": shared, "dataset": spec.dataset, "data": spec.data, "evaluators": evaluator_names}
+    if dataset.revision:
+        settings["dataset_revision"] = dataset.revision
     run_digest = digest(settings)
     method_digests = {
         name: digest(
@@ -216,6 +218,12 @@ def settings_conflict(run: Run) -> str | None:
     out = run.out
     try:
         manifest = storage.read_json(out / "manifest.json")
+        made_by = (manifest.get("dataset") or {}).get("revision", "")
+        if made_by != run.dataset.revision:
+            return (
+                f"revision of the {run.spec.dataset!r} reader ({made_by or 'unrecorded'}, now "
+                f"{run.dataset.revision or 'unrecorded'}: the same files would be read otherwise)"
+            )
         if manifest["settings_digest"] != run.settings_digest:
             return "shared settings (preset, --set, dataset or evaluators)"
         for method, known in (manifest.get("method_digests") or {}).items():
@@ -272,7 +280,7 @@ def write_manifest(run: Run, stages: StageCache, started: str | None = None) -> 
             "settings_digest": run.settings_digest,
             "method_digests": {**old_digests, **run.method_digests},
             "grid": grid,
-            "dataset": {"name": run.spec.dataset, "data": run.spec.data, "options": run.config["dataset"]},
+            "dataset": dataset_identity(run),
             "preset": run.spec.preset,
             "overrides": run.spec.overrides,
             "config": run.config,
@@ -526,6 +534,14 @@ def _execute_together(run, domains, stages, claims, progress, on_cell, started) 
     return done
 
 
+def dataset_identity(run: Run) -> dict:
+    """What names the data a run reads, in its manifest and in every stage's key."""
+    identity = {"name": run.spec.dataset, "data": run.spec.data, "options": run.config["dataset"]}
+    if run.dataset.revision:
+        identity["revision"] = run.dataset.revision
+    return identity
+
+
 def _group_claim(method: str, source: str, seed: int) -> str:
     return f"cells-{method}-{source}-seed{seed}"
 
@@ -534,13 +550,12 @@ def group_context(
     run: Run, source: str, seed: int, stages: StageCache, progress: Progress | None = None
 ) -> Context:
     """What a method of ``run`` sees when trained on ``source`` with ``seed``."""
-    dataset_identity = {"name": run.spec.dataset, "data": run.spec.data, "options": run.config["dataset"]}
     device = stages.device or torch.device("cpu")
     return Context(
         run.config,
         seed=seed,
         source=source,
-        dataset=dataset_identity,
+        dataset=dataset_identity(run),
         stages=stages,
         progress=progress or Progress(),
         device=device,

@@ -242,6 +242,9 @@ class FileDataset(hcibench.Dataset):
     EXTRA_OPTIONS: dict = {}
     # Metadata fields that ``columns`` may rename.
     FIELDS: list[str] = [*hcibench.META_COLUMNS]
+    # "2": colour PNG and JPEG files give one channel per band (revision 1 passed PIL's
+    # H×W×bands array on as channels × height × width).
+    revision = "2"
 
     @classmethod
     def default_settings(cls, preset: str) -> dict:
