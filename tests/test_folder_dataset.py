@@ -381,3 +381,17 @@ def test_work_read_by_an_earlier_reader_revision_is_not_reused(tmp_path, monkeyp
     assert run("after-the-fix") == 1
     with pytest.raises(UsageError, match="revision of the 'folder' reader"):
         run("first")
+
+
+@pytest.mark.parametrize("layout", ["channels-first", "channels-last"])
+def test_npy_arrays_saved_either_way_give_the_same_channels(tmp_path, layout):
+    """A .npy image saved C×H×W (hcibench's own layout) or H×W×C (as NumPy, scikit-image and
+    PIL hold colour) is read as the same C×H×W image."""
+    image = np.random.default_rng(0).integers(0, 65535, (5, SIZE, 2 * SIZE), dtype=np.uint16)
+    np.save(tmp_path / "cell.npy", image if layout == "channels-first" else image.transpose(1, 2, 0))
+    pd.DataFrame({"path": ["cell.npy"], "source": "A", "plate": "P", "batch": "B", "label": "x"}).to_csv(
+        tmp_path / "index.csv", index=False
+    )
+    assert probe(tmp_path / "cell.npy") == (5, SIZE, 2 * SIZE)
+    read = FolderDataset(str(tmp_path), **options()).domain("A").images[0]
+    assert torch.equal(read, torch.from_numpy(image.astype(np.float32)) / 65535)

@@ -243,7 +243,7 @@ class FileDataset(hcibench.Dataset):
     # Metadata fields that ``columns`` may rename.
     FIELDS: list[str] = [*hcibench.META_COLUMNS]
     # "2": colour PNG and JPEG files give one channel per band (revision 1 passed PIL's
-    # H×W×bands array on as channels × height × width).
+    # H×W×bands array on as channels × height × width), and so do .npy arrays saved H×W×C.
     revision = "2"
 
     @classmethod

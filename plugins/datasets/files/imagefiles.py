@@ -37,8 +37,9 @@ def read_array(path) -> np.ndarray:
 
     TIFF: a multi-page file gives one channel per page, a C×H×W series its channels, and RGB
     samples (H×W×S) become S channels. PNG and JPEG: grayscale gives one channel, 16-bit
-    grayscale stays uint16, colour gives one channel per band. ``.npy``: the array as saved
-    (H×W or C×H×W). Raises ``ImageError`` for anything else.
+    grayscale stays uint16, colour gives one channel per band. ``.npy``: H×W, C×H×W, or H×W×C
+    as NumPy, scikit-image and PIL arrays hold colour (see :func:`npy_channels_last`). Raises
+    ``ImageError`` for anything else.
     """
     suffix = _suffix(path)
     try:
@@ -48,6 +49,8 @@ def read_array(path) -> np.ndarray:
             array = _read_pil(path)
         elif suffix in NPY_SUFFIXES:
             array = np.load(path, allow_pickle=False)
+            if npy_channels_last(array.shape):
+                array = np.ascontiguousarray(np.moveaxis(array, -1, 0))
         else:
             raise unsupported_type(suffix)
     except ImageError:
@@ -91,6 +94,17 @@ def _read_pil(path) -> np.ndarray:
         array = np.asarray(image)
     # PIL gives colour as H×W×bands: the bands become the channels.
     return np.ascontiguousarray(np.moveaxis(array, -1, 0)) if array.ndim == 3 else array
+
+
+# The most channels an image saved channels last is taken to have; no microscope image is this
+# narrow, so a last axis this short is a channel axis.
+MOST_CHANNELS_LAST = 8
+
+
+def npy_channels_last(shape: tuple[int, ...]) -> bool:
+    """Whether a saved array of ``shape`` holds its channels last (H×W×C): three axes, the last
+    no longer than ``MOST_CHANNELS_LAST`` and shorter than the first two."""
+    return len(shape) == 3 and shape[2] <= MOST_CHANNELS_LAST and shape[2] < min(shape[0], shape[1])
 
 
 def as_chw(array: np.ndarray) -> np.ndarray:
@@ -173,6 +187,8 @@ def probe(path) -> tuple[int, int, int]:
             return bands, height, width
         if suffix in NPY_SUFFIXES:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
+            if npy_channels_last(array.shape):
+                return array.shape[2], array.shape[0], array.shape[1]
             return as_chw(array).shape
         raise unsupported_type(suffix)
     except ImageError:
