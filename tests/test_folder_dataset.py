@@ -379,7 +379,7 @@ def test_work_read_by_an_earlier_reader_revision_is_not_reused(tmp_path, monkeyp
     assert run("second") == 0  # the same reader: the cached stage serves
     monkeypatch.setattr(FolderDataset, "revision", FolderDataset.revision + "-next")
     assert run("after-the-fix") == 1
-    with pytest.raises(UsageError, match="revision of the 'folder' reader"):
+    with pytest.raises(UsageError, match=r"'folder' reader of revision 2 read \(now 2-next\)"):
         run("first")
 
 

@@ -218,12 +218,6 @@ def settings_conflict(run: Run) -> str | None:
     out = run.out
     try:
         manifest = storage.read_json(out / "manifest.json")
-        made_by = (manifest.get("dataset") or {}).get("revision", "")
-        if made_by != run.dataset.revision:
-            return (
-                f"revision of the {run.spec.dataset!r} reader ({made_by or 'unrecorded'}, now "
-                f"{run.dataset.revision or 'unrecorded'}: the same files would be read otherwise)"
-            )
         if manifest["settings_digest"] != run.settings_digest:
             return "shared settings (preset, --set, dataset or evaluators)"
         for method, known in (manifest.get("method_digests") or {}).items():
@@ -243,6 +237,16 @@ def settings_conflict(run: Run) -> str | None:
     return None
 
 
+def reader_revision_conflict(run: Run) -> str | None:
+    """The dataset reader's revision that made the folder's work ("" before revisions were
+    recorded) where it is not ``run``'s, else None (also for a new or unreadable folder)."""
+    try:
+        made_by = (storage.read_json(run.out / "manifest.json").get("dataset") or {}).get("revision", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return made_by if made_by != run.dataset.revision else None
+
+
 def open_run_folder(run: Run) -> None:
     """Create the run folder, or check that an existing one was made with the same settings."""
     out = run.out
@@ -253,6 +257,13 @@ def open_run_folder(run: Run) -> None:
         probe.unlink()
     except OSError as error:
         raise UsageError(f"cannot write to output folder {out}: {error.strerror or error}") from None
+    earlier = reader_revision_conflict(run)
+    if earlier is not None:
+        raise UsageError(
+            f"{out} holds a run whose images the {run.spec.dataset!r} reader of revision "
+            f"{earlier or '1'} read (now {run.dataset.revision}), which the same files no longer "
+            "give; use a new --out folder"
+        )
     conflict = settings_conflict(run)
     if conflict:
         raise UsageError(
