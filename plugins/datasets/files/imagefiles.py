@@ -50,7 +50,7 @@ def read_array(path) -> np.ndarray:
         elif suffix in NPY_SUFFIXES:
             array = np.load(path, allow_pickle=False)
             if npy_channels_last(array.shape):
-                array = np.ascontiguousarray(np.moveaxis(array, -1, 0))
+                array = _bands_first(array)
         else:
             raise unsupported_type(suffix)
     except ImageError:
@@ -93,7 +93,12 @@ def _read_pil(path) -> np.ndarray:
             image = image.convert("RGB")
         array = np.asarray(image)
     # PIL gives colour as H×W×bands: the bands become the channels.
-    return np.ascontiguousarray(np.moveaxis(array, -1, 0)) if array.ndim == 3 else array
+    return _bands_first(array) if array.ndim == 3 else array
+
+
+def _bands_first(array: np.ndarray) -> np.ndarray:
+    """An H×W×bands array as bands×H×W, contiguous."""
+    return np.ascontiguousarray(np.moveaxis(array, -1, 0))
 
 
 # The most channels an image saved channels last is taken to have; no microscope image is this
