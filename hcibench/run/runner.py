@@ -259,10 +259,11 @@ def open_run_folder(run: Run) -> None:
         raise UsageError(f"cannot write to output folder {out}: {error.strerror or error}") from None
     earlier = reader_revision_conflict(run)
     if earlier is not None:
+        made_by = f"of revision {earlier}" if earlier else "that recorded no revision"
         raise UsageError(
-            f"{out} holds a run whose images the {run.spec.dataset!r} reader of revision "
-            f"{earlier or '1'} read (now {run.dataset.revision}), which the same files no longer "
-            "give; use a new --out folder"
+            f"{out} holds a run whose images the {run.spec.dataset!r} reader {made_by} read (now "
+            f"{run.dataset.revision or 'none'}), which may not be what the same files "
+            "give now; use a new --out folder"
         )
     conflict = settings_conflict(run)
     if conflict:
