@@ -499,3 +499,9 @@ MW_SEEDS="3,4,5 5,4,3" MW_CACHE=runs/adapt/mw46-stages mw_round runs/adapt/micro
 # Round 37. Section 48: Round 33 from random weights (fixed, with its test, before these runs).
 MW_START= MW_CACHE=runs/adapt/mw48-stages mw_round runs/adapt/microscope-world \
   runs/adapt/mw48-random $ALL7
+# Round 38. Section 49: Round 37 at the world's native 64 px, patches of 8 pixels (fixed, with
+# its tests, before these runs). The control is Round 37.
+MW_START= MW_CACHE=runs/adapt/mw49-stages \
+  MW_SIZE="--set input_size=64 --set backbone.img_size=64 --set backbone.patch_size=8" \
+  mw_round runs/adapt/microscope-world runs/adapt/mw49-native $ALL7 \
+  --set dino.global_size=48 --set dino.local_size=24
