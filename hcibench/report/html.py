@@ -128,6 +128,7 @@ def _stats_section(long_df, metric: str, baseline: str | None) -> str:
         compare,
         comparison_rows,
         default_baseline,
+        holm_families,
         improvement_rows,
         improvement_summary,
         relative_improvements,
@@ -149,7 +150,7 @@ def _stats_section(long_df, metric: str, baseline: str | None) -> str:
     totals = improvement_summary(relative_improvements(summarise(rows), metric, baseline))
     ns = summarise(rows)["n"]
     seeds = f"n = {int(ns.min())}" if ns.min() == ns.max() else f"n = {int(ns.min())}–{int(ns.max())}"
-    caption = stats_caption(metric, baseline, seeds).replace("{m}", str(int(comparisons["p"].notna().sum())))
+    caption = stats_caption(metric, baseline, seeds, holm_families(comparisons))
     improvement = table(
         IMPROVEMENT_HEADER,
         improvement_rows(totals),

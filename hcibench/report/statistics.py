@@ -13,7 +13,13 @@ sample std and n over seeds).
 * Paired tests of a method against the baseline: within a cell across seeds paired by seed
   (paired t-test, effect size Cohen's d_z = mean difference / sd of differences); across the
   off-diagonal cells paired by cell on the seed means (Wilcoxon signed-rank and paired t).
-* Holm's step-down correction over every comparison of a report.
+* Holm's step-down correction within each family of tests, a family being one question asked
+  of every method against the baseline: the per-cell t-tests ("does the method differ in this
+  cell?"), the off-diagonal Wilcoxon tests and the off-diagonal t-tests ("does the method
+  differ across cells?"). The across-cell families are the k - 1 comparisons with a control
+  that Demšar (JMLR 2006) corrects with Holm. Pooling all of them would make a method-level
+  claim harder the more cells a grid has, however strong its evidence, and would count the
+  Wilcoxon and the t-test of one hypothesis as two.
 
 Edge cases are decided here rather than left to scipy: identical samples (all differences
 zero) give p = 1 (scipy returns NaN), fewer than two pairs or equal non-zero differences
@@ -37,6 +43,7 @@ from hcibench.report.formats import json_default, markdown_table, rich_table
 
 ARROW = "→"
 OFF_DIAGONAL = "off-diagonal"
+CELL_FAMILY = "cell"
 # Differences this close to zero count as zero: exact copies of a run differ by nothing.
 _ZERO = 1e-12
 
@@ -54,6 +61,7 @@ COMPARISON_COLUMNS = [
     "statistic",
     "p",
     "p_holm",
+    "family",
     "rel_improvement",
     "rel_improvement_std",
     "note",
@@ -260,7 +268,8 @@ def compare(long_df: pd.DataFrame, metric: str = "accuracy", baseline: str | Non
 
     Per cell present for both (in-domain included): paired t across seeds paired by seed.
     Per method over the off-diagonal cells present for both, paired by cell on the seed
-    means: Wilcoxon signed-rank and paired t. ``p_holm`` is Holm-adjusted over all rows.
+    means: Wilcoxon signed-rank and paired t. ``p_holm`` is Holm-adjusted within the row's
+    ``family`` (``CELL_FAMILY`` or the off-diagonal test's name).
     Columns: ``COMPARISON_COLUMNS``; mean_diff/sd_diff in the metric's units (method - base).
     """
     rows = _metric_rows(long_df, metric)
@@ -320,8 +329,22 @@ def compare(long_df: pd.DataFrame, metric: str = "accuracy", baseline: str | Non
             result = test(off["mean"].to_numpy(float), off["base_mean"].to_numpy(float))
             out.append(_row(method, baseline, scope, "", "", result, total["mean"], total["std"]))
     frame = pd.DataFrame(out, columns=COMPARISON_COLUMNS)
-    frame["p_holm"] = holm(frame["p"].to_numpy(float)) if len(frame) else []
+    frame["family"] = [
+        CELL_FAMILY if source else f"{OFF_DIAGONAL} {test}"
+        for source, test in zip(frame["source"], frame["test"])
+    ]
+    frame["p_holm"] = math.nan
+    for _, rows in frame.groupby("family", sort=False):
+        frame.loc[rows.index, "p_holm"] = holm(rows["p"].to_numpy(float))
     return frame
+
+
+def holm_families(comparisons: pd.DataFrame) -> str:
+    """The Holm families of ``compare``'s rows in words, with the number of tests in each."""
+    counts = comparisons[comparisons["p"].notna()].groupby("family", sort=False).size()
+    words = {CELL_FAMILY: "per-cell t-tests"}
+    parts = [f"{n} {words.get(family, family + ' tests')}" for family, n in counts.items()]
+    return ", ".join(parts) if parts else "no tests"
 
 
 def _row(method, baseline, scope, source, target, result: PairedResult, rel, rel_std) -> dict:
@@ -333,6 +356,7 @@ def _row(method, baseline, scope, source, target, result: PairedResult, rel, rel
         "target": target,
         **asdict(result),
         "p_holm": math.nan,
+        "family": "",
         "rel_improvement": rel,
         "rel_improvement_std": rel_std,
     }
@@ -408,13 +432,14 @@ def improvement_rows(summary: pd.DataFrame) -> list[list[str]]:
     return rows
 
 
-def stats_caption(metric: str, baseline: str, seeds: str) -> str:
+def stats_caption(metric: str, baseline: str, seeds: str, families: str) -> str:
+    """``families``: ``holm_families`` of the comparisons the caption describes."""
     return (
         f"{metric}: each method against the baseline '{baseline}'. Within a cell: paired "
         f"t-test across seeds paired by seed ({seeds}); over the off-diagonal cells (source ≠ "
         f"target): Wilcoxon signed-rank and paired t on the per-cell seed means, paired by cell. "
         f"Δ = method - baseline in percentage points; d_z = mean Δ / sd Δ; p two-sided; Holm "
-        f"correction over all {{m}} tests of this report. Rel. impr. = (method - baseline) / "
+        f"correction within each family of tests ({families}). Rel. impr. = (method - baseline) / "
         f"baseline × 100 per cell; off-diagonal rows: mean ± sample std over cells."
     )
 
@@ -478,7 +503,7 @@ def render_stats(
         return json.dumps(payload, indent=2, ensure_ascii=False, default=json_default) + "\n"
     ns = summary["n"]
     seeds = f"n = {int(ns.min())}" if ns.min() == ns.max() else f"n = {int(ns.min())}–{int(ns.max())}"
-    caption = stats_caption(metric, baseline, seeds).replace("{m}", str(int(comparisons["p"].notna().sum())))
+    caption = stats_caption(metric, baseline, seeds, holm_families(comparisons))
     improvement_title = (
         f"Relative improvement over '{baseline}' on the off-diagonal cells: mean ± sample std over cells (%)"
     )
