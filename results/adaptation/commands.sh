@@ -505,3 +505,12 @@ MW_START= MW_CACHE=runs/adapt/mw49-stages \
   MW_SIZE="--set input_size=64 --set backbone.img_size=64 --set backbone.patch_size=8" \
   mw_round runs/adapt/microscope-world runs/adapt/mw49-native $ALL7 \
   --set dino.global_size=48 --set dino.local_size=24
+# Round 39. Section 50: the CODA grids as shipped, at the current code (fixed, with its checks,
+# before these runs); then `report --stats --baseline dual-dino` and `dual-cb` on each folder.
+for grid in coda coda-aligned; do
+  for sources in S3,S8 S5,S11; do
+    $H run --grid benchmarks/grids/$grid.toml --sources $sources --set threads=1 \
+      --cache runs/adapt/check-stages --out runs/adapt/check-$grid &
+  done
+  wait
+done
