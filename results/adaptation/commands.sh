@@ -514,3 +514,10 @@ for grid in coda coda-aligned; do
   done
   wait
 done
+# Round 40. Section 51: Round 33 on the world with batch artifacts of its own, read as written
+# (fixed, with its test, before these runs). The control is Round 33.
+[ -d runs/adapt/microscope-world-artifacts ] ||
+  .venv/bin/python results/adaptation/microscope_world.py --batch-artifacts 1 \
+    --out runs/adapt/microscope-world-artifacts
+MW_CACHE=runs/adapt/mw51-stages mw_round runs/adapt/microscope-world-artifacts \
+  runs/adapt/mw51-artifacts $ALL7
