@@ -521,3 +521,11 @@ done
     --out runs/adapt/microscope-world-artifacts
 MW_CACHE=runs/adapt/mw51-stages mw_round runs/adapt/microscope-world-artifacts \
   runs/adapt/mw51-artifacts $ALL7
+# Round 41. Section 52: Round 39 from seeds 3 to 5 (fixed, with its tests, before these runs).
+for grid in coda coda-aligned; do
+  for sources in S3,S8 S5,S11; do
+    $H run --grid benchmarks/grids/$grid.toml --sources $sources --seeds 3,4,5 --set threads=1 \
+      --cache runs/adapt/check-stages --out runs/adapt/check-$grid-345 &
+  done
+  wait
+done
