@@ -334,8 +334,8 @@ def compare(long_df: pd.DataFrame, metric: str = "accuracy", baseline: str | Non
         for source, test in zip(frame["source"], frame["test"])
     ]
     frame["p_holm"] = math.nan
-    for _, rows in frame.groupby("family", sort=False):
-        frame.loc[rows.index, "p_holm"] = holm(rows["p"].to_numpy(float))
+    for _, family_rows in frame.groupby("family", sort=False):
+        frame.loc[family_rows.index, "p_holm"] = holm(family_rows["p"].to_numpy(float))
     return frame
 
 
