@@ -329,11 +329,6 @@ def compare(long_df: pd.DataFrame, metric: str = "accuracy", baseline: str | Non
             result = test(off["mean"].to_numpy(float), off["base_mean"].to_numpy(float))
             out.append(_row(method, baseline, scope, "", "", result, total["mean"], total["std"]))
     frame = pd.DataFrame(out, columns=COMPARISON_COLUMNS)
-    frame["family"] = [
-        CELL_FAMILY if source else f"{OFF_DIAGONAL} {test}"
-        for source, test in zip(frame["source"], frame["test"])
-    ]
-    frame["p_holm"] = math.nan
     for _, family_rows in frame.groupby("family", sort=False):
         frame.loc[family_rows.index, "p_holm"] = holm(family_rows["p"].to_numpy(float))
     return frame
@@ -356,7 +351,7 @@ def _row(method, baseline, scope, source, target, result: PairedResult, rel, rel
         "target": target,
         **asdict(result),
         "p_holm": math.nan,
-        "family": "",
+        "family": CELL_FAMILY if source else f"{OFF_DIAGONAL} {result.test}",
         "rel_improvement": rel,
         "rel_improvement_std": rel_std,
     }
