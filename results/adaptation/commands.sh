@@ -505,15 +505,23 @@ MW_START= MW_CACHE=runs/adapt/mw49-stages \
   MW_SIZE="--set input_size=64 --set backbone.img_size=64 --set backbone.patch_size=8" \
   mw_round runs/adapt/microscope-world runs/adapt/mw49-native $ALL7 \
   --set dino.global_size=48 --set dino.local_size=24
+# The CODA grids as shipped (benchmarks/grids/coda.toml, then coda-aligned.toml through the same
+# stage cache), two processes splitting the sources. grid_round SUFFIX [OPTION...]: the run
+# folders are runs/adapt/check-coda$SUFFIX and check-coda-aligned$SUFFIX.
+grid_round() {
+  local suffix=$1
+  shift
+  for grid in coda coda-aligned; do
+    for sources in S3,S8 S5,S11; do
+      $H run --grid benchmarks/grids/$grid.toml --sources $sources "$@" --set threads=1 \
+        --cache runs/adapt/check-stages --out runs/adapt/check-$grid$suffix &
+    done
+    wait
+  done
+}
 # Round 39. Section 50: the CODA grids as shipped, at the current code (fixed, with its checks,
 # before these runs); then `report --stats --baseline dual-dino` and `dual-cb` on each folder.
-for grid in coda coda-aligned; do
-  for sources in S3,S8 S5,S11; do
-    $H run --grid benchmarks/grids/$grid.toml --sources $sources --set threads=1 \
-      --cache runs/adapt/check-stages --out runs/adapt/check-$grid &
-  done
-  wait
-done
+grid_round ""
 # Round 40. Section 51: Round 33 on the world with batch artifacts of its own, read as written
 # (fixed, with its test, before these runs). The control is Round 33.
 [ -d runs/adapt/microscope-world-artifacts ] ||
@@ -522,10 +530,4 @@ done
 MW_CACHE=runs/adapt/mw51-stages mw_round runs/adapt/microscope-world-artifacts \
   runs/adapt/mw51-artifacts $ALL7
 # Round 41. Section 52: Round 39 from seeds 3 to 5 (fixed, with its tests, before these runs).
-for grid in coda coda-aligned; do
-  for sources in S3,S8 S5,S11; do
-    $H run --grid benchmarks/grids/$grid.toml --sources $sources --seeds 3,4,5 --set threads=1 \
-      --cache runs/adapt/check-stages --out runs/adapt/check-$grid-345 &
-  done
-  wait
-done
+grid_round -345 --seeds 3,4,5
