@@ -531,3 +531,19 @@ MW_CACHE=runs/adapt/mw51-stages mw_round runs/adapt/microscope-world-artifacts \
   runs/adapt/mw51-artifacts $ALL7
 # Round 41. Section 52: Round 39 from seeds 3 to 5 (fixed, with its tests, before these runs).
 grid_round -345 --seeds 3,4,5
+# Round 42. Section 53: section 23's budget on the microscope world read as written, from LabNorth
+# and LabEast (fixed, with its tests, before these runs): the quick preset's 5 epochs at 5e-4
+# against 20 epochs at 1e-4 and at 5e-4, steps 1 and 2 shared through one new stage cache.
+MW53="--dataset folder --data runs/adapt/microscope-world --set dataset.resize=32 --set threads=1"
+MW53="$MW53 --pretrained $P --cache runs/adapt/mw53-stages"
+MW53="$MW53 --targets LabNorth,LabEast,LabSouth,LabWest"
+for S in LabNorth LabEast; do
+  for seeds in 0,1,2 2,1,0; do
+    {
+      $H run $MW53 --methods dual-dino,oda --sources $S --seeds $seeds --out runs/adapt/mw53-ep5
+      $H run $MW53 --methods oda --sources $S --seeds $seeds --set adapt.epochs=20 \
+        --set adapt.lr=1e-4,5e-4 --out runs/adapt/mw53-ep20
+    } &
+  done
+  wait
+done
