@@ -210,23 +210,31 @@ def record_path(out: Path, method: str, source: str, target: str, seed: int) -> 
     return out / "records" / method / source / target / f"seed{seed}.json"
 
 
-def settings_conflict(run: Run) -> str | None:
+def read_manifest(out: Path) -> dict | None:
+    """The folder's ``manifest.json``, or None when it is absent or damaged."""
+    try:
+        manifest = storage.read_json(out / "manifest.json")
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def settings_conflict(run: Run, manifest: dict | None) -> str | None:
     """Why the folder's existing work was made with other settings than ``run``, or None.
 
     The manifest holds the digest of the shared settings; each record the digest of its
     method's settings. Records of methods that ``run`` does not name are left alone."""
-    out = run.out
     try:
-        manifest = storage.read_json(out / "manifest.json")
-        if manifest["settings_digest"] != run.settings_digest:
-            return "shared settings (preset, --set, dataset or evaluators)"
-        for method, known in (manifest.get("method_digests") or {}).items():
-            if run.method_digests.get(method, known) != known:
-                return f"settings of method {method}"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass  # absent or damaged: the records still say how they were made
+        if manifest is not None:
+            if manifest["settings_digest"] != run.settings_digest:
+                return "shared settings (preset, --set, dataset or evaluators)"
+            for method, known in (manifest.get("method_digests") or {}).items():
+                if run.method_digests.get(method, known) != known:
+                    return f"settings of method {method}"
+    except (KeyError, TypeError, AttributeError):
+        pass  # damaged: the records still say how they were made
     for method, expected in run.method_digests.items():
-        folder = out / "records" / method
+        folder = run.out / "records" / method
         for path in folder.rglob("seed*.json") if folder.is_dir() else []:
             try:
                 record = storage.read_json(path)
@@ -237,13 +245,15 @@ def settings_conflict(run: Run) -> str | None:
     return None
 
 
-def reader_revision_conflict(run: Run) -> str | None:
+def reader_revision_conflict(run: Run, manifest: dict | None) -> str | None:
     """The dataset reader's revision that made the folder's work ("" before revisions were
     recorded) where it is not ``run``'s, else None (also for a new or unreadable folder)."""
-    try:
-        made_by = (storage.read_json(run.out / "manifest.json").get("dataset") or {}).get("revision", "")
-    except (OSError, ValueError, AttributeError):
+    if manifest is None:
         return None
+    dataset = manifest.get("dataset") or {}
+    if not isinstance(dataset, dict):
+        return None  # damaged: nothing says which reader made the work
+    made_by = dataset.get("revision", "")
     return made_by if made_by != run.dataset.revision else None
 
 
@@ -257,7 +267,8 @@ def open_run_folder(run: Run) -> None:
         probe.unlink()
     except OSError as error:
         raise UsageError(f"cannot write to output folder {out}: {error.strerror or error}") from None
-    earlier = reader_revision_conflict(run)
+    manifest = read_manifest(out)
+    earlier = reader_revision_conflict(run, manifest)
     if earlier is not None:
         made_by = f"of revision {earlier}" if earlier else "that recorded no revision"
         raise UsageError(
@@ -265,7 +276,7 @@ def open_run_folder(run: Run) -> None:
             f"{run.dataset.revision or 'none'}), which may not be what the same files "
             "give now; use a new --out folder"
         )
-    conflict = settings_conflict(run)
+    conflict = settings_conflict(run, manifest)
     if conflict:
         raise UsageError(
             f"{out} holds a run made with other {conflict}; use a new --out folder or the same "
