@@ -288,13 +288,10 @@ def write_manifest(run: Run, stages: StageCache, started: str | None = None) -> 
     """Write ``manifest.json``; ``started`` None keeps the start time already recorded."""
     manifest_path = run.out / "manifest.json"
     grid = asdict(run.grid)
-    try:  # a later command may extend the grid of the same run
-        previous = storage.read_json(manifest_path)
-        old, old_digests = previous.get("grid", {}), previous.get("method_digests") or {}
-        started = started or previous.get("started")
-    except (OSError, ValueError, AttributeError):  # absent or damaged: written anew
-        old, old_digests = {}, {}
-    started = started or datetime.now(UTC).isoformat(timespec="seconds")
+    # A later command may extend the grid of the same run; an absent or damaged one is written anew.
+    previous = read_manifest(run.out) or {}
+    old, old_digests = previous.get("grid", {}), previous.get("method_digests") or {}
+    started = started or previous.get("started") or datetime.now(UTC).isoformat(timespec="seconds")
     for key, values in old.items():
         grid[key] = list(dict.fromkeys([*values, *grid[key]]))
     storage.write_json(
